@@ -1,0 +1,331 @@
+"""The client side of the data path: one `ClientConnection` per accepted TCP connection.
+
+It parses requests with httptools (llhttp) in callbacks, with no coroutine per request, and hands
+each complete request head to an `Exchange`. Requests are forwarded one at a time per connection,
+so pipelined requests queue behind the current one and are answered in order.
+
+Invariants:
+- `self.current` is the exchange whose response is being (or will next be) written; queued ones
+  wait in `self.pipeline` and have not been routed yet, so they pick the snapshot current when
+  they start. That is what sends the next keep-alive request after a switch to the new slot.
+- Reading from the client is paused while any bit of `self.read_block` is set (upload
+  backpressure, a pipeline queue, or a body buffered before an upstream is attached).
+- One lazy timer per connection enforces whichever deadline the phase needs (`DL_*`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy.exchange import Exchange
+
+if TYPE_CHECKING:
+    from proxy.server import ProxyServer
+    from proxy.upstream import UpstreamConnection
+
+log = logging.getLogger("slotswitch.client")
+
+# Deadline kinds.
+DL_NONE, DL_IDLE, DL_HEADER, DL_BODY, DL_UPSTREAM, DL_SEND = range(6)
+# read_block bits.
+RB_UPLOAD, RB_PIPELINE, RB_BUFFER, RB_TUNNEL = 1, 2, 4, 8
+
+
+class Reject(Exception):
+    """Raised inside a parser callback to answer with ERRORS[reason] and close."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "current",
+        "deadline",
+        "deadline_kind",
+        "header_bytes",
+        "loop",
+        "parser",
+        "parsing",
+        "peer",
+        "pipeline",
+        "read_block",
+        "server",
+        "timer",
+        "timer_at",
+        "transport",
+        "trusted",
+        "tunnel",
+        "write_paused",
+        "xff_line",
+    )
+
+    def __init__(self, server: ProxyServer) -> None:
+        # Global state
+        self.server = server
+        self.loop = server.loop
+        # Per-connection state
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b""
+        self.trusted = False
+        self.xff_line = b""
+        self.pipeline: deque[Exchange] = deque()
+        self.current: Exchange | None = None
+        self.read_block = 0
+        self.write_paused = False
+        self.tunnel: UpstreamConnection | None = None
+        # Timeouts
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.deadline = 0.0
+        self.deadline_kind = DL_NONE
+        # Per-request state
+        self.parsing: Exchange | None = None
+        self.header_bytes = 0
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else "unix"
+        self.peer = host.encode("latin-1")
+        self.trusted = self.server.is_trusted(host)
+        self.xff_line = b"X-Forwarded-For: " + self.peer + b"\r\n"
+        self.server.connections.add(self)
+        self.set_deadline(DL_HEADER)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.send(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                self.reject(cause.reason)
+            else:
+                log.error("internal error on %s", self.peer.decode(), exc_info=cause)
+                self.reject("internal_error")
+        except httptools.HttpParserError as exc:
+            log.info("malformed request from %s: %s", self.peer.decode(), exc)
+            self.reject("bad_request")
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still read our answer to a request it already sent.
+        return bool(self.current is not None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        for ex in (self.current, *self.pipeline):
+            if ex is not None:
+                ex.abort()
+        self.current = None
+        self.pipeline.clear()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.current
+        if ex is not None and ex.conn is not None:
+            ex.conn.pause_reading()
+        elif self.tunnel is not None:
+            self.tunnel.pause_reading()
+        self.set_deadline(DL_SEND)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.current
+        if ex is not None and ex.conn is not None:
+            ex.conn.resume_reading()
+            self.set_deadline(DL_UPSTREAM)
+        elif self.tunnel is not None:
+            self.tunnel.resume_reading()
+            self.set_deadline(DL_NONE)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(self)
+        self.header_bytes = 0
+        if self.current is None:
+            self.set_deadline(DL_HEADER)
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.target += url
+        if len(ex.target) > self.server.limits.request_line:
+            raise Reject("uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        limits = self.server.limits
+        if self.header_bytes > limits.headers:
+            raise Reject("headers_too_large")
+        ex = self.parsing
+        assert ex is not None
+        ex.add_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        parser = self.parser
+        ex.head_complete(parser.get_method(), parser.get_http_version(), parser.should_keep_alive())
+        if self.current is None:
+            self.current = ex
+            ex.start()
+        else:
+            self.pipeline.append(ex)
+            self.block_reading(RB_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.client_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        # should_keep_alive() is only reliable inside this callback (see research/performance.md).
+        ex.client_done(self.parser.should_keep_alive())
+        self.parsing = None
+
+    # -- called by the exchange -------------------------------------------------------------
+
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        """The response for `ex` is fully written: start the next pipelined request or go idle."""
+        if ex is not self.current or self.transport is None:
+            return
+        self.current = None
+        if not keep_alive or self.server.stopping:
+            self.close()
+            return
+        if self.pipeline:
+            nxt = self.pipeline.popleft()
+            if not self.pipeline:
+                self.unblock_reading(RB_PIPELINE)
+            self.current = nxt
+            nxt.start()
+        elif self.parsing is None:
+            self.set_deadline(DL_IDLE)
+        else:
+            self.set_deadline(DL_HEADER)
+
+    def reject(self, reason: str) -> None:
+        """Answer a client-side error with ERRORS[reason] and close; in-progress work is dropped."""
+        if self.transport is None:
+            return
+        ex = self.current
+        if ex is not None and ex.response_started:
+            self.abort()
+            return
+        if ex is not None:
+            ex.abort()
+            self.current = None
+        self.pipeline.clear()
+        self.server.send_error(self.transport, reason, None)
+        self.close()
+
+    def start_tunnel(self, conn: UpstreamConnection) -> None:
+        self.tunnel = conn
+        self.set_deadline(DL_NONE)
+        self.unblock_reading(RB_TUNNEL)
+
+    def block_reading(self, bit: int) -> None:
+        if not self.read_block and self.transport is not None:
+            self.transport.pause_reading()
+        self.read_block |= bit
+
+    def unblock_reading(self, bit: int) -> None:
+        if self.read_block and not (self.read_block & ~bit) and self.transport is not None:
+            self.transport.resume_reading()
+        self.read_block &= ~bit
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- deadlines --------------------------------------------------------------------------
+
+    def set_deadline(self, kind: int) -> None:
+        """Arm the one deadline this phase needs; the timer is rescheduled only when it must fire sooner."""
+        self.deadline_kind = kind
+        if kind == DL_NONE:
+            return
+        self.deadline = self.loop.time() + self.server.timeout_for[kind]
+        if self.timer is None or self.deadline < self.timer_at:
+            self._cancel_timer()
+            self.timer_at = self.deadline
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+
+    def touch(self) -> None:
+        """Push the current deadline back (called when bytes move)."""
+        if self.deadline_kind != DL_NONE:
+            self.deadline = self.loop.time() + self.server.timeout_for[self.deadline_kind]
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        kind = self.deadline_kind
+        if kind == DL_NONE or self.transport is None:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer_at = self.deadline
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        self._expired(kind)
+
+    def _expired(self, kind: int) -> None:
+        ex = self.current
+        if kind == DL_IDLE:
+            self.close()
+        elif kind == DL_HEADER:
+            self.reject("header_timeout")
+        elif kind == DL_BODY:
+            self.reject("body_timeout")
+        elif kind == DL_UPSTREAM and ex is not None:
+            ex.upstream_timeout()
+        else:
+            log.info("client %s stopped reading; closing", self.peer.decode())
+            self.abort()
+
+    # -- upgrades ---------------------------------------------------------------------------
+
+    def _upgrade(self, rest: bytes) -> None:
+        """llhttp stopped after a request that asked for an Upgrade."""
+        ex = self.current if self.current is not None and self.current.ws else None
+        if ex is not None and not self.pipeline:
+            # A WebSocket handshake: hold any early bytes until the upstream answers 101.
+            if rest:
+                ex.early_tunnel_data(rest)
+            self.block_reading(RB_TUNNEL)
+            return
+        # Any other Upgrade (h2c, ...) was stripped and forwarded as a plain request;
+        # continue parsing what follows with a fresh parser.
+        self.parser = httptools.HttpRequestParser(self)
+        if rest:
+            self.data_received(rest)

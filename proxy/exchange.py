@@ -1,0 +1,324 @@
+"""One request/response exchange: routing, the request stream upstream, and its ending.
+
+The life of an exchange:
+  parsed (head_complete) -> start(): read the snapshot once, pick the slot and an upstream
+  -> attach(conn): write the head and any body buffered so far -> body streams straight through
+  -> the upstream connection relays the response (proxy.upstream) -> finish().
+
+Invariants:
+- `route.runtime.in_flight` is incremented exactly once in start() and decremented exactly once,
+  in _end(), whichever way the exchange ends (finish, error reply, abort).
+- A request is retried on another connection only if nothing of its response arrived, it has no
+  body, its method is idempotent and the connection that failed had been reused from the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from proxy import wire
+from proxy.headers import request_head
+from proxy.relay import drop_nominated
+
+if TYPE_CHECKING:
+    from proxy.client import ClientConnection
+    from proxy.state import Route
+    from proxy.upstream import UpstreamConnection, UpstreamPool
+
+log = logging.getLogger("slotswitch.exchange")
+
+MAX_ATTEMPTS = 3
+BUFFER_LIMIT = 65536  # request body bytes held before an upstream is attached
+
+
+class Exchange:
+    __slots__ = (
+        "attempts",
+        "body_buf",
+        "body_len",
+        "body_seen",
+        "chunked",
+        "client",
+        "conn",
+        "conn_tokens",
+        "content_length",
+        "ended",
+        "head",
+        "headers",
+        "host",
+        "host_count",
+        "keep_alive",
+        "method",
+        "request_done",
+        "request_id",
+        "response_started",
+        "route",
+        "target",
+        "upgrade",
+        "version",
+        "ws",
+        "xff",
+        "xfh",
+        "xfp",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        # Request head, filled in by the parser callbacks.
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.headers: list[bytes] = []  # "Name: value\r\n" lines copied as they came
+        self.conn_tokens: list[bytes] | None = None
+        self.host = b""
+        self.host_count = 0
+        self.xff: list[bytes] | None = None
+        self.xfh = b""
+        self.xfp = b""
+        self.request_id = False
+        self.upgrade = b""
+        self.ws = False
+        self.chunked = False
+        self.content_length = -1
+        self.keep_alive = True
+        # Request body.
+        self.body_buf: list[bytes] | None = None
+        self.body_len = 0
+        self.body_seen = 0
+        self.request_done = False
+        # Routing and response.
+        self.route: Route | None = None
+        self.conn: UpstreamConnection | None = None
+        self.head = b""
+        self.attempts = 0
+        self.response_started = False
+        self.ended = False
+
+    # -- request head -----------------------------------------------------------------------
+
+    def add_header(self, name: bytes, value: bytes) -> None:
+        kind = wire.REQUEST_SPECIAL.get(name.lower())
+        if kind is None:
+            self.headers.append(b"%s: %s\r\n" % (name, value))
+        elif kind == wire.H_HOST:
+            self.host = value
+            self.host_count += 1
+            self.headers.append(b"%s: %s\r\n" % (name, value))
+        elif kind == wire.H_CONTENT_LENGTH:
+            self.content_length = int(value)  # llhttp has validated it
+            self.headers.append(b"%s: %s\r\n" % (name, value))
+        elif kind == wire.H_CONNECTION:
+            tokens = [t.strip().lower() for t in value.split(b",")]
+            self.conn_tokens = tokens if self.conn_tokens is None else self.conn_tokens + tokens
+        elif kind == wire.H_TE:
+            self.chunked = value.lower().rstrip().endswith(b"chunked")
+        elif kind == wire.H_UPGRADE:
+            self.upgrade = value.strip().lower()
+        elif kind == wire.H_XFF:
+            if self.xff is None:
+                self.xff = []
+            self.xff.append(value)
+        elif kind == wire.H_XFH:
+            self.xfh = value
+        elif kind == wire.H_XFP:
+            self.xfp = value
+        elif kind == wire.H_REQUEST_ID:
+            self.request_id = True
+            self.headers.append(b"%s: %s\r\n" % (name, value))
+        # other hop-by-hop headers are dropped
+
+    def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
+        from proxy.client import Reject
+
+        self.method = method
+        self.version = version
+        self.keep_alive = keep_alive
+        if method == b"CONNECT":
+            raise Reject("method_not_allowed")
+        if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
+            raise Reject("bad_host")
+        limit = self.client.server.limits.body
+        if limit and self.content_length > limit:
+            raise Reject("body_too_large")
+        self.ws = self.upgrade == b"websocket" and method == b"GET" and b"upgrade" in (self.conn_tokens or ())
+        if self.conn_tokens is not None:
+            self.headers = drop_nominated(self.headers, self.conn_tokens)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Route the request: read the snapshot once; the exchange stays on this slot until it ends."""
+        client = self.client
+        snap = client.server.store.current
+        route = snap.primary
+        self.route = route
+        route.runtime.in_flight += 1
+        route.runtime.requests += 1
+        self.head = request_head(self, client)
+        client.set_deadline(4 if self.request_done else 3)  # DL_UPSTREAM / DL_BODY
+        route.pick().acquire(self)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        """An upstream connection is ours: send the head and whatever body has arrived."""
+        if self.ended:
+            conn.release(False)
+            return
+        self.conn = conn
+        self.attempts += 1
+        conn.bind(self)
+        buf = self.body_buf
+        if buf is None and not (self.request_done and self.chunked):
+            conn.send(self.head)
+            return
+        parts = [self.head]
+        if buf:
+            if self.chunked:
+                for chunk in buf:
+                    parts += (b"%x\r\n" % len(chunk), chunk, wire.CRLF)
+            else:
+                parts += buf
+        if self.request_done and self.chunked:
+            parts.append(wire.LAST_CHUNK)
+        conn.send(b"".join(parts))
+        self.body_buf = None  # a retry resends only the head: retryable requests have no body
+        self.body_len = 0
+        self.client.unblock_reading(4)  # RB_BUFFER
+
+    def retryable(self) -> bool:
+        return self.content_length <= 0 and not self.chunked and self.method in wire.IDEMPOTENT and not self.ws
+
+    # -- request body -----------------------------------------------------------------------
+
+    def client_body(self, chunk: bytes) -> None:
+        from proxy.client import Reject
+
+        self.body_seen += len(chunk)
+        limit = self.client.server.limits.body
+        if limit and self.body_seen > limit:
+            raise Reject("body_too_large")
+        conn = self.conn
+        if conn is not None:
+            self.client.touch()
+            if self.chunked:
+                conn.send_parts((b"%x\r\n" % len(chunk), chunk, wire.CRLF))
+            else:
+                conn.send(chunk)
+            return
+        if self.body_buf is None:
+            self.body_buf = []
+        self.body_buf.append(chunk)
+        self.body_len += len(chunk)
+        if self.body_len > BUFFER_LIMIT:
+            self.client.block_reading(4)  # RB_BUFFER
+
+    def client_done(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.request_done = True
+        conn = self.conn
+        if conn is not None and self.chunked:
+            conn.send(wire.LAST_CHUNK)
+        if self.route is not None and not self.response_started:
+            self.client.set_deadline(4)  # DL_UPSTREAM
+
+    def early_tunnel_data(self, data: bytes) -> None:
+        if self.body_buf is None:
+            self.body_buf = []
+        self.body_buf.append(data)
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def finish(self, reusable: bool) -> None:
+        """The whole response went to the client."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.release(reusable and self.request_done)
+        keep = self.keep_alive and self.request_done and not self.ws
+        self._end()
+        self.client.exchange_done(self, keep)
+
+    def upstream_failed(self, reason: str, pool: UpstreamPool) -> None:
+        """Connecting failed (connect_refused or connect_timeout): nothing was sent, so another
+        upstream of the same slot may be tried."""
+        if self.ended:
+            return
+        self.attempts += 1
+        route = self.route
+        if reason == "connect_refused" and route is not None and self.attempts < len(route.pools):
+            nxt = route.pick()
+            if nxt is not pool:
+                nxt.acquire(self)
+                return
+        self.fail(reason)
+
+    def upstream_lost(self, reason: str, reused: bool) -> None:
+        """The upstream connection broke before the response was complete."""
+        self.conn = None
+        if self.response_started:
+            self._count(reason)
+            log.warning("upstream closed mid-response on slot %s: %s", self._slot(), reason)
+            self.client.abort()
+            self._end()
+            return
+        if reused and self.retryable() and self.attempts < MAX_ATTEMPTS and self.route is not None:
+            self.route.pick().acquire(self)
+            return
+        self.fail(reason)
+
+    def upstream_timeout(self) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        if self.response_started:
+            self._count("read_timeout")
+            self.client.abort()
+            self._end()
+        else:
+            self.fail("read_timeout")
+
+    def fail(self, reason: str) -> None:
+        """Answer the client with the error for `reason` (see wire.ERRORS)."""
+        route = self.route
+        self._count(reason)
+        log.warning(
+            "%s %s on slot %s: %s",
+            self.method.decode("latin-1"),
+            self.target[:200].decode("latin-1"),
+            self._slot(),
+            reason,
+        )
+        client = self.client
+        if client.transport is None:
+            self._end()
+            return
+        closes = client.server.send_error(client.transport, reason, route)
+        self._end()
+        client.exchange_done(self, not closes and self.keep_alive and self.request_done)
+
+    def abort(self) -> None:
+        """The client went away: drop the upstream connection, whatever state it is in."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        self._end()
+
+    def _end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        route = self.route
+        if route is not None:
+            rt = route.runtime
+            rt.in_flight -= 1
+            if rt.in_flight == 0 and rt.on_idle is not None:
+                rt.on_idle()
+
+    def _count(self, reason: str) -> None:
+        if self.route is not None:
+            self.route.runtime.count_error(reason)
+
+    def _slot(self) -> str:
+        return self.route.name if self.route is not None else "-"

@@ -1,0 +1,45 @@
+"""Request head rewriting for the upstream: forwarding headers, Via, X-Request-ID, framing.
+
+The target and every header not listed in wire.REQUEST_SPECIAL pass through byte for byte;
+Exchange.add_header has already dropped hop-by-hop headers and those nominated by Connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import TYPE_CHECKING
+
+from proxy import wire
+
+if TYPE_CHECKING:
+    from proxy.client import ClientConnection
+    from proxy.exchange import Exchange
+
+# X-Request-ID for requests without one: a per-process random prefix and a counter, which is
+# unique without a syscall per request.
+_ID_PREFIX = b"X-Request-ID: " + os.urandom(6).hex().encode() + b"-"
+_ids = itertools.count(1)
+XFP_HTTP = b"X-Forwarded-Proto: http\r\n"
+
+
+def request_head(ex: Exchange, client: ClientConnection) -> bytes:
+    parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n", *ex.headers]
+    if client.trusted:
+        xff = ex.xff
+        if xff:
+            parts += (b"X-Forwarded-For: ", b", ".join(xff), b", ", client.peer, wire.CRLF)
+        else:
+            parts.append(client.xff_line)
+        parts += (b"X-Forwarded-Host: ", ex.xfh or ex.host, wire.CRLF)
+        parts.append(b"X-Forwarded-Proto: %s\r\n" % ex.xfp if ex.xfp else XFP_HTTP)
+    else:
+        parts += (client.xff_line, b"X-Forwarded-Host: ", ex.host, wire.CRLF, XFP_HTTP)
+    if not ex.request_id:
+        parts += (_ID_PREFIX, b"%x\r\n" % next(_ids))
+    if ex.chunked:
+        parts.append(wire.CHUNKED)
+    if ex.ws:
+        parts.append(wire.CONN_UPGRADE)
+    parts += (wire.VIA, wire.CRLF)
+    return b"".join(parts)

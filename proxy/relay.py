@@ -1,0 +1,56 @@
+"""Response heads for the client: framing, keep-alive, the slot header and Via, decided once per response."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy import wire
+from proxy.wire import MODE_CHUNK, MODE_NONE, MODE_PASS, MODE_RAW_CLOSE
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.upstream import UpstreamConnection
+
+
+def drop_nominated(lines: list[bytes], tokens: list[bytes]) -> list[bytes]:
+    """Remove the header lines a Connection header nominates (RFC 9110 §7.6.1)."""
+    names = {t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade", b"")}
+    if not names:
+        return lines
+    return [line for line in lines if line.split(b":", 1)[0].strip().lower() not in names]
+
+
+def response_head(conn: UpstreamConnection, ex: Exchange, code: int) -> tuple[bytes, int]:
+    """The head to write to the client and how its body is framed (a MODE_* constant)."""
+    lines = conn.headers if conn.nominated is None else drop_nominated(conn.headers, conn.nominated)
+    http10 = ex.version == "1.0"
+    parts = [b"HTTP/1.1 %d %s\r\n" % (code, conn.reason), *lines]
+    if ex.method == b"HEAD" or code == 204 or code == 304:
+        mode = MODE_NONE
+    elif conn.has_length and not conn.te_chunked:
+        mode = MODE_PASS
+    elif http10:
+        mode = MODE_RAW_CLOSE  # an HTTP/1.0 client cannot read chunks: the close ends the body
+    else:
+        mode = MODE_CHUNK
+        parts.append(wire.CHUNKED)
+    keep = ex.keep_alive and ex.request_done and mode != MODE_RAW_CLOSE and not ex.client.server.stopping
+    if not keep:
+        ex.keep_alive = False
+        parts.append(wire.CONN_CLOSE)
+    elif http10:
+        parts.append(wire.CONN_KEEP_ALIVE)
+    route = ex.route
+    if route is not None:
+        parts.append(route.header)
+    parts += (wire.VIA, wire.CRLF)
+    return b"".join(parts), mode
+
+
+def tunnel_head(conn: UpstreamConnection, ex: Exchange) -> bytes:
+    """The 101 answer that opens a WebSocket tunnel."""
+    lines = conn.headers if conn.nominated is None else drop_nominated(conn.headers, conn.nominated)
+    route = ex.route
+    slot = route.header if route is not None else b""
+    reason = conn.reason or b"Switching Protocols"
+    return b"".join((b"HTTP/1.1 101 %s\r\n" % reason, *lines, wire.CONN_UPGRADE, slot, wire.VIA, wire.CRLF))

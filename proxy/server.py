@@ -1,0 +1,107 @@
+"""The proxy listener and what every connection of it shares: the store, limits, timeouts, errors.
+
+`ProxyServer.apply(settings)` recomputes the shared values when settings change (start-up,
+SIGHUP); connections read them as attributes, never per request from the settings tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from proxy import wire
+from proxy.client import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM, ClientConnection
+from proxy.settings import Limits, Settings
+
+if TYPE_CHECKING:
+    from proxy.state import Route, Store
+
+log = logging.getLogger("slotswitch.server")
+
+
+class ProxyServer:
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.loop = loop
+        self.connections: set[ClientConnection] = set()
+        self.stopping = False
+        self.error_counts: dict[str, int] = {}
+        self.limits = Limits()
+        self.timeout_for: list[float] = [0.0] * 6
+        self._trusted_exact: frozenset[str] = frozenset()
+        self._trusted_nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self._listener: asyncio.Server | None = None
+        self.apply(store.current.settings)
+
+    def apply(self, settings: Settings) -> None:
+        self.limits = settings.limits
+        t = settings.timeouts
+        timeouts = [0.0] * 6
+        timeouts[DL_IDLE] = t.keepalive
+        timeouts[DL_HEADER] = t.header_read
+        timeouts[DL_BODY] = t.body_read
+        timeouts[DL_UPSTREAM] = t.upstream_read
+        timeouts[DL_SEND] = t.upstream_read
+        self.timeout_for = timeouts
+        nets = [ipaddress.ip_network(item, strict=False) for item in settings.trusted_proxies]
+        self._trusted_exact = frozenset(str(n.network_address) for n in nets if n.num_addresses == 1)
+        self._trusted_nets = tuple(n for n in nets if n.num_addresses > 1)
+
+    def is_trusted(self, host: str) -> bool:
+        if host in self._trusted_exact:
+            return True
+        if not self._trusted_nets:
+            return False
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted_nets)
+
+    def send_error(self, transport: asyncio.Transport, reason: str, route: Route | None) -> bool:
+        """Write ERRORS[reason]; returns True when the client connection must close afterwards."""
+        reply = wire.ERRORS[reason]
+        self.error_counts[reason] = self.error_counts.get(reason, 0) + 1
+        slot = route.header if route is not None else b""
+        transport.write(b"".join((reply.head, slot, wire.VIA, wire.CRLF, reply.body)))
+        return reply.closes
+
+    async def listen(self, host: str, port: int, *, sock: socket.socket | None = None) -> asyncio.Server:
+        if sock is not None:
+            server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096)
+        else:
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self), host, port, backlog=4096, reuse_address=True
+            )
+        self._listener = server
+        return server
+
+    def bound_port(self) -> int:
+        assert self._listener is not None
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    async def shutdown(self, timeout: float) -> int:
+        """Stop accepting, let in-flight requests finish within `timeout`, then cut the rest.
+
+        Returns how many connections had to be cut off.
+        """
+        self.stopping = True
+        if self._listener is not None:
+            self._listener.close()
+        deadline = self.loop.time() + timeout
+        while True:
+            for conn in list(self.connections):
+                if conn.current is None and conn.parsing is None:
+                    conn.close()  # idle keep-alive connection: nothing to finish
+            if not self.connections or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        cut = len(self.connections)
+        for conn in list(self.connections):
+            conn.abort()
+        if cut:
+            log.warning("shutdown: %d connections cut off after %.1fs", cut, timeout)
+        return cut

@@ -1,0 +1,271 @@
+"""The configuration schema: one validator for the YAML file and for admin changes.
+
+`load_settings(path)` and `parse_settings(mapping)` return a frozen `Settings` or raise
+`ConfigError`, which carries *every* problem at once, each prefixed with its YAML path
+(`slots.green.upstreams[0]: not a URL`). Fatal exits happen only at start-up; a reload
+that raises keeps the running configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|mib|gib|kb|mb|gb)?\s*$", re.IGNORECASE)
+_UNIT_BYTES = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+SLOT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class ConfigError(ValueError):
+    """Every problem found in one configuration, each as `path: message`."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def parse_duration(value: object) -> float:
+    """`250ms`, `30s`, `2m`, `1h` or a bare number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 250ms, 30s or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 250ms, 30s or 2m, got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """`8192`, `8KiB`, `1MiB` -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 8192, 8KiB or 1MiB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(m.group(1)) * _UNIT_BYTES[(m.group(2) or "b").lower()]
+    else:
+        raise ValueError(f"expected a size like 8192, 8KiB or 1MiB, got {value!r}")
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+class Upstream(_Model):
+    """One upstream URL of a slot: http://host:port with no path."""
+
+    url: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> Upstream:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not a URL of the form http://host:port: {url!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"an upstream URL has no path or query: {url!r}")
+        try:
+            port = parts.port or 80
+        except ValueError as exc:
+            raise ValueError(f"bad port in {url!r}") from exc
+        return cls(url=f"http://{parts.netloc}", host=parts.hostname, port=port)
+
+
+def _upstream(value: object) -> object:
+    return Upstream.from_url(value) if isinstance(value, str) else value
+
+
+class SlotConfig(_Model):
+    upstreams: Annotated[tuple[Annotated[Upstream, BeforeValidator(_upstream)], ...], Field(min_length=1)]
+
+
+class Limits(_Model):
+    request_line: Size = 8192
+    headers: Size = 32768
+    body: Size = 0  # 0 = no limit (the nginx default would be 1 MiB; a proxy in front of an app should not guess)
+
+
+class Timeouts(_Model):
+    header_read: Duration = 60.0
+    body_read: Duration = 60.0
+    keepalive: Duration = 75.0
+    connect: Duration = 5.0
+    upstream_read: Duration = 60.0
+
+
+class Pool(_Model):
+    max_idle: int = Field(default=64, ge=0, le=100_000)
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+
+
+class AdminConfig(_Model):
+    listen: str = "127.0.0.1:9901"
+    insecure_loopback: bool = False
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+
+class Settings(_Model):
+    listen: str = "127.0.0.1:8080"
+    slots: dict[Annotated[str, StringConstraints(pattern=SLOT_NAME.pattern)], SlotConfig]
+    active: str
+    drain_timeout: Duration = 30.0
+    workers: int = Field(default=1, ge=1, le=256)
+    slot_header: str = "X-Slotswitch-Slot"
+    trusted_proxies: tuple[str, ...] = ()
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+    admin: AdminConfig = AdminConfig()
+    log_level: str = "info"
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("slots")
+    @classmethod
+    def _two_slots(cls, slots: dict[str, SlotConfig]) -> dict[str, SlotConfig]:
+        if len(slots) != 2:
+            raise ValueError(f"exactly two slots are needed (e.g. blue and green), got {len(slots)}")
+        return slots
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or CIDR: {item!r}") from exc
+        return value
+
+    @field_validator("slot_header")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+            raise ValueError(f"not a valid header name: {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _active_is_a_slot(self) -> Settings:
+        if self.slots and len(self.slots) == 2 and self.active not in self.slots:
+            raise ValueError(f"active: {self.active!r} is not a slot (slots: {', '.join(self.slots)})")
+        return self
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required"
+        elif err["type"] == "string_pattern_mismatch" and "[key]" in loc:
+            msg = f"slot names must match {SLOT_NAME.pattern}"
+            loc = tuple(p for p in loc if p != "[key]")
+        path = _format_loc(loc)
+        if not path and msg.startswith("active: "):  # model-level check that names its own path
+            errors.append(msg)
+        else:
+            errors.append(f"{path or '<root>'}: {msg}")
+    return errors
+
+
+def parse_settings(data: Mapping[str, Any]) -> Settings:
+    """Validate a mapping (from YAML or from the admin API); raise ConfigError with all errors."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(["<root>: expected a mapping of settings"])
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a YAML file; every problem comes back in one ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    return parse_settings(data)

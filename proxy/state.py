@@ -1,0 +1,175 @@
+"""The routing state: one immutable `Snapshot`, replaced whole by `Store.publish`.
+
+Invariants:
+- The data path reads `store.current` once per request and uses only that snapshot until the
+  request ends, so an in-flight request finishes on the slot it started on.
+- A snapshot is never mutated after publication. Everything the hot path needs (the route for
+  the active slot, header bytes, limits) is computed here, at publish time.
+- Writers take turns by compare-and-set on `generation`: `publish(new, expect=g)` fails with
+  `Conflict` unless the current generation is still `g`. On one event loop the assignment itself is
+  atomic, so the hot path takes no lock.
+- `SlotRuntime` (counters, drain state) and `UpstreamPool` objects outlive snapshots: a new
+  snapshot with the same slot and upstream URL reuses them, so pools and in-flight counts survive
+  a switch or a reload.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from proxy.settings import Settings, SlotConfig
+
+if TYPE_CHECKING:
+    from proxy.upstream import UpstreamPool
+
+Listener = Callable[["Snapshot", "Snapshot"], None]
+
+
+class Conflict(Exception):
+    """The generation changed under a writer: its change was not applied."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"generation is {actual}, not {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SlotRuntime:
+    """Mutable per-slot counters that live as long as the process.
+
+    `in_flight` is changed only by the data path (+1 when a request is routed here, -1 when it
+    ends); `on_idle` is called by the data path when `in_flight` drops to 0 while draining.
+    """
+
+    __slots__ = ("drain", "errors", "in_flight", "name", "on_idle", "requests")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.in_flight = 0
+        self.requests = 0
+        self.errors: dict[str, int] = {}
+        self.on_idle: Callable[[], None] | None = None
+        self.drain: dict[str, object] = {"state": "idle"}
+
+    def count_error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One slot as the data path sees it in one snapshot: pools to balance over, precomputed bytes."""
+
+    name: str
+    runtime: SlotRuntime
+    pools: tuple[UpstreamPool, ...]
+    header: bytes  # b"X-Slotswitch-Slot: blue\r\n", or b"" when the slot header is off
+    _rr: Iterator[UpstreamPool] = field(repr=False, compare=False)
+
+    def pick(self) -> UpstreamPool:
+        """Round-robin over the slot's upstreams, skipping one marked down after a refused connect."""
+        pool = next(self._rr)
+        if not pool.down_until:
+            return pool
+        now = time.monotonic()
+        for _ in range(len(self.pools)):
+            if pool.down_until <= now:
+                pool.down_until = 0.0
+                return pool
+            pool = next(self._rr)
+        return pool  # every upstream is marked down: try anyway rather than refuse
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    generation: int
+    active: str
+    previous: str | None
+    settings: Settings
+    routes: dict[str, Route]
+    primary: Route  # routes[active], resolved once here
+    changed_by: str = "config"
+    reason: str = ""
+    changed_at: float = 0.0
+
+    def idle_slot(self) -> str:
+        return next(name for name in self.routes if name != self.active)
+
+
+class Store:
+    """Holds the current snapshot; `publish` is the only way to change it."""
+
+    def __init__(self, first: Snapshot) -> None:
+        self.current = first
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, new: Snapshot, expect: int) -> Snapshot:
+        old = self.current
+        if old.generation != expect:
+            raise Conflict(expect, old.generation)
+        if new.generation != expect + 1:
+            raise ValueError("a new snapshot must carry generation expect + 1")
+        self.current = new  # the one atomic step: readers see old or new, never a mix
+        for listener in self._listeners:
+            listener(old, new)
+        return new
+
+
+class Registry:
+    """Long-lived objects that snapshots point at: slot runtimes and upstream pools."""
+
+    def __init__(self, make_pool: Callable[[str, SlotConfig, int, Settings], UpstreamPool]) -> None:
+        self._make_pool = make_pool
+        self.runtimes: dict[str, SlotRuntime] = {}
+        self.pools: dict[tuple[str, str], UpstreamPool] = {}
+
+    def route(self, name: str, slot: SlotConfig, settings: Settings) -> Route:
+        runtime = self.runtimes.setdefault(name, SlotRuntime(name))
+        pools = []
+        for index, upstream in enumerate(slot.upstreams):
+            pool = self.pools.get((name, upstream.url))
+            if pool is None:
+                pool = self._make_pool(name, slot, index, settings)
+                self.pools[(name, upstream.url)] = pool
+            pool.configure(settings)
+            pools.append(pool)
+        header = f"{settings.slot_header}: {name}\r\n".encode("latin-1") if settings.slot_header else b""
+        return Route(name, runtime, tuple(pools), header, itertools.cycle(pools))
+
+    def retire_unused(self, snapshot: Snapshot) -> None:
+        """Close pools that no route of `snapshot` uses any more (after a deploy or reload)."""
+        live = {id(p) for r in snapshot.routes.values() for p in r.pools}
+        for key, pool in list(self.pools.items()):
+            if id(pool) not in live:
+                del self.pools[key]
+                pool.retire()
+
+
+def build_snapshot(
+    registry: Registry,
+    settings: Settings,
+    *,
+    generation: int,
+    active: str,
+    previous: str | None,
+    changed_by: str = "config",
+    reason: str = "",
+) -> Snapshot:
+    routes = {name: registry.route(name, slot, settings) for name, slot in settings.slots.items()}
+    return Snapshot(
+        generation=generation,
+        active=active,
+        previous=previous,
+        settings=settings,
+        routes=routes,
+        primary=routes[active],
+        changed_by=changed_by,
+        reason=reason,
+        changed_at=time.time(),
+    )

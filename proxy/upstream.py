@@ -1,0 +1,393 @@
+"""The upstream side of the data path: keep-alive connection pools and the response relay.
+
+`UpstreamPool` holds the connections to one upstream URL of one slot. `UpstreamConnection`
+parses responses with httptools and writes them to the client as they arrive.
+
+Invariants:
+- A connection is in exactly one of: connecting, idle (in `pool.idle`), bound to one exchange,
+  or closed. Every open connection is in `pool.conns`, so a drain can cut them all off.
+- A connection goes back to `idle` only when both sides allowed keep-alive, the request was
+  fully sent and the response fully read, and the pool still serves (not retired or draining).
+- Response framing to the client is decided once, in on_headers_complete: pass Content-Length
+  through, re-chunk a chunked or close-delimited body for HTTP/1.1 clients, or close after the
+  body for HTTP/1.0 clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy import wire
+from proxy.relay import response_head, tunnel_head
+from proxy.wire import MODE_CHUNK, MODE_PASS
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.settings import Settings
+
+log = logging.getLogger("slotswitch.upstream")
+
+DOWN_SECONDS = 1.0  # an upstream that refused a connection is skipped this long
+
+
+class _HeadDone(Exception):
+    """Stops the parser after the head of a response to HEAD (httptools cannot skip its body)."""
+
+
+class UpstreamPool:
+    __slots__ = (
+        "connect_timeout",
+        "connecting",
+        "conns",
+        "down_until",
+        "host",
+        "idle",
+        "loop",
+        "max_connections",
+        "max_idle",
+        "port",
+        "retired",
+        "serving",
+        "slot",
+        "url",
+        "waiters",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, slot: str, url: str, host: str, port: int) -> None:
+        self.loop = loop
+        self.slot = slot
+        self.url = url
+        self.host = host
+        self.port = port
+        self.idle: deque[UpstreamConnection] = deque()
+        self.conns: set[UpstreamConnection] = set()
+        self.waiters: deque[Exchange] = deque()
+        self.connecting = 0
+        self.down_until = 0.0
+        self.retired = False
+        self.serving = True  # False while the slot takes no new traffic: released conns are closed
+        self.max_idle = 64
+        self.max_connections = 1024
+        self.connect_timeout = 5.0
+
+    def configure(self, settings: Settings) -> None:
+        self.max_idle = settings.pool.max_idle
+        self.max_connections = settings.pool.max_connections
+        self.connect_timeout = settings.timeouts.connect
+
+    def acquire(self, ex: Exchange) -> None:
+        """Give `ex` a connection now (idle), soon (connecting), or when one is released."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # LIFO: the most recently used connection is the least likely stale
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                ex.attach(conn)
+                return
+        if len(self.conns) + self.connecting < self.max_connections:
+            self._connect(ex)
+        else:
+            self.waiters.append(ex)
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        while self.waiters:
+            ex = self.waiters.popleft()
+            if ex.ended:
+                continue
+            if reusable:
+                conn.reused = True
+                ex.attach(conn)
+            else:
+                conn.close()
+                self._connect(ex)
+            return
+        if reusable and self.serving and not self.retired and len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+
+    def cut_off(self) -> int:
+        """Drain timeout: close every connection of this pool; tunnels get a 1001 close frame."""
+        conns = list(self.conns)
+        for conn in conns:
+            conn.cut_off()
+        return len(conns)
+
+    def retire(self) -> None:
+        self.retired = True
+        self.close_idle()
+
+    def _connect(self, ex: Exchange) -> None:
+        self.connecting += 1
+        task = self.loop.create_task(self._open())
+        task.add_done_callback(lambda t: self._connected(ex, t))
+
+    async def _open(self) -> UpstreamConnection:
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+        return conn
+
+    def _connected(self, ex: Exchange, task: asyncio.Task[UpstreamConnection]) -> None:
+        self.connecting -= 1
+        if task.cancelled():
+            ex.upstream_failed("connect_refused", self)
+            return
+        exc = task.exception()
+        if exc is None:
+            conn = task.result()
+            if ex.ended:
+                self.release(conn, True)
+            else:
+                ex.attach(conn)
+            return
+        if isinstance(exc, TimeoutError):
+            reason = "connect_timeout"
+        else:
+            reason = "connect_refused"
+            self.down_until = self.loop.time() + DOWN_SECONDS
+        log.warning("connect to %s (slot %s) failed: %s", self.url, self.slot, exc or reason)
+        ex.upstream_failed(reason, self)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "code",
+        "exchange",
+        "has_length",
+        "headers",
+        "interim",
+        "lost_reason",
+        "mode",
+        "nominated",
+        "parser",
+        "pool",
+        "reason",
+        "reused",
+        "te_chunked",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.reused = False
+        self.tunnel = False
+        self.lost_reason = "upstream_reset"
+        self._reset()
+
+    def _reset(self) -> None:
+        self.headers: list[bytes] = []
+        self.reason = b""
+        self.code = 0
+        self.interim = False
+        self.has_length = False
+        self.te_chunked = False
+        self.nominated: list[bytes] | None = None
+        self.mode = MODE_PASS
+
+    # -- used by the exchange and the pool --------------------------------------------------
+
+    def bind(self, ex: Exchange) -> None:
+        self.exchange = ex
+        self._reset()
+
+    def release(self, reusable: bool) -> None:
+        self.exchange = None
+        self.pool.release(self, reusable)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def send_parts(self, parts: tuple[bytes, ...]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(parts)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def cut_off(self) -> None:
+        ex = self.exchange
+        if self.tunnel and ex is not None and ex.client.transport is not None:
+            ex.client.transport.write(wire.WS_CLOSE_1001_TO_CLIENT)
+            self.send(wire.WS_CLOSE_1001_TO_UPSTREAM)
+            ex.client.close()
+        self.lost_reason = "drain_cutoff"
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.pool.conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:  # an idle connection must stay silent
+            self.lost_reason = "bad_response"
+            self.close()
+            return
+        client = ex.client
+        if self.tunnel:
+            if client.transport is not None:
+                client.transport.write(data)
+            return
+        client.touch()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._start_tunnel(ex, data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _HeadDone):
+                log.error("internal error relaying from %s", self.pool.url, exc_info=exc.__context__)
+                self._broken("bad_response")
+        except httptools.HttpParserError as exc:
+            log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, exc)
+            self._broken("bad_response")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pool = self.pool
+        pool.conns.discard(self)
+        if self in pool.idle:
+            pool.idle.remove(self)
+        self.transport = None
+        ex = self.exchange
+        self.exchange = None
+        if ex is None:
+            return
+        if self.tunnel:
+            ex.client.close()
+        elif self.mode != MODE_PASS and self.code and not self.has_length and not self.te_chunked:
+            self._end_body(ex)  # a close-delimited body ends here
+            ex.finish(False)
+        else:
+            ex.upstream_lost(self.lost_reason, self.reused)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.block_reading(1)  # RB_UPLOAD
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.unblock_reading(1)
+
+    def send_tunnel(self, data: bytes) -> None:
+        self.send(data)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        kind = wire.RESPONSE_SPECIAL.get(name.lower())
+        if kind is None:
+            self.headers.append(b"%s: %s\r\n" % (name, value))
+        elif kind == wire.R_CONTENT_LENGTH:
+            self.has_length = True
+            self.headers.append(b"%s: %s\r\n" % (name, value))
+        elif kind == wire.R_TE:
+            self.te_chunked = True
+        elif kind == wire.R_CONNECTION:
+            tokens = [t.strip().lower() for t in value.split(b",")]
+            self.nominated = tokens if self.nominated is None else self.nominated + tokens
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        assert ex is not None
+        code = self.parser.get_status_code()
+        self.code = code
+        if code < 200:
+            self._interim(ex, code)
+            return
+        head, self.mode = response_head(self, ex, code)
+        ex.response_started = True
+        client = ex.client
+        if client.transport is not None:
+            client.transport.write(head)
+        if ex.method == b"HEAD":
+            ex.finish(False)
+            raise _HeadDone
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is None or ex.client.transport is None:
+            return
+        if self.mode == MODE_CHUNK:
+            ex.client.transport.writelines((b"%x\r\n" % len(body), body, wire.CRLF))
+        else:
+            ex.client.transport.write(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self._reset()
+            return
+        ex = self.exchange
+        if ex is None:
+            return
+        self._end_body(ex)
+        # should_keep_alive() is only reliable inside this callback.
+        reusable = self.parser.should_keep_alive() and not (self.nominated and b"close" in self.nominated)
+        ex.finish(reusable)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _interim(self, ex: Exchange, code: int) -> None:
+        self.interim = True
+        if code == 101:
+            if not ex.ws:
+                raise ValueError("101 Switching Protocols for a request that did not ask for it")
+            self.interim = False
+            return  # the parser raises HttpParserUpgrade after this message; see _start_tunnel
+        if ex.version != "1.0" and ex.client.transport is not None:
+            reason = self.reason or b"Continue"
+            ex.client.transport.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (code, reason, b"".join(self.headers)))
+
+    def _start_tunnel(self, ex: Exchange, rest: bytes) -> None:
+        client = ex.client
+        if client.transport is None:
+            self.close()
+            return
+        ex.response_started = True
+        client.transport.write(tunnel_head(self, ex))
+        if rest:
+            client.transport.write(rest)
+        self.tunnel = True
+        client.start_tunnel(self)
+
+    def _end_body(self, ex: Exchange) -> None:
+        if self.mode == MODE_CHUNK and ex.client.transport is not None:
+            ex.client.transport.write(wire.LAST_CHUNK)
+
+    def _broken(self, reason: str) -> None:
+        ex = self.exchange
+        self.exchange = None
+        self.lost_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+        if ex is not None:
+            ex.upstream_lost(reason, False)
