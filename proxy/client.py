@@ -18,22 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from proxy.exchange import Exchange
+from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_NONE, DL_SEND, DL_UPSTREAM, RB_PIPELINE, RB_TUNNEL
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
     from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("slotswitch.client")
-
-# Deadline kinds.
-DL_NONE, DL_IDLE, DL_HEADER, DL_BODY, DL_UPSTREAM, DL_SEND = range(6)
-# read_block bits.
-RB_UPLOAD, RB_PIPELINE, RB_BUFFER, RB_TUNNEL = 1, 2, 4, 8
 
 
 class Reject(Exception):
@@ -49,6 +45,8 @@ class ClientConnection(asyncio.Protocol):
         "current",
         "deadline",
         "deadline_kind",
+        "early",
+        "eof",
         "header_bytes",
         "loop",
         "parser",
@@ -81,6 +79,8 @@ class ClientConnection(asyncio.Protocol):
         self.read_block = 0
         self.write_paused = False
         self.tunnel: UpstreamConnection | None = None
+        self.early = b""  # bytes a WebSocket client sent before the upstream's 101
+        self.eof = False
         # Timeouts
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -93,8 +93,7 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else "unix"
         self.peer = host.encode("latin-1")
@@ -123,8 +122,9 @@ class ClientConnection(asyncio.Protocol):
             self.reject("bad_request")
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still read our answer to a request it already sent.
-        return bool(self.current is not None)
+        # A half-closed client may still read the answer to a request it already sent.
+        self.eof = True
+        return self.current is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -153,7 +153,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         if ex is not None and ex.conn is not None:
             ex.conn.resume_reading()
-            self.set_deadline(DL_UPSTREAM)
+            self.set_deadline(DL_UPSTREAM if ex.request_done else DL_BODY)
         elif self.tunnel is not None:
             self.tunnel.resume_reading()
             self.set_deadline(DL_NONE)
@@ -213,7 +213,7 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.current or self.transport is None:
             return
         self.current = None
-        if not keep_alive or self.server.stopping:
+        if not keep_alive or self.server.stopping or (self.eof and not self.pipeline):
             self.close()
             return
         if self.pipeline:
@@ -243,7 +243,11 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def start_tunnel(self, conn: UpstreamConnection) -> None:
+        """The upstream answered 101: from now on bytes flow both ways untouched."""
         self.tunnel = conn
+        if self.early:
+            conn.send(self.early)
+            self.early = b""
         self.set_deadline(DL_NONE)
         self.unblock_reading(RB_TUNNEL)
 
@@ -320,8 +324,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current if self.current is not None and self.current.ws else None
         if ex is not None and not self.pipeline:
             # A WebSocket handshake: hold any early bytes until the upstream answers 101.
-            if rest:
-                ex.early_tunnel_data(rest)
+            self.early = rest
             self.block_reading(RB_TUNNEL)
             return
         # Any other Upgrade (h2c, ...) was stripped and forwarded as a plain request;

@@ -156,13 +156,13 @@ class Exchange:
         route.runtime.in_flight += 1
         route.runtime.requests += 1
         self.head = request_head(self, client)
-        client.set_deadline(4 if self.request_done else 3)  # DL_UPSTREAM / DL_BODY
+        client.set_deadline(wire.DL_UPSTREAM if self.request_done else wire.DL_BODY)
         route.pick().acquire(self)
 
     def attach(self, conn: UpstreamConnection) -> None:
         """An upstream connection is ours: send the head and whatever body has arrived."""
         if self.ended:
-            conn.release(False)
+            conn.release(True)
             return
         self.conn = conn
         self.attempts += 1
@@ -183,7 +183,7 @@ class Exchange:
         conn.send(b"".join(parts))
         self.body_buf = None  # a retry resends only the head: retryable requests have no body
         self.body_len = 0
-        self.client.unblock_reading(4)  # RB_BUFFER
+        self.client.unblock_reading(wire.RB_BUFFER)
 
     def retryable(self) -> bool:
         return self.content_length <= 0 and not self.chunked and self.method in wire.IDEMPOTENT and not self.ws
@@ -210,7 +210,7 @@ class Exchange:
         self.body_buf.append(chunk)
         self.body_len += len(chunk)
         if self.body_len > BUFFER_LIMIT:
-            self.client.block_reading(4)  # RB_BUFFER
+            self.client.block_reading(wire.RB_BUFFER)
 
     def client_done(self, keep_alive: bool) -> None:
         self.keep_alive = keep_alive
@@ -219,12 +219,7 @@ class Exchange:
         if conn is not None and self.chunked:
             conn.send(wire.LAST_CHUNK)
         if self.route is not None and not self.response_started:
-            self.client.set_deadline(4)  # DL_UPSTREAM
-
-    def early_tunnel_data(self, data: bytes) -> None:
-        if self.body_buf is None:
-            self.body_buf = []
-        self.body_buf.append(data)
+            self.client.set_deadline(wire.DL_UPSTREAM)
 
     # -- endings ----------------------------------------------------------------------------
 
@@ -261,7 +256,8 @@ class Exchange:
             self.client.abort()
             self._end()
             return
-        if reused and self.retryable() and self.attempts < MAX_ATTEMPTS and self.route is not None:
+        retry = reused and reason == "upstream_reset" and self.retryable() and self.attempts < MAX_ATTEMPTS
+        if retry and self.route is not None:
             self.route.pick().acquire(self)
             return
         self.fail(reason)

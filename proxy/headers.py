@@ -31,10 +31,13 @@ def request_head(ex: Exchange, client: ClientConnection) -> bytes:
             parts += (b"X-Forwarded-For: ", b", ".join(xff), b", ", client.peer, wire.CRLF)
         else:
             parts.append(client.xff_line)
-        parts += (b"X-Forwarded-Host: ", ex.xfh or ex.host, wire.CRLF)
+        forwarded_host = ex.xfh or ex.host
         parts.append(b"X-Forwarded-Proto: %s\r\n" % ex.xfp if ex.xfp else XFP_HTTP)
     else:
-        parts += (client.xff_line, b"X-Forwarded-Host: ", ex.host, wire.CRLF, XFP_HTTP)
+        forwarded_host = ex.host
+        parts += (client.xff_line, XFP_HTTP)
+    if forwarded_host:
+        parts += (b"X-Forwarded-Host: ", forwarded_host, wire.CRLF)
     if not ex.request_id:
         parts += (_ID_PREFIX, b"%x\r\n" % next(_ids))
     if ex.chunked:

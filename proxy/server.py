@@ -13,8 +13,9 @@ import socket
 from typing import TYPE_CHECKING
 
 from proxy import wire
-from proxy.client import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM, ClientConnection
+from proxy.client import ClientConnection
 from proxy.settings import Limits, Settings
+from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 
 if TYPE_CHECKING:
     from proxy.state import Route, Store

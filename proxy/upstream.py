@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("slotswitch.upstream")
 
+SMALL_BODY = 16384  # up to this size the held head and the body are joined into one buffer
 DOWN_SECONDS = 1.0  # an upstream that refused a connection is skipped this long
 
 
@@ -164,6 +165,7 @@ class UpstreamConnection(asyncio.Protocol):
         "exchange",
         "has_length",
         "headers",
+        "held",
         "interim",
         "lost_reason",
         "mode",
@@ -188,6 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
+        self.held = b""
         self.headers: list[bytes] = []
         self.reason = b""
         self.code = 0
@@ -241,8 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self.pool.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -259,6 +261,8 @@ class UpstreamConnection(asyncio.Protocol):
         client.touch()
         try:
             self.parser.feed_data(data)
+            if self.held:  # the head arrived without its body: send it now
+                self._flush_held()
         except httptools.HttpParserUpgrade as upgrade:
             self._start_tunnel(ex, data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
@@ -289,11 +293,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.block_reading(1)  # RB_UPLOAD
+            self.exchange.client.block_reading(wire.RB_UPLOAD)
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.unblock_reading(1)
+            self.exchange.client.unblock_reading(wire.RB_UPLOAD)
 
     def send_tunnel(self, data: bytes) -> None:
         self.send(data)
@@ -326,21 +330,31 @@ class UpstreamConnection(asyncio.Protocol):
             return
         head, self.mode = response_head(self, ex, code)
         ex.response_started = True
-        client = ex.client
-        if client.transport is not None:
-            client.transport.write(head)
         if ex.method == b"HEAD":
+            if ex.client.transport is not None:
+                ex.client.transport.write(head)
             ex.finish(False)
             raise _HeadDone
+        # Held back so that the head and the first body bytes leave in one write (one syscall).
+        self.held = head
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
         if ex is None or ex.client.transport is None:
             return
+        transport = ex.client.transport
+        held = self.held
         if self.mode == MODE_CHUNK:
-            ex.client.transport.writelines((b"%x\r\n" % len(body), body, wire.CRLF))
+            self.held = b""
+            transport.writelines((held, b"%x\r\n" % len(body), body, wire.CRLF))
+        elif not held:
+            transport.write(body)
         else:
-            ex.client.transport.write(body)
+            self.held = b""
+            if len(body) <= SMALL_BODY:
+                transport.write(held + body)
+            else:
+                transport.writelines((held, body))
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -349,6 +363,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is None:
             return
+        self._flush_held()
         self._end_body(ex)
         # should_keep_alive() is only reliable inside this callback.
         reusable = self.parser.should_keep_alive() and not (self.nominated and b"close" in self.nominated)
@@ -378,6 +393,12 @@ class UpstreamConnection(asyncio.Protocol):
             client.transport.write(rest)
         self.tunnel = True
         client.start_tunnel(self)
+
+    def _flush_held(self) -> None:
+        held, self.held = self.held, b""
+        ex = self.exchange
+        if held and ex is not None and ex.client.transport is not None:
+            ex.client.transport.write(held)
 
     def _end_body(self, ex: Exchange) -> None:
         if self.mode == MODE_CHUNK and ex.client.transport is not None:

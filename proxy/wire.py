@@ -49,6 +49,10 @@ RESPONSE_SPECIAL.update({b"connection": R_CONNECTION, b"content-length": R_CONTE
 # How a response body goes to the client (decided in relay.response_head).
 MODE_PASS, MODE_CHUNK, MODE_RAW_CLOSE, MODE_NONE = range(4)
 
+# Client connection deadline kinds (ClientConnection.set_deadline) and read_block bits.
+DL_NONE, DL_IDLE, DL_HEADER, DL_BODY, DL_UPSTREAM, DL_SEND = range(6)
+RB_UPLOAD, RB_PIPELINE, RB_BUFFER, RB_TUNNEL = 1, 2, 4, 8
+
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 VIA = b"Via: 1.1 slotswitch\r\n"
