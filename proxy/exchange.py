@@ -155,9 +155,10 @@ class Exchange:
         self.route = route
         route.runtime.in_flight += 1
         route.runtime.requests += 1
-        self.head = request_head(self, client)
+        pool = route.pick()
+        self.head = request_head(self, client, pool.host_line)
         client.set_deadline(wire.DL_UPSTREAM if self.request_done else wire.DL_BODY)
-        route.pick().acquire(self)
+        pool.acquire(self)
 
     def attach(self, conn: UpstreamConnection) -> None:
         """An upstream connection is ours: send the head and whatever body has arrived."""

@@ -23,8 +23,11 @@ _ids = itertools.count(1)
 XFP_HTTP = b"X-Forwarded-Proto: http\r\n"
 
 
-def request_head(ex: Exchange, client: ClientConnection) -> bytes:
+def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> bytes:
+    """The head sent upstream. `host_line` is used only when the client sent no Host (HTTP/1.0)."""
     parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n", *ex.headers]
+    if not ex.host_count:
+        parts.append(host_line)
     if client.trusted:
         xff = ex.xff
         if xff:

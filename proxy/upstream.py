@@ -47,6 +47,7 @@ class UpstreamPool:
         "conns",
         "down_until",
         "host",
+        "host_line",
         "idle",
         "loop",
         "max_connections",
@@ -65,6 +66,7 @@ class UpstreamPool:
         self.url = url
         self.host = host
         self.port = port
+        self.host_line = b"Host: %s\r\n" % url.removeprefix("http://").encode("idna")
         self.idle: deque[UpstreamConnection] = deque()
         self.conns: set[UpstreamConnection] = set()
         self.waiters: deque[Exchange] = deque()
@@ -360,6 +362,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.interim:
             self._reset()
             return
+        if self.code == 101:
+            return  # feed_data raises HttpParserUpgrade next; the tunnel starts there
         ex = self.exchange
         if ex is None:
             return

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.demo_apps import make_app, start_app
 from proxy.runtime import Slotswitch
 from proxy.settings import parse_settings
 
@@ -39,6 +38,8 @@ class Upstreams:
 
 @pytest.fixture
 async def upstreams() -> AsyncIterator[Upstreams]:
+    from proxy.demo_apps import make_app, start_app
+
     started = []
     for name, body in (("blue", "v1"), ("green", "v2")):
         app = make_app(name, body)

@@ -1,0 +1,464 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: wrk direct to the upstream vs nginx vs slotswitch (see bench/README.md).
+
+Method (shared/research/performance.md): proxies pinned to cpu 0, upstreams and wrk on cpu 1, rounds
+interleaved, medians reported; the figure that matters is µs of proxy CPU per request, read from
+/proc/PID/stat (utime+stime summed over the proxy's process tree) before and after each wrk run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+PROXY_CPU, LOAD_CPU = "0", "1"
+PATHS = ("/small", "/16k")
+TARGETS = ("direct", "nginx", "slotswitch")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LATENCY_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+SOAK_WARMUP_REQUESTS = 50_000
+SOAK_MAX_SECONDS = 600.0
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Sample(WrkResult):
+    target: str
+    path: str
+    round: int
+    us_cpu_per_req: float | None
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(preferred: int, taken: set[int]) -> int:
+    for port in [preferred, *range(19000, 19101)]:
+        if port not in taken and port_free(port):
+            taken.add(port)
+            return port
+    raise BenchError("no free port in 19000-19100 on 127.0.0.1")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its live descendants (nginx master + workers, slotswitch + any worker processes)."""
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        for task in Path(f"/proc/{tree[-1]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(x) for x in task.read_text().split()]
+    return tree
+
+
+def read_proc(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:  # the process exited meanwhile
+        return ""
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of the given processes (all their threads), in seconds."""
+    stats = [read_proc(pid, "stat").rsplit(")", 1)[-1].split() for pid in pids]
+    return sum(int(f[11]) + int(f[12]) for f in stats if len(f) > 12) / CLK_TCK
+
+
+def rss_kib(pids: list[int]) -> int:
+    found = [re.search(r"^VmRSS:\s+(\d+) kB", read_proc(pid, "status"), re.M) for pid in pids]
+    return sum(int(m.group(1)) for m in found if m)
+
+
+class Procs:
+    """Every process started here, each in its own session so the whole group can be killed."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self._signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for proc in reversed(self.procs):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            self._signal(proc, signal.SIGKILL)  # also any straggler left in the process group
+            proc.wait()
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+
+def http_ok(port: int, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        conn.request("GET", path)
+        ok = conn.getresponse().status == 200
+        conn.close()
+    except OSError:
+        return False
+    return ok
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"exited with code {proc.returncode}; its output ends with:\n{tail(log)}")
+        if http_ok(port, "/small") and http_ok(port, "/16k"):
+            return
+        time.sleep(0.1)
+    raise BenchError(f"not answering 200 on 127.0.0.1:{port} /small and /16k after {timeout:.0f}s:\n{tail(log)}")
+
+
+def tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_nginx(procs: Procs, tmp: Path, name: str, template: str, cpu: str, **values: int) -> int:
+    text = (BENCH_DIR / "nginx" / template).read_text()
+    affinity = "1" + "0" * int(cpu)  # worker_cpu_affinity bitmask, rightmost = cpu 0
+    for key, val in {"DIR": str(tmp), "NAME": name, "AFFINITY": affinity, **values}.items():
+        text = text.replace("{{" + key + "}}", str(val))
+    (tmp / f"{name}.tmp").mkdir()
+    conf = tmp / f"{name}.conf"
+    conf.write_text(text)
+    log = tmp / f"{name}.log"
+    proc = procs.start(["taskset", "-c", cpu, "nginx", "-p", str(tmp), "-c", str(conf)], log)
+    wait_ready(proc, values["PORT"], log)
+    return proc.pid
+
+
+def start_upstreams(procs: Procs, tmp: Path, ports: set[int]) -> dict[str, int]:
+    (tmp / "www").mkdir()
+    (tmp / "www" / "16k").write_bytes(bytes(i % 251 for i in range(16384)))
+    tmp.chmod(0o755)  # the nginx workers run as an unprivileged user when started by root
+    found = {}
+    for name, preferred in (("blue", 19001), ("green", 19002)):
+        port = pick_port(preferred, ports)
+        start_nginx(procs, tmp, name, "upstream.conf", LOAD_CPU, PORT=port)
+        found[name] = port
+    return found
+
+
+def start_slotswitch(procs: Procs, tmp: Path, up: dict[str, int], ports: set[int], exe: Path) -> tuple[int, int]:
+    """Returns (port, pid)."""
+    if not exe.exists():
+        raise BenchError(f"{exe} does not exist (install the project: .venv/bin/pip install -e .)")
+    port, admin = pick_port(19020, ports), pick_port(19021, ports)
+    conf = tmp / "slotswitch.yaml"
+    conf.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        "slots:\n"
+        f'  blue:  {{upstreams: ["http://127.0.0.1:{up["blue"]}"]}}\n'
+        f'  green: {{upstreams: ["http://127.0.0.1:{up["green"]}"]}}\n'
+        "active: blue\nworkers: 1\n"
+        f"admin: {{listen: 127.0.0.1:{admin}, insecure_loopback: true}}\n"
+    )
+    log = tmp / "slotswitch.log"
+    proc = procs.start(["taskset", "-c", PROXY_CPU, str(exe), "run", "--config", str(conf)], log)
+    wait_ready(proc, port, log)
+    return port, proc.pid
+
+
+def to_ms(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value)
+    if not m:
+        raise BenchError(f"cannot parse wrk latency {value!r}")
+    return float(m.group(1)) * LATENCY_MS[m.group(2)]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    reqs = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if not (rps and reqs and p50 and p99):
+        raise BenchError(f"unexpected wrk output:\n{out}")
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = sum(int(n) for n in sock.groups()) if sock else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return WrkResult(float(rps.group(1)), int(reqs.group(1)), to_ms(p50.group(1)), to_ms(p99.group(1)), errors)
+
+
+def run_wrk(url: str, duration: float, connections: int) -> WrkResult:
+    argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    return parse_wrk(done.stdout)
+
+
+def measure(target: str, port: int, pid: int | None, path: str, rnd: int, args: argparse.Namespace) -> Sample:
+    pids = process_tree(pid) if pid else []
+    before = cpu_seconds(pids)
+    res = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections)
+    used = cpu_seconds(pids) - before
+    us = used * 1e6 / res.requests if pid and res.requests else None
+    return Sample(**asdict(res), target=target, path=path, round=rnd, us_cpu_per_req=us)
+
+
+def median_row(target: str, path: str, got: list[Sample]) -> dict[str, object]:
+    us = [s.us_cpu_per_req for s in got if s.us_cpu_per_req is not None]
+    return {
+        "target": target,
+        "path": path,
+        "rounds": len(got),
+        "rps": statistics.median(s.rps for s in got),
+        "us_cpu_per_req": statistics.median(us) if us else None,
+        "p50_ms": statistics.median(s.p50_ms for s in got),
+        "p99_ms": statistics.median(s.p99_ms for s in got),
+        "errors": sum(s.errors for s in got),
+    }
+
+
+def summarize(samples: list[Sample]) -> list[dict[str, object]]:
+    """Median per (target, path); ratio_vs_nginx = µs CPU/req of the target / µs CPU/req of nginx, same path."""
+    rows = []
+    for path in PATHS:
+        for target in TARGETS:
+            got = [s for s in samples if s.target == target and s.path == path]
+            if got:
+                rows.append(median_row(target, path, got))
+    base = {r["path"]: r["us_cpu_per_req"] for r in rows if r["target"] == "nginx"}
+    for row in rows:
+        mine, ref = row["us_cpu_per_req"], base.get(row["path"])
+        row["ratio_vs_nginx"] = mine / ref if isinstance(mine, float) and isinstance(ref, float) and ref else None
+    return rows
+
+
+def fmt(value: object, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "| target | path | rps | µs CPU/req | ratio vs nginx (µs) | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | {r['path']} | {fmt(r['rps'], '.0f')} | {fmt(r['us_cpu_per_req'], '.1f')} "
+            f"| {fmt(r['ratio_vs_nginx'], '.2f')} | {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} "
+            f"| {r['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def start_targets(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, int | None]]:
+    """Returns target -> (port, pid whose process tree is the proxy); pid None for direct."""
+    ports: set[int] = set()
+    up = start_upstreams(procs, tmp, ports)
+    targets: dict[str, tuple[int, int | None]] = {"direct": (up["blue"], None)}
+    nginx_port = pick_port(19010, ports)
+    nginx_pid = start_nginx(procs, tmp, "proxy", "proxy.conf", PROXY_CPU, PORT=nginx_port, UPSTREAM_PORT=up["blue"])
+    targets["nginx"] = (nginx_port, nginx_pid)
+    try:
+        targets["slotswitch"] = start_slotswitch(procs, tmp, up, ports, Path(args.slotswitch))
+    except BenchError as exc:
+        print(f"*** slotswitch NOT benchmarked: {exc}\n*** continuing with direct and nginx only.\n", flush=True)
+    return targets
+
+
+def run_round(rnd: int, targets: dict[str, tuple[int, int | None]], args: argparse.Namespace) -> list[Sample]:
+    samples = []
+    for path in PATHS:
+        for name, (port, pid) in list(targets.items()):
+            if pid is not None and not read_proc(pid, "stat"):
+                print(f"*** {name} (pid {pid}) has exited; dropping it from the remaining runs", flush=True)
+                del targets[name]
+                continue
+            s = measure(name, port, pid, path, rnd, args)
+            samples.append(s)
+            print(
+                f"round {rnd} {name:10} {path:6} rps={s.rps:9.0f} us/req={fmt(s.us_cpu_per_req, '.1f'):>6} "
+                f"p50={s.p50_ms:.2f}ms p99={s.p99_ms:.2f}ms errors={s.errors}",
+                flush=True,
+            )
+    return samples
+
+
+def compare(procs: Procs, tmp: Path, args: argparse.Namespace) -> int:
+    targets = start_targets(procs, tmp, args)
+    for port, _ in targets.values():
+        for path in PATHS:
+            if args.warmup > 0:
+                run_wrk(f"http://127.0.0.1:{port}{path}", args.warmup, args.connections)
+    samples = [s for rnd in range(1, args.rounds + 1) for s in run_round(rnd, targets, args)]
+    rows = summarize(samples)
+    print(f"\nmedians of {args.rounds} interleaved round(s), {args.duration:g}s each, wrk -t1 -c{args.connections}:\n")
+    print(markdown(rows))
+    write_json(args.out, {"config": run_config(args), "summary": rows, "samples": [asdict(s) for s in samples]})
+    return 0
+
+
+def run_config(args: argparse.Namespace) -> dict[str, object]:
+    nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip()
+    return {
+        **vars(args),
+        "proxy_cpu": PROXY_CPU,
+        "load_cpu": LOAD_CPU,
+        "nginx": nginx_v,
+        "python": sys.version.split()[0],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(out: str, data: dict[str, object]) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
+def drive(url: str, n: int, conns: int, chunk: float, deadline: float) -> int:
+    """Repeated wrk runs until n requests were served or the deadline passed; returns requests served."""
+    served, rps = 0, 0.0
+    while served < n and time.monotonic() < deadline:
+        want = (n - served) / rps + 1 if rps else chunk  # size the last chunk to what is left
+        res = run_wrk(url, round(max(1.0, min(chunk, want, deadline - time.monotonic()))), conns)
+        rps = res.rps
+        served += res.requests
+        print(f"  {served:>10} requests, last chunk {res.rps:.0f} rps, errors {res.errors}", flush=True)
+    return served
+
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS (KiB, summed over the process tree) once a second until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.stop_event = pid, threading.Event()
+        self.samples = [rss_kib(process_tree(pid))]
+
+    def run(self) -> None:
+        while not self.stop_event.wait(1.0):
+            self.samples.append(rss_kib(process_tree(self.pid)))
+
+    def stop(self) -> list[int]:
+        self.stop_event.set()
+        self.join()
+        return [*self.samples, rss_kib(process_tree(self.pid))]
+
+
+def soak(procs: Procs, tmp: Path, args: argparse.Namespace) -> int:
+    port, pid = start_targets(procs, tmp, args).get(args.soak_target, (0, None))
+    if pid is None:
+        print(f"soak target {args.soak_target} is not running; nothing to soak.")
+        return 2
+    url, deadline = f"http://127.0.0.1:{port}/small", time.monotonic() + SOAK_MAX_SECONDS
+    print(f"warm-up: {SOAK_WARMUP_REQUESTS} requests to {args.soak_target} {url}")
+    drive(url, SOAK_WARMUP_REQUESTS, args.connections, 2.0, deadline)
+    sampler = RssSampler(pid)
+    sampler.start()
+    print(f"soak: {args.soak} requests (max {SOAK_MAX_SECONDS:.0f}s incl. warm-up), RSS {sampler.samples[0]} KiB")
+    try:
+        served = drive(url, args.soak, args.connections, 10.0, deadline)
+    finally:
+        rss = sampler.stop()
+    start, end, peak = rss[0] / 1024, rss[-1] / 1024, max(rss) / 1024
+    drift = (end - start) * 100.0 / start if start else 0.0
+    print(
+        f"\n{args.soak_target} soak: {served} requests, {len(rss)} RSS samples: start {start:.1f} MiB, "
+        f"end {end:.1f} MiB, max {peak:.1f} MiB, drift {drift:+.1f}%"
+    )
+    if not read_proc(pid, "stat"):
+        print(f"*** {args.soak_target} (pid {pid}) exited during the soak: the end RSS is not meaningful")
+    if served < args.soak:
+        print(f"note: stopped at the {SOAK_MAX_SECONDS:.0f}s limit before {args.soak} requests")
+    return 0
+
+
+def check_tools() -> list[str]:
+    problems = [f"'{t}' not found in PATH" for t in ("nginx", "wrk", "taskset") if not shutil.which(t)]
+    if problems:
+        problems.append("install with: apt-get update && apt-get install -y nginx-light wrk util-linux")
+    if not {0, 1} <= os.sched_getaffinity(0):
+        problems.append("cpus 0 and 1 must both be available (proxy on cpu 0, wrk + upstreams on cpu 1)")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians reported (default 3)")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured wrk per target/path (0=off)")
+    p.add_argument("--out", default=str(BENCH_DIR / "results" / "compare.json"), help="JSON output file")
+    p.add_argument("--slotswitch", default=str(REPO_DIR / ".venv" / "bin" / "slotswitch"), help="executable")
+    p.add_argument("--soak", type=int, metavar="N", help="soak mode: drive N requests to /small, sample RSS")
+    p.add_argument("--soak-target", choices=("slotswitch", "nginx"), default="slotswitch", help="soak this proxy")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problems = check_tools()
+    if problems:
+        print("cannot run the benchmark:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="slotswitch-bench-"))
+    try:
+        return soak(procs, tmp, args) if args.soak else compare(procs, tmp, args)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Built-in sample upstream apps: what `slotswitch demo` runs, and the tests' real upstreams.
+
+Each app answers for one slot ("blue" answers "v1", "green" answers "v2") and marks every
+response with `X-App: <name>`. Routes: `/`, `/health` (flippable with `POST /admin/health?ok=0`),
+`/slow?ms=`, `/stream`, `/ws` (echo), `/status/<code>`, `/echo`, `/sink`, `/download?bytes=`,
+and `/admin/connections`, which counts the TCP connections the app accepted, so tests can
+check how many upstream connections the proxy really opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PATTERN = bytes(range(256)) * 256  # 64 KiB
+
+
+@dataclass
+class AppState:
+    name: str
+    body: str
+    healthy: bool = True
+    connections: int = 0
+    # Transports seen so far. Weak keys: a closed connection's transport may be freed and its
+    # id() reused, so identity is tracked by the object itself, not by id().
+    seen: weakref.WeakKeyDictionary[object, bool] = field(default_factory=weakref.WeakKeyDictionary)
+
+
+STATE = web.AppKey("state", AppState)
+
+
+def _int_arg(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer\n") from None
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(text=f"{name} must be in {low}..{high}\n")
+    return value
+
+
+@web.middleware
+async def _mark(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    transport = request.transport
+    if transport is not None and transport not in state.seen:
+        state.seen[transport] = True
+        state.connections += 1
+    return await handler(request)
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["X-App"] = request.app[STATE].name
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text=f"{request.app[STATE].body}\n")
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if not state.healthy:
+        return web.json_response({"status": "down", "app": state.name}, status=503)
+    return web.json_response({"status": "ok", "app": state.name})
+
+
+async def set_health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.healthy = request.query.get("ok", "1") != "0"
+    return web.json_response({"healthy": state.healthy})
+
+
+async def slow(request: web.Request) -> web.Response:
+    ms = _int_arg(request, "ms", 1000, 0, 600_000)
+    await asyncio.sleep(ms / 1000)
+    return web.Response(text=f"{request.app[STATE].body} slow {ms}\n")
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    chunks = _int_arg(request, "chunks", 5, 0, 100_000)
+    size = _int_arg(request, "size", 16, 1, 1 << 20)
+    delay = _int_arg(request, "delay_ms", 0, 0, 60_000)
+    resp = web.StreamResponse()
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    for _ in range(chunks):
+        await resp.write(b"x" * size)
+        if delay:
+            await asyncio.sleep(delay / 1000)
+    await resp.write_eof()
+    return resp
+
+
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == web.WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+async def status(request: web.Request) -> web.Response:
+    try:
+        code = int(request.match_info["code"])
+    except ValueError:
+        raise web.HTTPBadRequest(text="status must be a number\n") from None
+    if not 200 <= code <= 599:
+        raise web.HTTPBadRequest(text="status must be in 200..599\n")
+    if code in (204, 304):
+        return web.Response(status=code)
+    return web.Response(status=code, text=f"{request.app[STATE].body} status {code}\n")
+
+
+async def _digest_body(request: web.Request) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    length = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        digest.update(chunk)
+        length += len(chunk)
+    return length, digest.hexdigest()
+
+
+async def echo(request: web.Request) -> web.Response:
+    length, sha = await _digest_body(request)
+    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers]
+    return web.json_response(
+        {
+            "app": request.app[STATE].name,
+            "method": request.method,
+            "path_qs": request.raw_path,
+            "headers": headers,
+            "body_len": length,
+            "body_sha256": sha,
+        }
+    )
+
+
+async def sink(request: web.Request) -> web.Response:
+    length, sha = await _digest_body(request)
+    return web.json_response({"body_len": length, "body_sha256": sha})
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    total = _int_arg(request, "bytes", 1024, 0, 1 << 40)
+    resp = web.StreamResponse()
+    resp.content_length = total
+    await resp.prepare(request)
+    left = total
+    while left:
+        part = PATTERN if left >= len(PATTERN) else PATTERN[:left]
+        await resp.write(part)
+        left -= len(part)
+    await resp.write_eof()
+    return resp
+
+
+async def connections(request: web.Request) -> web.Response:
+    return web.json_response({"connections": request.app[STATE].connections})
+
+
+def make_app(name: str, body: str) -> web.Application:
+    app = web.Application(middlewares=[_mark], client_max_size=1 << 40)
+    app[STATE] = AppState(name, body)
+    app.on_response_prepare.append(_on_prepare)
+    app.router.add_get("/", index)
+    app.router.add_get("/health", health)
+    app.router.add_post("/admin/health", set_health)
+    app.router.add_get("/admin/connections", connections)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/ws", ws_echo)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_route("*", "/echo/{tail:.*}", echo)
+    app.router.add_route("*", "/sink", sink)
+    app.router.add_get("/download", download)
+    return app
+
+
+async def start_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def run_demo_apps(blue_port: int = 5001, green_port: int = 5002) -> list[web.AppRunner]:
+    runners = []
+    for name, body, port in (("blue", "v1", blue_port), ("green", "v2", green_port)):
+        runner, _ = await start_app(make_app(name, body), port=port)
+        runners.append(runner)
+    return runners

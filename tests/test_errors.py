@@ -1,0 +1,225 @@
+"""Every error path: each gets its status, a counter, a log line, and leaves the proxy serving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from proxy.runtime import Slotswitch
+from proxy.settings import parse_settings
+from tests.rawhttp import RawClient, request
+from tests.rawupstream import Responder, ScriptedUpstream
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+GET = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+
+Start = Callable[..., Awaitable[Slotswitch]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    apps: list[Slotswitch] = []
+    ups: list[ScriptedUpstream] = []
+
+    async def _start(blue: str | Responder = lambda head: OK, **overrides: object) -> Slotswitch:
+        if not isinstance(blue, str):
+            up = ScriptedUpstream(blue)
+            await up.start()
+            ups.append(up)
+            blue = up.url
+        data = {
+            "listen": "127.0.0.1:0",
+            "slots": {"blue": {"upstreams": [blue]}, "green": {"upstreams": [blue]}},
+            "active": "blue",
+            "admin": {"listen": "127.0.0.1:0"},
+            **overrides,
+        }
+        app = Slotswitch(parse_settings(data), token="")
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield _start
+    for app in apps:
+        await app.stop(timeout=1.0)
+    for up in ups:
+        await up.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def still_serves(app: Slotswitch) -> None:
+    """The proxy answers a normal request and holds no connection it should have released."""
+    resp = await request(app.proxy_port, GET)
+    assert resp.status in (200, 502, 504)
+    await asyncio.sleep(0)  # let connection_lost callbacks of the request above run
+    assert all(c.current is None for c in app.server.connections)
+
+
+async def test_refused_upstream_gives_502_with_count_and_log(start: Start, caplog: pytest.LogCaptureFixture) -> None:
+    app = await start(f"http://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.WARNING):
+        resp = await request(app.proxy_port, GET)
+    assert resp.status == 502
+    assert resp.header("X-Slotswitch-Slot") == "blue"
+    assert b"refused" in resp.body
+    assert app.store.current.routes["blue"].runtime.errors["connect_refused"] == 1
+    assert any("connect_refused" in r.getMessage() for r in caplog.records)
+    assert app.store.current.routes["blue"].runtime.in_flight == 0
+
+
+async def test_connect_timeout_gives_504(start: Start) -> None:
+    # A listener that never accepts, with its backlog already full: further SYNs go unanswered.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    port = blackhole.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    try:
+        app = await start(f"http://127.0.0.1:{port}", timeouts={"connect": "200ms"})
+        resp = await request(app.proxy_port, GET)
+        assert resp.status == 504
+        assert app.store.current.routes["blue"].runtime.errors["connect_timeout"] == 1
+    finally:
+        for f in fillers:
+            f.close()
+        blackhole.close()
+
+
+async def test_upstream_read_timeout_gives_504(start: Start) -> None:
+    app = await start(lambda head: b"", timeouts={"upstream_read": "200ms"})
+    resp = await request(app.proxy_port, GET)
+    assert resp.status == 504
+    assert app.store.current.routes["blue"].runtime.errors["read_timeout"] == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+async def test_malformed_upstream_response_gives_502_and_drops_connection(start: Start, answer: bytes) -> None:
+    app = await start(lambda head: answer)
+    resp = await request(app.proxy_port, GET)
+    assert resp.status == 502
+    assert app.store.current.routes["blue"].runtime.errors["bad_response"] == 1
+    await asyncio.sleep(0)
+    pool = app.store.current.routes["blue"].pools[0]
+    assert not pool.idle
+
+
+async def test_upstream_hangs_up_without_answer_gives_502(start: Start) -> None:
+    app = await start(lambda head: None)
+    resp = await request(app.proxy_port, GET)
+    assert resp.status == 502
+    assert app.store.current.routes["blue"].runtime.errors["upstream_reset"] == 1
+
+
+async def test_upstream_dies_mid_body_cuts_the_client(start: Start) -> None:
+    app = await start(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+    ups_stop: list[ScriptedUpstream] = []
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(GET)
+    line = await asyncio.wait_for(client.reader.readuntil(b"\r\n"), 5)
+    assert line.startswith(b"HTTP/1.1 200")
+    del ups_stop
+    # The scripted upstream keeps the connection open; the upstream read timeout is 60s, so stop it.
+    for conn in list(app.store.current.routes["blue"].pools[0].conns):
+        assert conn.transport is not None
+        conn.transport.abort()
+    rest = await asyncio.wait_for(client.reader.read(), 5)
+    assert len(rest) < 100 + 50  # truncated: the client sees the connection end early
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", 405),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 40000 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n", 413),
+    ],
+)
+async def test_bad_requests_get_4xx_and_close(start: Start, raw: bytes, status: int) -> None:
+    app = await start(limits={"body": 1000})
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(raw)
+    resp = await client.read_response()
+    assert resp.status == status
+    assert resp.header("Connection") == "close"
+    assert await client.closed()
+    await client.close()
+    await still_serves(app)
+
+
+async def test_chunked_body_over_limit_gets_413(start: Start) -> None:
+    app = await start(limits={"body": 10})
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n" + b"x" * 32 + b"\r\n")
+    assert (await client.read_response()).status == 413
+    assert await client.closed()
+    await client.close()
+
+
+async def test_header_read_timeout_gives_408(start: Start) -> None:
+    app = await start(timeouts={"header_read": "200ms"})
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n")  # never finished
+    resp = await client.read_response()
+    assert resp.status == 408
+    assert await client.closed()
+    await client.close()
+
+
+async def test_body_read_timeout_gives_408(start: Start) -> None:
+    app = await start(timeouts={"body_read": "200ms"})
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+    resp = await client.read_response()
+    assert resp.status == 408
+    assert await client.closed()
+    await client.close()
+
+
+async def test_idle_keepalive_connection_is_closed(start: Start) -> None:
+    app = await start(timeouts={"keepalive": "200ms"})
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(GET)
+    assert (await client.read_response()).status == 200
+    assert await client.closed(timeout=5)  # closed by the proxy, silently
+    await client.close()
+
+
+async def test_slowloris_connections_do_not_block_others(start: Start) -> None:
+    app = await start(timeouts={"header_read": "1s"})
+    slow = [await RawClient.connect(app.proxy_port) for _ in range(50)]
+    for c in slow:
+        await c.send(b"GET / HTTP/1.1\r\nHost")
+    assert (await request(app.proxy_port, GET)).status == 200
+    for c in slow:
+        await c.close()

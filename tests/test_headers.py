@@ -1,0 +1,145 @@
+"""Header rules in both directions, checked on the exact bytes that cross each socket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from proxy.runtime import Slotswitch
+from proxy.settings import parse_settings
+from tests.rawhttp import request
+from tests.rawupstream import Responder, ScriptedUpstream
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+Start = Callable[..., Awaitable[tuple[Slotswitch, ScriptedUpstream]]]
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Start]:
+    started: list[tuple[Slotswitch, ScriptedUpstream]] = []
+
+    async def start(responder: Responder = lambda head: OK, **overrides: object) -> tuple[Slotswitch, ScriptedUpstream]:
+        up = ScriptedUpstream(responder)
+        await up.start()
+        data = {
+            "listen": "127.0.0.1:0",
+            "slots": {"blue": {"upstreams": [up.url]}, "green": {"upstreams": [up.url]}},
+            "active": "blue",
+            "admin": {"listen": "127.0.0.1:0"},
+            **overrides,
+        }
+        app = Slotswitch(parse_settings(data), token="")
+        await app.start()
+        started.append((app, up))
+        return app, up
+
+    yield start
+    for app, up in started:
+        await app.stop(timeout=1.0)
+        await up.stop()
+
+
+def header_lines(head: bytes) -> list[tuple[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    out = []
+    for line in lines:
+        if line:
+            name, _, value = line.partition(":")
+            out.append((name.lower(), value.strip()))
+    return out
+
+
+def values(head: bytes, name: str) -> list[str]:
+    return [v for k, v in header_lines(head) if k == name]
+
+
+async def test_forwarding_headers_from_untrusted_client(scripted: Start) -> None:
+    app, up = await scripted()
+    await request(
+        app.proxy_port,
+        b"GET /a HTTP/1.1\r\nHost: example.test\r\nX-Forwarded-For: 6.6.6.6\r\n"
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n",
+    )
+    head = up.heads[0]
+    assert head.startswith(b"GET /a HTTP/1.1\r\n")
+    assert values(head, "x-forwarded-for") == ["127.0.0.1"]  # the spoofed value is replaced
+    assert values(head, "x-forwarded-proto") == ["http"]
+    assert values(head, "x-forwarded-host") == ["example.test"]
+    assert values(head, "via") == ["1.1 slotswitch"]
+    assert len(values(head, "x-request-id")) == 1
+
+
+async def test_forwarding_headers_from_trusted_proxy(scripted: Start) -> None:
+    app, up = await scripted(trusted_proxies=["127.0.0.0/8"])
+    await request(
+        app.proxy_port,
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Request-ID: abc\r\n\r\n",
+    )
+    head = up.heads[0]
+    assert values(head, "x-forwarded-for") == ["1.2.3.4, 127.0.0.1"]
+    assert values(head, "x-forwarded-proto") == ["https"]
+    assert values(head, "x-request-id") == ["abc"]  # kept, not replaced
+
+
+async def test_hop_by_hop_and_nominated_request_headers_are_stripped(scripted: Start) -> None:
+    app, up = await scripted()
+    await request(
+        app.proxy_port,
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret, X-Forwarded-For\r\nX-Secret: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n"
+        b"X-Kept: yes\r\n\r\n",
+    )
+    names = [k for k, _ in header_lines(up.heads[0])]
+    for gone in ("connection", "x-secret", "keep-alive", "te", "proxy-connection", "upgrade"):
+        assert gone not in names
+    assert "x-kept" in names
+    # Connection cannot strip the proxy's own forwarding header
+    assert values(up.heads[0], "x-forwarded-for") == ["127.0.0.1"]
+
+
+async def test_hop_by_hop_and_nominated_response_headers_are_stripped(scripted: Start) -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Internal\r\nX-Internal: secret\r\n"
+        b"Keep-Alive: timeout=5\r\nX-Public: yes\r\n\r\nok"
+    )
+    app, _ = await scripted(lambda head: answer)
+    resp = await request(app.proxy_port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert resp.body == b"ok"
+    assert resp.header("X-Internal") is None
+    assert resp.header("Keep-Alive") is None
+    assert resp.header("X-Public") == "yes"
+    assert resp.header("X-Slotswitch-Slot") == "blue"
+
+
+async def test_slot_header_is_configurable(scripted: Start) -> None:
+    app, _ = await scripted(slot_header="X-Served-By")
+    resp = await request(app.proxy_port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert resp.header("X-Served-By") == "blue"
+    assert resp.header("X-Slotswitch-Slot") is None
+    app_off, _ = await scripted(slot_header="")
+    resp = await request(app_off.proxy_port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert resp.header("X-Slotswitch-Slot") is None
+
+
+async def test_h2c_upgrade_is_never_forwarded(scripted: Start) -> None:
+    app, up = await scripted()
+    resp = await request(
+        app.proxy_port,
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    )
+    assert resp.status == 200
+    names = [k for k, _ in header_lines(up.heads[0])]
+    assert "upgrade" not in names
+    assert "http2-settings" not in names
+
+
+async def test_request_ids_are_unique(scripted: Start) -> None:
+    app, up = await scripted()
+    for _ in range(5):
+        await request(app.proxy_port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    ids = [values(h, "x-request-id")[0] for h in up.heads]
+    assert len(set(ids)) == 5
