@@ -71,7 +71,7 @@ async def test_100_switches_under_50_keepalive_clients(proxy: Slotswitch) -> Non
     failed = [r for r in results if r[0] != 200]
     assert failed == []
     expected_body = {"blue": "v1\n", "green": "v2\n"}
-    for status, slot, body, allowed in results:
+    for _status, slot, body, allowed in results:
         assert body == expected_body[slot]  # the header tells the truth about who answered
         assert slot in allowed, (slot, allowed)
     assert proxy.store.current.generation == 1 + SWITCHES
