@@ -23,21 +23,13 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.exchange import Exchange
-from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_NONE, DL_SEND, DL_UPSTREAM, RB_PIPELINE, RB_TUNNEL
+from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_NONE, DL_SEND, DL_UPSTREAM, RB_PIPELINE, RB_TUNNEL, Reject
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
     from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("slotswitch.client")
-
-
-class Reject(Exception):
-    """Raised inside a parser callback to answer with ERRORS[reason] and close."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class ClientConnection(asyncio.Protocol):
@@ -160,15 +152,15 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.parsing = Exchange(self)
-        self.header_bytes = 0
-        if self.current is None:
-            self.set_deadline(DL_HEADER)
-
+    # No on_message_begin: for requests on_url always comes first, and one callback fewer per
+    # request is measurable. The request line may arrive in pieces, hence the `parsing` check.
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
-        assert ex is not None
+        if ex is None:
+            ex = self.parsing = Exchange(self)
+            self.header_bytes = 0
+            if self.current is None:
+                self.set_deadline(DL_HEADER)
         ex.target += url
         if len(ex.target) > self.server.limits.request_line:
             raise Reject("uri_too_long")
@@ -274,13 +266,12 @@ class ClientConnection(asyncio.Protocol):
     def set_deadline(self, kind: int) -> None:
         """Arm the one deadline this phase needs; the timer is rescheduled only when it must fire sooner."""
         self.deadline_kind = kind
-        if kind == DL_NONE:
-            return
-        self.deadline = self.loop.time() + self.server.timeout_for[kind]
-        if self.timer is None or self.deadline < self.timer_at:
-            self._cancel_timer()
-            self.timer_at = self.deadline
-            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+        if kind:  # not DL_NONE
+            deadline = self.deadline = self.loop.time() + self.server.timeout_for[kind]
+            if self.timer is None or deadline < self.timer_at:
+                self._cancel_timer()
+                self.timer_at = deadline
+                self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def touch(self) -> None:
         """Push the current deadline back (called when bytes move)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PATTERN = bytes(range(256)) * 256  # 64 KiB
+PATTERN = bytes(range(256)) * 256  # 64 KiB: the unit of every /download write
+BODYLESS = frozenset({204, 304})
 
 
 @dataclass
@@ -27,8 +29,11 @@ class AppState:
     body: str
     healthy: bool = True
     connections: int = 0
-    # Transports seen so far. Weak keys: a closed connection's transport may be freed and its
-    # id() reused, so identity is tracked by the object itself, not by id().
+    # Connection counting: the transport object is the identity of a TCP connection (one per
+    # accepted socket, shared by every keep-alive request on it). id() is not usable, since a
+    # closed connection's transport may be freed and its id reused; weak keys let closed
+    # transports drop out while `connections` only ever grows. A connection is counted on its
+    # first request, so an accepted socket that never sends a request is not counted.
     seen: weakref.WeakKeyDictionary[object, bool] = field(default_factory=weakref.WeakKeyDictionary)
 
 
@@ -48,8 +53,12 @@ def _int_arg(request: web.Request, name: str, default: int, low: int, high: int)
     return value
 
 
+def _has_body(request: web.Request, status: int = 200) -> bool:
+    return request.method != "HEAD" and status not in BODYLESS
+
+
 @web.middleware
-async def _mark(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _count_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     transport = request.transport
     if transport is not None and transport not in state.seen:
@@ -58,7 +67,7 @@ async def _mark(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+async def _mark(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["X-App"] = request.app[STATE].name
 
 
@@ -74,9 +83,14 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def set_health(request: web.Request) -> web.Response:
+    """`?ok=1` marks the app healthy, `?ok=0` down; without `ok` the state is toggled."""
     state = request.app[STATE]
-    state.healthy = request.query.get("ok", "1") != "0"
-    return web.json_response({"healthy": state.healthy})
+    state.healthy = bool(_int_arg(request, "ok", int(not state.healthy), 0, 1))
+    return web.json_response({"app": state.name, "healthy": state.healthy})
+
+
+async def connections(request: web.Request) -> web.Response:
+    return web.json_response({"connections": request.app[STATE].connections})
 
 
 async def slow(request: web.Request) -> web.Response:
@@ -86,16 +100,19 @@ async def slow(request: web.Request) -> web.Response:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
+    """`chunks` writes of `size` bytes; chunk i is filled with the letter "a" + i % 26.
+
+    Chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0 ones (aiohttp picks).
+    """
     chunks = _int_arg(request, "chunks", 5, 0, 100_000)
     size = _int_arg(request, "size", 16, 1, 1 << 20)
     delay = _int_arg(request, "delay_ms", 0, 0, 60_000)
-    resp = web.StreamResponse()
-    resp.enable_chunked_encoding()
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await resp.prepare(request)
-    for _ in range(chunks):
-        await resp.write(b"x" * size)
-        if delay:
+    for i in range(chunks if _has_body(request) else 0):
+        if i and delay:
             await asyncio.sleep(delay / 1000)
+        await resp.write(bytes([0x61 + i % 26]) * size)
     await resp.write_eof()
     return resp
 
@@ -111,16 +128,33 @@ async def ws_echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def _send_interim(request: web.Request, code: int) -> None:
+    """Write a 1xx interim head straight to the socket, as aiohttp does for 100-continue."""
+    if request.version < (1, 1):
+        return  # HTTP/1.0 clients do not understand 1xx (RFC 9110 section 15.2)
+    try:
+        reason = http.HTTPStatus(code).phrase
+    except ValueError:
+        reason = "Informational"
+    await request.writer.write(f"HTTP/1.1 {code} {reason}\r\n\r\n".encode("ascii"))
+    request.writer.output_size = 0
+
+
 async def status(request: web.Request) -> web.Response:
+    """Answer with status `code`. A 1xx can only be interim: it is sent, then a 200 follows."""
     try:
         code = int(request.match_info["code"])
     except ValueError:
-        raise web.HTTPBadRequest(text="status must be a number\n") from None
-    if not 200 <= code <= 599:
-        raise web.HTTPBadRequest(text="status must be in 200..599\n")
-    if code in (204, 304):
+        raise web.HTTPBadRequest(text="status must be an integer\n") from None
+    if not 100 <= code <= 599 or code == 101:
+        raise web.HTTPBadRequest(text="status must be in 100..599 (101 only via /ws)\n")
+    text = f"{request.app[STATE].body} status {code}\n"
+    if code < 200:
+        await _send_interim(request, code)
+        return web.Response(text=text)
+    if code in BODYLESS:
         return web.Response(status=code)
-    return web.Response(status=code, text=f"{request.app[STATE].body} status {code}\n")
+    return web.Response(status=code, text=text)
 
 
 async def _digest_body(request: web.Request) -> tuple[int, str]:
@@ -153,27 +187,26 @@ async def sink(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
+    """`bytes` bytes of PATTERN repeated, with Content-Length, written 64 KiB at a time."""
     total = _int_arg(request, "bytes", 1024, 0, 1 << 40)
-    resp = web.StreamResponse()
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     resp.content_length = total
     await resp.prepare(request)
-    left = total
+    left = total if _has_body(request) else 0
+    view = memoryview(PATTERN)
     while left:
-        part = PATTERN if left >= len(PATTERN) else PATTERN[:left]
+        part = view[: min(left, len(view))]
         await resp.write(part)
         left -= len(part)
     await resp.write_eof()
     return resp
 
 
-async def connections(request: web.Request) -> web.Response:
-    return web.json_response({"connections": request.app[STATE].connections})
-
-
 def make_app(name: str, body: str) -> web.Application:
-    app = web.Application(middlewares=[_mark], client_max_size=1 << 40)
+    """The sample app for one slot, e.g. `make_app("blue", "v1")`."""
+    app = web.Application(middlewares=[_count_connection])
     app[STATE] = AppState(name, body)
-    app.on_response_prepare.append(_on_prepare)
+    app.on_response_prepare.append(_mark)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_post("/admin/health", set_health)
@@ -190,16 +223,26 @@ def make_app(name: str, body: str) -> web.Application:
 
 
 async def start_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port (0 picks a free port); returns the runner and the bound port."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner, int(runner.addresses[0][1])
 
 
 async def run_demo_apps(blue_port: int = 5001, green_port: int = 5002) -> list[web.AppRunner]:
-    runners = []
-    for name, body, port in (("blue", "v1", blue_port), ("green", "v2", green_port)):
-        runner, _ = await start_app(make_app(name, body), port=port)
-        runners.append(runner)
+    """Start blue ("v1") and green ("v2"); the caller cleans the runners up."""
+    runners: list[web.AppRunner] = []
+    try:
+        for name, body, port in (("blue", "v1", blue_port), ("green", "v2", green_port)):
+            runner, _ = await start_app(make_app(name, body), port=port)
+            runners.append(runner)
+    except BaseException:
+        for runner in runners:
+            await runner.cleanup()
+        raise
     return runners

@@ -41,7 +41,7 @@ class Exchange:
         "chunked",
         "client",
         "conn",
-        "conn_tokens",
+        "conn_upgrade",
         "content_length",
         "ended",
         "head",
@@ -50,6 +50,7 @@ class Exchange:
         "host_count",
         "keep_alive",
         "method",
+        "nominated",
         "request_done",
         "request_id",
         "response_started",
@@ -70,7 +71,8 @@ class Exchange:
         self.target = b""
         self.version = "1.1"
         self.headers: list[bytes] = []  # "Name: value\r\n" lines copied as they came
-        self.conn_tokens: list[bytes] | None = None
+        self.nominated: frozenset[bytes] | None = None
+        self.conn_upgrade = False
         self.host = b""
         self.host_count = 0
         self.xff: list[bytes] | None = None
@@ -100,17 +102,17 @@ class Exchange:
     def add_header(self, name: bytes, value: bytes) -> None:
         kind = wire.REQUEST_SPECIAL.get(name.lower())
         if kind is None:
-            self.headers.append(b"%s: %s\r\n" % (name, value))
+            self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_HOST:
             self.host = value
             self.host_count += 1
-            self.headers.append(b"%s: %s\r\n" % (name, value))
+            self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_CONTENT_LENGTH:
             self.content_length = int(value)  # llhttp has validated it
-            self.headers.append(b"%s: %s\r\n" % (name, value))
+            self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_CONNECTION:
-            tokens = [t.strip().lower() for t in value.split(b",")]
-            self.conn_tokens = tokens if self.conn_tokens is None else self.conn_tokens + tokens
+            self.nominated = wire.nominated_names(value, self.nominated)
+            self.conn_upgrade = self.conn_upgrade or b"upgrade" in value.lower()
         elif kind == wire.H_TE:
             self.chunked = value.lower().rstrip().endswith(b"chunked")
         elif kind == wire.H_UPGRADE:
@@ -125,25 +127,23 @@ class Exchange:
             self.xfp = value
         elif kind == wire.H_REQUEST_ID:
             self.request_id = True
-            self.headers.append(b"%s: %s\r\n" % (name, value))
+            self.headers.append(name + b": " + value + wire.CRLF)
         # other hop-by-hop headers are dropped
 
     def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
-        from proxy.client import Reject
-
         self.method = method
         self.version = version
         self.keep_alive = keep_alive
         if method == b"CONNECT":
-            raise Reject("method_not_allowed")
+            raise wire.Reject("method_not_allowed")
         if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
-            raise Reject("bad_host")
+            raise wire.Reject("bad_host")
         limit = self.client.server.limits.body
         if limit and self.content_length > limit:
-            raise Reject("body_too_large")
-        self.ws = self.upgrade == b"websocket" and method == b"GET" and b"upgrade" in (self.conn_tokens or ())
-        if self.conn_tokens is not None:
-            self.headers = drop_nominated(self.headers, self.conn_tokens)
+            raise wire.Reject("body_too_large")
+        self.ws = self.conn_upgrade and self.upgrade == b"websocket" and method == b"GET"
+        if self.nominated is not None:
+            self.headers = drop_nominated(self.headers, self.nominated)
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -157,7 +157,8 @@ class Exchange:
         route.runtime.requests += 1
         pool = route.pick()
         self.head = request_head(self, client, pool.host_line)
-        client.set_deadline(wire.DL_UPSTREAM if self.request_done else wire.DL_BODY)
+        if self.content_length > 0 or self.chunked:
+            client.set_deadline(wire.DL_BODY)  # a bodyless request gets DL_UPSTREAM in client_done
         pool.acquire(self)
 
     def attach(self, conn: UpstreamConnection) -> None:
@@ -192,12 +193,10 @@ class Exchange:
     # -- request body -----------------------------------------------------------------------
 
     def client_body(self, chunk: bytes) -> None:
-        from proxy.client import Reject
-
         self.body_seen += len(chunk)
         limit = self.client.server.limits.body
         if limit and self.body_seen > limit:
-            raise Reject("body_too_large")
+            raise wire.Reject("body_too_large")
         conn = self.conn
         if conn is not None:
             self.client.touch()

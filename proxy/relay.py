@@ -12,11 +12,8 @@ if TYPE_CHECKING:
     from proxy.upstream import UpstreamConnection
 
 
-def drop_nominated(lines: list[bytes], tokens: list[bytes]) -> list[bytes]:
+def drop_nominated(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     """Remove the header lines a Connection header nominates (RFC 9110 §7.6.1)."""
-    names = {t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade", b"")}
-    if not names:
-        return lines
     return [line for line in lines if line.split(b":", 1)[0].strip().lower() not in names]
 
 
@@ -24,7 +21,7 @@ def response_head(conn: UpstreamConnection, ex: Exchange, code: int) -> tuple[by
     """The head to write to the client and how its body is framed (a MODE_* constant)."""
     lines = conn.headers if conn.nominated is None else drop_nominated(conn.headers, conn.nominated)
     http10 = ex.version == "1.0"
-    parts = [b"HTTP/1.1 %d %s\r\n" % (code, conn.reason), *lines]
+    parts = [wire.STATUS_LINES[code], *lines]
     if ex.method == b"HEAD" or code == 204 or code == 304:
         mode = MODE_NONE
     elif conn.has_length and not conn.te_chunked:
@@ -52,5 +49,4 @@ def tunnel_head(conn: UpstreamConnection, ex: Exchange) -> bytes:
     lines = conn.headers if conn.nominated is None else drop_nominated(conn.headers, conn.nominated)
     route = ex.route
     slot = route.header if route is not None else b""
-    reason = conn.reason or b"Switching Protocols"
-    return b"".join((b"HTTP/1.1 101 %s\r\n" % reason, *lines, wire.CONN_UPGRADE, slot, wire.VIA, wire.CRLF))
+    return b"".join((wire.STATUS_LINES[101], *lines, wire.CONN_UPGRADE, slot, wire.VIA, wire.CRLF))

@@ -36,6 +36,10 @@ SMALL_BODY = 16384  # up to this size the held head and the body are joined into
 DOWN_SECONDS = 1.0  # an upstream that refused a connection is skipped this long
 
 
+class BadResponse(Exception):
+    """The upstream's response breaks a rule httptools does not check."""
+
+
 class _HeadDone(Exception):
     """Stops the parser after the head of a response to HEAD (httptools cannot skip its body)."""
 
@@ -164,6 +168,7 @@ class UpstreamPool:
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "code",
+        "conn_close",
         "exchange",
         "has_length",
         "headers",
@@ -174,7 +179,6 @@ class UpstreamConnection(asyncio.Protocol):
         "nominated",
         "parser",
         "pool",
-        "reason",
         "reused",
         "te_chunked",
         "transport",
@@ -194,12 +198,12 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self) -> None:
         self.held = b""
         self.headers: list[bytes] = []
-        self.reason = b""
         self.code = 0
         self.interim = False
         self.has_length = False
         self.te_chunked = False
-        self.nominated: list[bytes] | None = None
+        self.nominated: frozenset[bytes] | None = None
+        self.conn_close = False
         self.mode = MODE_PASS
 
     # -- used by the exchange and the pool --------------------------------------------------
@@ -268,8 +272,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             self._start_tunnel(ex, data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _HeadDone):
-                log.error("internal error relaying from %s", self.pool.url, exc_info=exc.__context__)
+            cause = exc.__context__
+            if isinstance(cause, BadResponse):
+                log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, cause)
+                self._broken("bad_response")
+            elif not isinstance(cause, _HeadDone):
+                log.error("internal error relaying from %s", self.pool.url, exc_info=cause)
                 self._broken("bad_response")
         except httptools.HttpParserError as exc:
             log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, exc)
@@ -306,21 +314,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
         kind = wire.RESPONSE_SPECIAL.get(name.lower())
         if kind is None:
-            self.headers.append(b"%s: %s\r\n" % (name, value))
+            self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.R_CONTENT_LENGTH:
             self.has_length = True
-            self.headers.append(b"%s: %s\r\n" % (name, value))
+            self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.R_TE:
             self.te_chunked = True
         elif kind == wire.R_CONNECTION:
-            tokens = [t.strip().lower() for t in value.split(b",")]
-            self.nominated = tokens if self.nominated is None else self.nominated + tokens
+            self.nominated = wire.nominated_names(value, self.nominated)
+            self.conn_close = self.conn_close or b"close" in value.lower()
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
@@ -370,7 +375,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._flush_held()
         self._end_body(ex)
         # should_keep_alive() is only reliable inside this callback.
-        reusable = self.parser.should_keep_alive() and not (self.nominated and b"close" in self.nominated)
+        reusable = self.parser.should_keep_alive() and not self.conn_close
         ex.finish(reusable)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -379,12 +384,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = True
         if code == 101:
             if not ex.ws:
-                raise ValueError("101 Switching Protocols for a request that did not ask for it")
+                raise BadResponse("101 Switching Protocols for a request that did not ask for it")
             self.interim = False
             return  # the parser raises HttpParserUpgrade after this message; see _start_tunnel
         if ex.version != "1.0" and ex.client.transport is not None:
-            reason = self.reason or b"Continue"
-            ex.client.transport.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (code, reason, b"".join(self.headers)))
+            ex.client.transport.write(b"".join((wire.STATUS_LINES[code], *self.headers, wire.CRLF)))
 
     def _start_tunnel(self, ex: Exchange, rest: bytes) -> None:
         client = ex.client

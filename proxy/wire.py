@@ -69,6 +69,31 @@ WS_CLOSE_1001_TO_CLIENT = b"\x88\x02\x03\xe9"  # server frames are unmasked
 WS_CLOSE_1001_TO_UPSTREAM = b"\x88\x82\x00\x00\x00\x00\x03\xe9"  # client frames are masked (zero mask)
 
 
+class Reject(Exception):
+    """Raised inside a parser callback to answer with ERRORS[reason] and close the connection."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+
+
+def nominated_names(value: bytes, names: frozenset[bytes] | None) -> frozenset[bytes] | None:
+    """Header names a Connection header value nominates for removal, added to `names`.
+
+    The common values (keep-alive, close, upgrade) nominate nothing and cost one lower().
+    """
+    lowered = value.lower().strip()
+    if lowered in _STANDARD_TOKENS:
+        return names
+    found = frozenset(t.strip() for t in lowered.split(b",")) - _STANDARD_TOKENS
+    if not found:
+        return names
+    return found if names is None else names | found
+
+
 def status_line(code: int, reason: bytes = b"") -> bytes:
     if not reason:
         try:
@@ -76,6 +101,11 @@ def status_line(code: int, reason: bytes = b"") -> bytes:
         except ValueError:
             reason = b"Unknown"
     return b"HTTP/1.1 %d %s\r\n" % (code, reason)
+
+
+# Status lines for every code, built at import (as uvicorn does). Reason phrases are the standard
+# ones: RFC 9112 §4 lets a client ignore them, and not parsing the upstream's saves a callback.
+STATUS_LINES = [status_line(code) for code in range(600)]
 
 
 class ErrorReply(NamedTuple):
