@@ -125,11 +125,22 @@ class Upstream(_Model):
 
 
 def _upstream(value: object) -> object:
-    return Upstream.from_url(value) if isinstance(value, str) else value
+    if isinstance(value, Upstream):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL string like http://127.0.0.1:5001, got {type(value).__name__}")
+    return Upstream.from_url(value)
+
+
+def _non_empty(value: object) -> object:
+    # Checked before the items, so one bad URL is one error and not also "too few items".
+    if isinstance(value, list | tuple) and not value:
+        raise ValueError("at least one upstream URL is needed")
+    return value
 
 
 class SlotConfig(_Model):
-    upstreams: Annotated[tuple[Annotated[Upstream, BeforeValidator(_upstream)], ...], Field(min_length=1)]
+    upstreams: Annotated[tuple[Annotated[Upstream, BeforeValidator(_upstream)], ...], BeforeValidator(_non_empty)]
 
 
 class Limits(_Model):
@@ -253,7 +264,15 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
     try:
         return Settings.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        errors = _format_errors(exc)
+    # Cross-field checks run in pydantic only when every field is valid; run them here too so
+    # that one pass reports every error.
+    slots, active = data.get("slots"), data.get("active")
+    if isinstance(slots, Mapping) and isinstance(active, str) and len(slots) == 2 and active not in slots:
+        message = f"active: {active!r} is not a slot (slots: {', '.join(map(str, slots))})"
+        if message not in errors:
+            errors.append(message)
+    raise ConfigError(errors)
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -262,6 +281,8 @@ def load_settings(path: str | Path) -> Settings:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
