@@ -46,7 +46,9 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         given = request.headers.get("Authorization", "")
         # Constant-time comparison; the token itself is never logged.
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return error_response(401, "unauthorized", "missing or wrong bearer token")
+            resp = error_response(401, "unauthorized", "missing or wrong bearer token")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="slotswitch"'
+            return resp
     try:
         return await handler(request)
     except ApiError as exc:
@@ -58,7 +60,10 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        resp = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        if "Allow" in exc.headers:  # a 405 names the methods that are allowed (RFC 9110 §15.5.6)
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def setup(loop: Any) -> tuple[Any, UpstreamConnection, MemoryTransport]:
             "active": "blue",
         }
     )
-    registry = Registry(lambda name, slot, i, s: UpstreamPool(loop, name, slot.upstreams[i].url, "127.0.0.1", 9))
+    registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
     store = Store(build_snapshot(registry, settings, generation=1, active="blue", previous=None))
     server = ProxyServer(store, loop)
     client = ClientConnection(server)

@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from proxy import wire
+from proxy.balance import choose
 from proxy.headers import request_head
 from proxy.relay import drop_nominated
 
@@ -43,18 +44,24 @@ class Exchange:
         "conn",
         "conn_upgrade",
         "content_length",
+        "cookie",
         "ended",
         "head",
         "headers",
         "host",
         "host_count",
         "keep_alive",
+        "kinds",
         "method",
         "nominated",
+        "preview",
         "request_done",
         "request_id",
         "response_started",
         "route",
+        "started",
+        "status",
+        "sticky",
         "target",
         "upgrade",
         "version",
@@ -66,6 +73,7 @@ class Exchange:
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
+        self.kinds = client.server.header_kinds  # which header names need a decision
         # Request head, filled in by the parser callbacks.
         self.method = b""
         self.target = b""
@@ -79,6 +87,9 @@ class Exchange:
         self.xfh = b""
         self.xfp = b""
         self.request_id = False
+        self.cookie = b""
+        self.sticky = b""
+        self.preview = b""
         self.upgrade = b""
         self.ws = False
         self.chunked = False
@@ -93,6 +104,8 @@ class Exchange:
         self.route: Route | None = None
         self.conn: UpstreamConnection | None = None
         self.head = b""
+        self.status = 0
+        self.started = 0.0
         self.attempts = 0
         self.response_started = False
         self.ended = False
@@ -100,7 +113,7 @@ class Exchange:
     # -- request head -----------------------------------------------------------------------
 
     def add_header(self, name: bytes, value: bytes) -> None:
-        kind = wire.REQUEST_SPECIAL.get(name.lower())
+        kind = self.kinds.get(name.lower())
         if kind is None:
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_HOST:
@@ -128,6 +141,14 @@ class Exchange:
         elif kind == wire.H_REQUEST_ID:
             self.request_id = True
             self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_COOKIE:
+            self.cookie = value if not self.cookie else self.cookie + b"; " + value
+            self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_STICKY:
+            self.sticky = value
+            self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_PREVIEW:
+            self.preview = value  # never forwarded, matching secret or not
         # other hop-by-hop headers are dropped
 
     def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
@@ -150,12 +171,20 @@ class Exchange:
     def start(self) -> None:
         """Route the request: read the snapshot once; the exchange stays on this slot until it ends."""
         client = self.client
-        snap = client.server.store.current
-        route = snap.primary
+        server = client.server
+        snap = server.store.current
+        # Fast path: no ramp and nothing that asks for the idle slot.
+        plain = snap.canary is None and not (self.preview or server.preview_cookie)
+        route = snap.primary if plain else choose(snap, self)
         self.route = route
-        route.runtime.in_flight += 1
-        route.runtime.requests += 1
+        self.started = client.loop.time()
+        rt = route.runtime
+        rt.in_flight += 1
+        rt.requests += 1
         pool = route.pick()
+        if pool is None:
+            self.fail("no_upstream")
+            return
         self.head = request_head(self, client, pool.host_line)
         if self.content_length > 0 or self.chunked:
             client.set_deadline(wire.DL_BODY)  # a bodyless request gets DL_UPSTREAM in client_done
@@ -242,7 +271,7 @@ class Exchange:
         route = self.route
         if reason == "connect_refused" and route is not None and self.attempts < len(route.pools):
             nxt = route.pick()
-            if nxt is not pool:
+            if nxt is not None and nxt is not pool:
                 nxt.acquire(self)
                 return
         self.fail(reason)
@@ -257,8 +286,8 @@ class Exchange:
             self._end()
             return
         retry = reused and reason == "upstream_reset" and self.retryable() and self.attempts < MAX_ATTEMPTS
-        if retry and self.route is not None:
-            self.route.pick().acquire(self)
+        if retry and self.route is not None and (pool := self.route.pick()) is not None:
+            pool.acquire(self)
             return
         self.fail(reason)
 
@@ -289,6 +318,7 @@ class Exchange:
         if client.transport is None:
             self._end()
             return
+        self.status = wire.ERRORS[reason].status
         closes = client.server.send_error(client.transport, reason, route)
         self._end()
         client.exchange_done(self, not closes and self.keep_alive and self.request_done)
@@ -308,6 +338,8 @@ class Exchange:
         route = self.route
         if route is not None:
             rt = route.runtime
+            # 499 (nginx's "client closed request") when the client left before any answer.
+            rt.stats.record(self.status or 499, self.client.loop.time() - self.started)
             rt.in_flight -= 1
             if rt.in_flight == 0 and rt.on_idle is not None:
                 rt.on_idle()

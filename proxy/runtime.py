@@ -39,11 +39,7 @@ class Slotswitch:
         self.token = os.environ.get(TOKEN_ENV, "") if token is None else token
         self.loop = asyncio.get_running_loop()
         loop = self.loop
-        self.registry = Registry(
-            lambda name, slot, index, s: UpstreamPool(
-                loop, name, slot.upstreams[index].url, slot.upstreams[index].host, slot.upstreams[index].port
-            )
-        )
+        self.registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
         first = build_snapshot(self.registry, settings, generation=1, active=settings.active, previous=None)
         self.store = Store(first)
         self.server = ProxyServer(self.store, loop)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("slotswitch.server")
 
 
+def read_secret(env: str | None, path: str | None) -> str:
+    """A secret from an environment variable or a file (stripped); "" when neither has one."""
+    if env and os.environ.get(env):
+        return os.environ[env].strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError as exc:
+            log.error("cannot read secret file %s: %s", path, exc.strerror)
+    return ""
+
+
 class ProxyServer:
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
@@ -31,6 +45,11 @@ class ProxyServer:
         self.stopping = False
         self.error_counts: dict[str, int] = {}
         self.limits = Limits()
+        self.header_kinds: dict[bytes, int] = dict(wire.REQUEST_SPECIAL)
+        self.preview_secret = b""
+        self.preview_cookie = b""
+        self.sticky_by = "ip"
+        self.sticky_name = b""
         self.timeout_for: list[float] = [0.0] * 6
         self._trusted_exact: frozenset[str] = frozenset()
         self._trusted_nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -39,6 +58,17 @@ class ProxyServer:
 
     def apply(self, settings: Settings) -> None:
         self.limits = settings.limits
+        kinds = dict(wire.REQUEST_SPECIAL)
+        self.sticky_by = settings.sticky.by
+        self.sticky_name = settings.sticky.name.encode("latin-1")
+        if settings.sticky.by == "header":
+            kinds[self.sticky_name.lower()] = wire.H_STICKY
+        secret = read_secret(settings.preview.secret_env, settings.preview.secret_file)
+        self.preview_secret = secret.encode() if secret else b""
+        # The preview header is never forwarded, whether a secret is configured or not.
+        kinds[settings.preview.header.lower().encode("latin-1")] = wire.H_PREVIEW
+        self.preview_cookie = settings.preview.cookie.encode("latin-1") if secret else b""
+        self.header_kinds = kinds
         t = settings.timeouts
         timeouts = [0.0] * 6
         timeouts[DL_IDLE] = t.keepalive

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -162,11 +162,128 @@ class Pool(_Model):
     max_connections: int = Field(default=1024, ge=1, le=1_000_000)
 
 
+class TokenConfig(_Model):
+    """An admin API token: its secret comes from an env var or a file, never from this file."""
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["viewer", "operator"] = "operator"
+    token_env: str | None = None
+    token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenConfig:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("set exactly one of token_env or token_file")
+        return self
+
+
 class AdminConfig(_Model):
     listen: str = "127.0.0.1:9901"
-    insecure_loopback: bool = False
+    insecure_loopback: bool = False  # with no token, serve on loopback only if this is true
+    tokens: tuple[TokenConfig, ...] = ()
+    audit_log: str = ""  # "" = next to the config file as <config>.audit.jsonl (none in-process)
+    metrics_listen: str = ""  # optional separate listener for /metrics
 
     _v_listen = field_validator("listen")(_check_listen)
+
+
+class StateConfig(_Model):
+    """Where the routing state (active slot, upstreams, ramp, generation) is kept."""
+
+    backend: Literal["file", "redis"] = "file"
+    file: str = ""  # "" = next to the config file as <config>.state.json (none in-process)
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "slotswitch"
+    poll_interval: Duration = 1.0
+    fallback_to_config: bool = False  # start from the config's state if the store is unreachable
+
+
+class Sticky(_Model):
+    """How a client keeps its slot during a ramp: a hash of this key. A request without the key
+    is placed on its own."""
+
+    by: Literal["ip", "cookie", "header", "none"] = "ip"
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _named(self) -> Sticky:
+        if self.by in ("cookie", "header") and not self.name:
+            raise ValueError(f"sticky.by {self.by} needs a name")
+        return self
+
+
+class Preview(_Model):
+    """Requests carrying this header or cookie with the secret go to the idle slot."""
+
+    header: str = "X-Slotswitch-Preview"
+    cookie: str = "slotswitch_preview"
+    secret_env: str = "SLOTSWITCH_PREVIEW_SECRET"
+    secret_file: str | None = None
+
+
+class Analysis(_Model):
+    """The rollback judge's policy: absolute guardrails and a comparison with the other slot."""
+
+    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_p99: Duration = 2.0
+    min_requests: int = Field(default=50, ge=1)
+    window: Duration = 10.0
+    failure_limit: int = Field(default=2, ge=1)
+    compare_to_baseline: bool = True
+    watch_after_switch: Duration = 60.0
+    tick: Duration = 0.25
+    significance: float = Field(default=0.01, gt=0.0, lt=0.5)
+    latency_tolerance: float = Field(default=1.5, ge=1.0)  # candidate p99 may be this many times the baseline's
+
+
+class Check(_Model):
+    """One active health check of an upstream."""
+
+    path: str = "/health"
+    method: str = "GET"
+    expect_status: tuple[int, ...] = (200,)
+    body_contains: str | None = None
+    json_field: str | None = None  # dotted path into a JSON body, e.g. "status" or "db.ok"
+    json_equals: Any = None
+    latency_budget: Duration = 1.0
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("a check path starts with /")
+        return value
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _statuses(cls, value: object) -> object:
+        return (value,) if isinstance(value, int) else value
+
+
+class Health(_Model):
+    """Active checks (HAProxy-like inter/rise/fall) and passive marking-down from live traffic."""
+
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    rise: int = Field(default=2, ge=1)
+    fall: int = Field(default=2, ge=1)
+    checks: dict[str, tuple[Check, ...]] = {}  # per slot name; a slot without any gets a TCP connect check
+    passive_connect_failures: int = Field(default=1, ge=1)
+    passive_5xx: int = Field(default=5, ge=1)
+    passive_backoff: Duration = 10.0
+    failover: bool = False  # send traffic to the other slot when the whole active slot is down
+    gate: bool = True  # refuse a switch or ramp to a slot whose checks do not all pass (unless forced)
+
+
+class Metrics(_Model):
+    buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    @field_validator("buckets")
+    @classmethod
+    def _ascending(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or list(value) != sorted(set(value)) or value[0] <= 0:
+            raise ValueError("buckets must be positive and strictly ascending")
+        return value
 
 
 class Settings(_Model):
@@ -181,6 +298,13 @@ class Settings(_Model):
     timeouts: Timeouts = Timeouts()
     pool: Pool = Pool()
     admin: AdminConfig = AdminConfig()
+    state: StateConfig = StateConfig()
+    sticky: Sticky = Sticky()
+    preview: Preview = Preview()
+    analysis: Analysis = Analysis()
+    health: Health = Health()
+    metrics: Metrics = Metrics()
+    access_log: bool = False
     log_level: str = "info"
 
     _v_listen = field_validator("listen")(_check_listen)
@@ -220,6 +344,9 @@ class Settings(_Model):
     def _active_is_a_slot(self) -> Settings:
         if self.slots and len(self.slots) == 2 and self.active not in self.slots:
             raise ValueError(f"active: {self.active!r} is not a slot (slots: {', '.join(self.slots)})")
+        unknown = [name for name in self.health.checks if name not in self.slots]
+        if unknown:
+            raise ValueError(f"health.checks: no slot named {', '.join(map(repr, unknown))}")
         return self
 
     @property

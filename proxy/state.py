@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from proxy.settings import Settings, SlotConfig
+from proxy.settings import Settings, Upstream
+from proxy.stats import SlotStats
 
 if TYPE_CHECKING:
     from proxy.upstream import UpstreamPool
@@ -45,10 +46,11 @@ class SlotRuntime:
     ends); `on_idle` is called by the data path when `in_flight` drops to 0 while draining.
     """
 
-    __slots__ = ("drain", "errors", "in_flight", "name", "on_idle", "requests")
+    __slots__ = ("drain", "errors", "in_flight", "name", "on_idle", "requests", "stats")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, buckets: tuple[float, ...]) -> None:
         self.name = name
+        self.stats = SlotStats(buckets)
         self.in_flight = 0
         self.requests = 0
         self.errors: dict[str, int] = {}
@@ -69,34 +71,69 @@ class Route:
     header: bytes  # b"X-Slotswitch-Slot: blue\r\n", or b"" when the slot header is off
     _rr: Iterator[UpstreamPool] = field(repr=False, compare=False)
 
-    def pick(self) -> UpstreamPool:
-        """Round-robin over the slot's upstreams, skipping one marked down after a refused connect."""
+    def pick(self) -> UpstreamPool | None:
+        """Round-robin over the slot's upstreams that are up; None when none is."""
         pool = next(self._rr)
-        if not pool.down_until:
+        if pool.usable:
             return pool
-        now = time.monotonic()
-        for _ in range(len(self.pools)):
-            if pool.down_until <= now:
-                pool.down_until = 0.0
-                return pool
+        for _ in range(len(self.pools) - 1):
             pool = next(self._rr)
-        return pool  # every upstream is marked down: try anyway rather than refuse
+            if pool.usable:
+                return pool
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """A percentage ramp of traffic from the active slot to `target`."""
+
+    target: str
+    steps: tuple[int, ...]  # percentages, ascending, ending at 100
+    interval: float  # seconds a step lasts at least (it also needs a passing verdict)
+    index: int = 0  # steps[index] is the current share of `target`
+    step_started_at: float = 0.0  # time.time() when the current step began
+    paused: bool = False
+
+    @property
+    def percent(self) -> int:
+        return self.steps[self.index]
+
+
+PHASES = ("stable", "ramping", "paused", "rolled_back")
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """The whole routing state. `primary` takes what `canary` does not; `canary_bp` is the
+    canary's share in basis points (0..10000), and `canary` is None when no ramp is on."""
+
     generation: int
     active: str
     previous: str | None
     settings: Settings
+    upstreams: dict[str, tuple[Upstream, ...]]  # per slot; changed by a deploy, not only the file
     routes: dict[str, Route]
     primary: Route  # routes[active], resolved once here
+    canary: Route | None = None
+    canary_bp: int = 0
+    ramp: Ramp | None = None
+    phase: str = "stable"
+    action: str = "init"
     changed_by: str = "config"
     reason: str = ""
     changed_at: float = 0.0
 
     def idle_slot(self) -> str:
         return next(name for name in self.routes if name != self.active)
+
+    def weights(self) -> dict[str, int]:
+        """Percent of new requests per slot."""
+        share = self.canary_bp // 100 if self.canary is not None else 0
+        return {name: (100 - share if name == self.active else share) for name in self.routes}
+
+    def serving(self, slot: str) -> bool:
+        """Whether new requests may go to `slot` (other than preview requests)."""
+        return slot == self.active or (self.canary is not None and self.canary.name == slot)
 
 
 class Store:
@@ -124,18 +161,20 @@ class Store:
 class Registry:
     """Long-lived objects that snapshots point at: slot runtimes and upstream pools."""
 
-    def __init__(self, make_pool: Callable[[str, SlotConfig, int, Settings], UpstreamPool]) -> None:
+    def __init__(self, make_pool: Callable[[str, Upstream, Settings], UpstreamPool]) -> None:
         self._make_pool = make_pool
         self.runtimes: dict[str, SlotRuntime] = {}
         self.pools: dict[tuple[str, str], UpstreamPool] = {}
 
-    def route(self, name: str, slot: SlotConfig, settings: Settings) -> Route:
-        runtime = self.runtimes.setdefault(name, SlotRuntime(name))
+    def route(self, name: str, upstreams: tuple[Upstream, ...], settings: Settings) -> Route:
+        runtime = self.runtimes.get(name)
+        if runtime is None:
+            runtime = self.runtimes[name] = SlotRuntime(name, settings.metrics.buckets)
         pools = []
-        for index, upstream in enumerate(slot.upstreams):
+        for upstream in upstreams:
             pool = self.pools.get((name, upstream.url))
             if pool is None:
-                pool = self._make_pool(name, slot, index, settings)
+                pool = self._make_pool(name, upstream, settings)
                 self.pools[(name, upstream.url)] = pool
             pool.configure(settings)
             pools.append(pool)
@@ -158,17 +197,31 @@ def build_snapshot(
     generation: int,
     active: str,
     previous: str | None,
+    upstreams: dict[str, tuple[Upstream, ...]] | None = None,
+    ramp: Ramp | None = None,
+    phase: str = "stable",
+    action: str = "init",
     changed_by: str = "config",
     reason: str = "",
 ) -> Snapshot:
-    routes = {name: registry.route(name, slot, settings) for name, slot in settings.slots.items()}
+    """Build a snapshot off to the side; nothing sees it until Store.publish."""
+    if upstreams is None:
+        upstreams = {name: slot.upstreams for name, slot in settings.slots.items()}
+    routes = {name: registry.route(name, ups, settings) for name, ups in upstreams.items()}
+    canary = routes[ramp.target] if ramp is not None and ramp.percent < 100 else None
     return Snapshot(
         generation=generation,
         active=active,
         previous=previous,
         settings=settings,
+        upstreams=upstreams,
         routes=routes,
         primary=routes[active],
+        canary=canary,
+        canary_bp=ramp.percent * 100 if canary is not None and ramp is not None else 0,
+        ramp=ramp if canary is not None else None,
+        phase=phase,
+        action=action,
         changed_by=changed_by,
         reason=reason,
         changed_at=time.time(),

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("slotswitch.upstream")
 
 SMALL_BODY = 16384  # up to this size the held head and the body are joined into one buffer
-DOWN_SECONDS = 1.0  # an upstream that refused a connection is skipped this long
 
 
 class BadResponse(Exception):
@@ -50,17 +49,23 @@ class UpstreamPool:
         "connecting",
         "conns",
         "down_until",
+        "failures",
+        "healthy",
         "host",
         "host_line",
         "idle",
         "loop",
         "max_connections",
         "max_idle",
+        "passive_5xx",
+        "passive_backoff",
+        "passive_connect",
         "port",
         "retired",
         "serving",
         "slot",
         "url",
+        "usable",
         "waiters",
     )
 
@@ -75,7 +80,16 @@ class UpstreamPool:
         self.conns: set[UpstreamConnection] = set()
         self.waiters: deque[Exchange] = deque()
         self.connecting = 0
+        # Health. `usable` is what the data path reads: the last active verdict, and no passive
+        # mark-down in force. A passive mark-down clears only on a passing active check after
+        # `down_until` (set_health), as in the issue: it comes back when its checks pass.
+        self.healthy = True
+        self.usable = True
+        self.failures = 0
         self.down_until = 0.0
+        self.passive_connect = 1
+        self.passive_5xx = 5
+        self.passive_backoff = 10.0
         self.retired = False
         self.serving = True  # False while the slot takes no new traffic: released conns are closed
         self.max_idle = 64
@@ -86,6 +100,27 @@ class UpstreamPool:
         self.max_idle = settings.pool.max_idle
         self.max_connections = settings.pool.max_connections
         self.connect_timeout = settings.timeouts.connect
+        health = settings.health
+        self.passive_connect = health.passive_connect_failures
+        self.passive_5xx = health.passive_5xx
+        self.passive_backoff = health.passive_backoff
+
+    def failed(self, limit: int) -> None:
+        """A connect failure or a 5xx from this upstream (passive health)."""
+        self.failures += 1
+        if self.failures >= limit and self.usable:
+            self.usable = False
+            self.down_until = self.loop.time() + self.passive_backoff
+            log.warning("upstream %s (slot %s) marked down after %d failures", self.url, self.slot, self.failures)
+
+    def set_health(self, healthy: bool) -> None:
+        """The active checker's verdict (after rise/fall)."""
+        self.healthy = healthy
+        if healthy and not self.usable and self.loop.time() < self.down_until:
+            return  # passively marked down: stays down until its backoff is over
+        if healthy:
+            self.failures = 0
+        self.usable = healthy
 
     def acquire(self, ex: Exchange) -> None:
         """Give `ex` a connection now (idle), soon (connecting), or when one is released."""
@@ -156,11 +191,8 @@ class UpstreamPool:
             else:
                 ex.attach(conn)
             return
-        if isinstance(exc, TimeoutError):
-            reason = "connect_timeout"
-        else:
-            reason = "connect_refused"
-            self.down_until = self.loop.time() + DOWN_SECONDS
+        reason = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_refused"
+        self.failed(self.passive_connect)
         log.warning("connect to %s (slot %s) failed: %s", self.url, self.slot, exc or reason)
         ex.upstream_failed(reason, self)
 
@@ -337,6 +369,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         head, self.mode = response_head(self, ex, code)
         ex.response_started = True
+        ex.status = code
+        pool = self.pool
+        if code >= 500:
+            pool.failed(pool.passive_5xx)
+        elif pool.failures:
+            pool.failures = 0
         if ex.method == b"HEAD":
             if ex.client.transport is not None:
                 ex.client.transport.write(head)
@@ -396,6 +434,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         ex.response_started = True
+        ex.status = 101
         client.transport.write(tunnel_head(self, ex))
         if rest:
             client.transport.write(rest)

@@ -26,6 +26,7 @@ HOP_BY_HOP = frozenset(
 
 # What the request rewriter needs to look at; everything else is copied byte for byte.
 (H_HOP, H_CONNECTION, H_HOST, H_XFF, H_XFH, H_XFP, H_REQUEST_ID, H_UPGRADE, H_TE, H_CONTENT_LENGTH) = range(10)
+(H_COOKIE, H_STICKY, H_PREVIEW) = range(10, 13)  # the last two have configured names (ProxyServer.apply)
 REQUEST_SPECIAL: dict[bytes, int] = {name: H_HOP for name in HOP_BY_HOP}
 REQUEST_SPECIAL.update(
     {
@@ -38,6 +39,7 @@ REQUEST_SPECIAL.update(
         b"upgrade": H_UPGRADE,
         b"transfer-encoding": H_TE,
         b"content-length": H_CONTENT_LENGTH,
+        b"cookie": H_COOKIE,
     }
 )
 
