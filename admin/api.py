@@ -10,17 +10,30 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from proxy.control import Conflict, Controller, UnknownSlot
-from proxy.settings import parse_duration
-from proxy.state import Snapshot
+from proxy.analysis import Analyzer
+from proxy.control import Conflict, Controller, Invalid, Refused, UnknownSlot
+from proxy.health import HealthChecker
 
 log = logging.getLogger("slotswitch.admin")
 
-CONTROLLER = web.AppKey("controller", Controller)
+
+@dataclass(frozen=True)
+class Services:
+    """What the admin API drives and reads."""
+
+    controller: Controller
+    health: HealthChecker
+    analyzer: Analyzer
+    metrics: CollectorRegistry
+
+
+SERVICES = web.AppKey("services", Services)
 TOKEN = web.AppKey("token", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,6 +70,15 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(412, "generation_mismatch", str(exc))
     except UnknownSlot as exc:
         return error_response(404, "unknown_slot", str(exc))
+    except Invalid as exc:
+        return error_response(400, "invalid_request", str(exc))
+    except Refused as exc:
+        resp = error_response(409, "refused", str(exc))
+        if exc.reasons:
+            resp = web.json_response(
+                {"error": {"code": "refused", "message": str(exc), "reasons": exc.reasons}}, status=409
+            )
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -66,7 +88,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return resp
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
@@ -78,7 +100,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _field(body: dict[str, Any], name: str, kind: type, required: bool = False) -> Any:
+def field(body: dict[str, Any], name: str, kind: type, required: bool = False) -> Any:
     value = body.get(name)
     if value is None:
         if required:
@@ -89,7 +111,7 @@ def _field(body: dict[str, Any], name: str, kind: type, required: bool = False) 
     return value
 
 
-def _if_match(request: web.Request) -> int | None:
+def if_match(request: web.Request) -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
@@ -99,67 +121,15 @@ def _if_match(request: web.Request) -> int | None:
         raise ApiError(400, "invalid_if_match", "If-Match must be a generation number") from None
 
 
-def status_json(snap: Snapshot) -> dict[str, Any]:
-    slots = {}
-    for name, route in snap.routes.items():
-        rt = route.runtime
-        slots[name] = {
-            "upstreams": [p.url for p in route.pools],
-            "in_flight": rt.in_flight,
-            "requests": rt.requests,
-            "errors": dict(rt.errors),
-            "drain": dict(rt.drain),
-            "weight": 100 if name == snap.active else 0,
-        }
-    return {
-        "active": snap.active,
-        "previous": snap.previous,
-        "generation": snap.generation,
-        "slots": slots,
-        "last_change": {"by": snap.changed_by, "reason": snap.reason, "at": snap.changed_at},
-    }
-
-
-async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(status_json(request.app[CONTROLLER].store.current))
-
-
-async def get_health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def post_switch(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    slot = _field(body, "slot", str, required=True)
-    reason = _field(body, "reason", str) or ""
-    raw_timeout = body.get("drain_timeout")
-    try:
-        drain_timeout = None if raw_timeout is None else parse_duration(raw_timeout)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_field", f"drain_timeout: {exc}") from None
-    result = request.app[CONTROLLER].switch(
-        slot, actor=_actor(request), reason=reason, drain_timeout=drain_timeout, expect=_if_match(request)
-    )
-    return web.json_response({"changed": result.changed, "from": result.previous, **status_json(result.snapshot)})
-
-
-async def post_rollback(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    reason = _field(body, "reason", str) or ""
-    result = request.app[CONTROLLER].rollback(actor=_actor(request), reason=reason, expect=_if_match(request))
-    return web.json_response({"changed": result.changed, "from": result.previous, **status_json(result.snapshot)})
-
-
-def _actor(request: web.Request) -> str:
+def actor(request: web.Request) -> str:
     return "admin-token" if request.app[TOKEN] else "loopback"
 
 
-def make_admin_app(controller: Controller, token: str) -> web.Application:
+def make_admin_app(services: Services, token: str) -> web.Application:
+    from admin.routes import add_routes
+
     app = web.Application(middlewares=[errors_and_auth])
-    app[CONTROLLER] = controller
+    app[SERVICES] = services
     app[TOKEN] = token
-    app.router.add_get("/v1/status", get_status)
-    app.router.add_get("/v1/health", get_health)
-    app.router.add_post("/v1/switch", post_switch)
-    app.router.add_post("/v1/rollback", post_rollback)
+    add_routes(app)
     return app

@@ -1,36 +1,60 @@
-"""The control side's one way to change routing: `Controller.publish`, and the drains it starts.
+"""The control side's one way to change routing: `Controller.publish`, and the verbs built on it.
 
-Every change (a switch, a rollback, a config reload, later ramps and the judge) builds a new
-snapshot off to the side and publishes it with compare-and-set on the generation. A slot that
-stops taking new requests drains: its idle upstream connections close at once, requests in
-flight finish, and whatever is still open when the drain timeout expires is cut off.
+Every change (switch, rollback, ramp steps, pause/resume, deploy, reload, the judge, alerts)
+builds a new snapshot off to the side and publishes it with compare-and-set on the generation.
+The verbs check their preconditions against the snapshot they read and pass its generation as
+`expect`, so two concurrent changes cannot both apply: the loser gets `Conflict`.
+
+Errors: UnknownSlot (404), Invalid (400), Refused (409, e.g. a failing gate or a deploy to a
+slot carrying traffic), Conflict (412, a stale If-Match generation).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+from proxy.drain import Drainer
 from proxy.server import ProxyServer
-from proxy.settings import Settings
-from proxy.state import Conflict, Registry, SlotRuntime, Snapshot, Store, build_snapshot
+from proxy.settings import Settings, Upstream
+from proxy.state import Conflict, Ramp, Registry, Snapshot, Store, build_snapshot
 
 log = logging.getLogger("slotswitch.control")
 
-__all__ = ["Conflict", "Controller", "SwitchResult", "UnknownSlot"]
+__all__ = ["Conflict", "Controller", "Invalid", "Refused", "Result", "UnknownSlot"]
+
+Gate = Callable[[str], list[str]]  # slot -> reasons the slot is not ready ([] = ready)
+
+
+class _Keep:
+    """The type of KEEP: a field of `publish` that keeps its value from the base snapshot."""
+
+
+KEEP = _Keep()
 
 
 class UnknownSlot(ValueError):
     pass
 
 
+class Invalid(ValueError):
+    pass
+
+
+class Refused(Exception):
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or []
+
+
 @dataclass(frozen=True, slots=True)
-class SwitchResult:
+class Result:
     changed: bool
     snapshot: Snapshot
-    previous: str
+    previous: Snapshot
 
 
 class Controller:
@@ -38,129 +62,276 @@ class Controller:
         self.store = store
         self.registry = registry
         self.server = server
-        self.drains: dict[str, asyncio.Task[None]] = {}
-        self.drain_timeout_for: dict[str, float] = {}
-        store.subscribe(self._on_publish)
+        self.drainer = Drainer()
+        self.gates: list[Gate] = []  # health gate, migration gate: each may refuse a target slot
+        self.switches: Counter[str] = Counter()  # by trigger
+        self.rollbacks: Counter[str] = Counter()  # by reason
+        store.subscribe(self.drainer.on_publish)
 
     # -- the one publish function -----------------------------------------------------------
 
     def publish(
         self,
+        base: Snapshot,
         *,
         actor: str,
         reason: str,
-        active: str | None = None,
+        action: str,
+        trigger: str = "api",
         settings: Settings | None = None,
-        expect: int | None = None,
+        active: str | None = None,
+        previous: str | _Keep | None = KEEP,
+        upstreams: dict[str, tuple[Upstream, ...]] | None = None,
+        ramp: Ramp | _Keep | None = KEEP,
+        phase: str | None = None,
+        details: dict[str, object] | None = None,
     ) -> Snapshot:
-        current = self.store.current
-        settings = settings or current.settings
-        active = active or current.active
-        if active not in settings.slots:
-            raise UnknownSlot(f"no slot named {active!r} (slots: {', '.join(settings.slots)})")
+        """Build a snapshot from `base` with the given fields changed, and publish it if `base` is
+        still the current one (else Conflict). Fields left out keep their value in `base`."""
         new = build_snapshot(
             self.registry,
-            settings,
-            generation=current.generation + 1,
-            active=active,
-            previous=current.active if active != current.active else current.previous,
+            settings or base.settings,
+            generation=base.generation + 1,
+            active=active or base.active,
+            previous=base.previous if isinstance(previous, _Keep) else previous,
+            upstreams=upstreams or base.upstreams,
+            ramp=base.ramp if isinstance(ramp, _Keep) else ramp,
+            phase=phase or base.phase,
+            action=action,
+            trigger=trigger,
             changed_by=actor,
             reason=reason,
+            details=details,
         )
-        self.store.publish(new, current.generation if expect is None else expect)
+        self.store.publish(new, base.generation)
         self.server.apply(new.settings)
         self.registry.retire_unused(new)
+        log.info(
+            "%s by %s (generation %d, active %s, weights %s): %s",
+            action,
+            actor,
+            new.generation,
+            new.active,
+            new.weights(),
+            reason or "-",
+        )
         return new
 
-    def switch(
-        self, slot: str, *, actor: str, reason: str = "", drain_timeout: float | None = None, expect: int | None = None
-    ) -> SwitchResult:
+    def _base(self, expect: int | None) -> Snapshot:
         current = self.store.current
-        if slot not in current.routes:
-            raise UnknownSlot(f"no slot named {slot!r} (slots: {', '.join(current.routes)})")
         if expect is not None and expect != current.generation:
             raise Conflict(expect, current.generation)
-        if slot == current.active:
-            return SwitchResult(False, current, current.active)
-        if drain_timeout is not None:
-            self.drain_timeout_for[current.active] = drain_timeout
-        new = self.publish(actor=actor, reason=reason, active=slot, expect=expect)
-        log.info("switched %s -> %s by %s (generation %d): %s", current.active, slot, actor, new.generation, reason)
-        return SwitchResult(True, new, current.active)
+        return current
 
-    def rollback(self, *, actor: str, reason: str = "", expect: int | None = None) -> SwitchResult:
-        current = self.store.current
-        target = current.previous or current.idle_slot()
-        return self.switch(target, actor=actor, reason=reason or "rollback", expect=expect)
-
-    def reload(self, settings: Settings, *, actor: str = "sighup") -> Snapshot:
-        """Apply a new configuration; the active slot is kept (the file's `active:` is only the initial state)."""
-        active = self.store.current.active
-        if active not in settings.slots:
-            active = settings.active
-        return self.publish(actor=actor, reason="config reload", active=active, settings=settings)
-
-    # -- draining ---------------------------------------------------------------------------
-
-    def _on_publish(self, old: Snapshot, new: Snapshot) -> None:
-        for name, route in new.routes.items():
-            serving = name == new.active
-            for pool in route.pools:
-                pool.serving = serving
-            if serving:
-                task = self.drains.pop(name, None)
-                if task is not None:
-                    task.cancel()  # switched back while draining: the slot serves again
-                route.runtime.drain = {"state": "active"}
-            elif name == old.active and old.active != new.active:
-                timeout = self.drain_timeout_for.pop(name, new.settings.drain_timeout)
-                route.runtime.drain = {"state": "draining", "in_flight_at_start": route.runtime.in_flight}
-                self.drains[name] = asyncio.get_running_loop().create_task(self._drain(new, name, timeout))
-
-    async def _drain(self, snap: Snapshot, name: str, timeout: float) -> None:
-        route = snap.routes[name]
-        rt = route.runtime
-        for pool in route.pools:
-            pool.close_idle()
-        started = time.monotonic()
-        rt.drain = {
-            "state": "draining",
-            "started_at": time.time(),
-            "in_flight_at_start": rt.in_flight,
-            "timeout_s": timeout,
-        }
-        try:
-            await asyncio.wait_for(_idle(rt), timeout)
-            state, cut = "drained", 0
-        except TimeoutError:
-            cut = sum(pool.cut_off() for pool in route.pools)
-            state = "cut_off"
-            log.warning("drain of slot %s cut off %d connections after %.1fs", name, cut, timeout)
-        finally:
-            if self.drains.get(name) is asyncio.current_task():
-                del self.drains[name]
-        duration = round(time.monotonic() - started, 4)
-        rt.drain = {**rt.drain, "state": state, "finished_at": time.time(), "duration_s": duration, "cut": cut}
-        log.info("slot %s %s in %.3fs", name, state, duration)
+    def _slot(self, snap: Snapshot, slot: str) -> str:
+        if slot not in snap.routes:
+            raise UnknownSlot(f"no slot named {slot!r} (slots: {', '.join(snap.routes)})")
+        return slot
 
     async def wait_drained(self, slot: str) -> None:
-        task = self.drains.get(slot)
-        if task is not None:
-            await asyncio.shield(task)
+        await self.drainer.wait(slot)
 
+    def check_gates(self, slot: str) -> list[str]:
+        return [reason for gate in self.gates for reason in gate(slot)]
 
-async def _idle(rt: SlotRuntime) -> None:
-    """Wait until the slot has no request in flight; the data path calls `on_idle` when it hits 0."""
-    if rt.in_flight == 0:
-        return
-    done = asyncio.get_running_loop().create_future()
+    def _gate(self, slot: str, force: bool) -> list[str]:
+        reasons = self.check_gates(slot)
+        if reasons and not force:
+            raise Refused(f"slot {slot} is not ready", reasons)
+        return reasons
 
-    def on_idle() -> None:
-        if not done.done():
-            done.set_result(None)
+    # -- verbs ------------------------------------------------------------------------------
 
-    rt.on_idle = on_idle
-    try:
-        await done
-    finally:
-        rt.on_idle = None
+    def switch(
+        self,
+        slot: str,
+        *,
+        actor: str,
+        reason: str = "",
+        drain_timeout: float | None = None,
+        expect: int | None = None,
+        force: bool = False,
+        trigger: str = "api",
+    ) -> Result:
+        base = self._base(expect)
+        self._slot(base, slot)
+        if slot == base.active and base.ramp is None:
+            return Result(False, base, base)
+        overridden = self._gate(slot, force) if slot != base.active else []
+        if drain_timeout is not None:
+            self.drainer.timeout_for[base.active] = drain_timeout
+        details: dict[str, object] = {"force": force, "gates_overridden": overridden} if overridden else {}
+        new = self.publish(
+            base,
+            actor=actor,
+            reason=reason,
+            action="switch",
+            trigger=trigger,
+            active=slot,
+            previous=base.active if slot != base.active else base.previous,
+            ramp=None,
+            phase="stable",
+            details=details,
+        )
+        self.switches[trigger] += 1
+        return Result(True, new, base)
+
+    def rollback(
+        self,
+        *,
+        actor: str,
+        reason: str = "",
+        expect: int | None = None,
+        trigger: str = "api",
+        details: dict[str, object] | None = None,
+    ) -> Result:
+        """All new traffic back to the slot that served before, at once, whatever the phase."""
+        base = self._base(expect)
+        if base.ramp is not None:  # during a ramp the active slot never changed: drop the canary
+            target, previous = base.active, base.previous
+        elif base.previous is not None:
+            target, previous = base.previous, base.active
+        else:
+            raise Refused("nothing to roll back to: no switch has happened")
+        new = self.publish(
+            base,
+            actor=actor,
+            reason=reason or "rollback",
+            action="rollback",
+            trigger=trigger,
+            active=target,
+            previous=previous,
+            ramp=None,
+            phase="rolled_back",
+            details=details or {},
+        )
+        self.rollbacks[trigger if trigger != "judge" else str((details or {}).get("rule", "judge"))] += 1
+        self.switches["rollback"] += 1
+        return Result(True, new, base)
+
+    def ramp(
+        self,
+        slot: str,
+        steps: list[int],
+        interval: float,
+        *,
+        actor: str,
+        reason: str = "",
+        expect: int | None = None,
+        force: bool = False,
+    ) -> Result:
+        base = self._base(expect)
+        self._slot(base, slot)
+        if slot == base.active:
+            raise Refused(f"slot {slot} is already active")
+        if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise Invalid("steps must be strictly ascending percentages in 1..100")
+        if steps[-1] != 100:
+            steps = [*steps, 100]
+        if interval <= 0:
+            raise Invalid("interval must be positive")
+        overridden = self._gate(slot, force)
+        ramp = Ramp(slot, tuple(steps), interval, 0, time.time())
+        new = self.publish(
+            base,
+            actor=actor,
+            reason=reason,
+            action="ramp",
+            ramp=ramp,
+            phase="ramping",
+            details={"steps": steps, "interval_s": interval, "gates_overridden": overridden},
+        )
+        return Result(True, new, base)
+
+    def promote(
+        self,
+        *,
+        actor: str,
+        reason: str = "",
+        expect: int | None = None,
+        trigger: str = "api",
+        details: dict[str, object] | None = None,
+    ) -> Result:
+        """Go to the ramp's next step; from the last step, the target becomes the active slot."""
+        base = self._base(expect)
+        ramp = base.ramp
+        if ramp is None:
+            raise Refused("no ramp in progress")
+        if ramp.index + 1 >= len(ramp.steps) - 1:
+            return self.switch(
+                ramp.target,
+                actor=actor,
+                reason=reason or "ramp complete",
+                expect=base.generation,
+                force=True,
+                trigger=trigger,
+            )
+        nxt = replace(ramp, index=ramp.index + 1, step_started_at=time.time())
+        new = self.publish(
+            base, actor=actor, reason=reason, action="promote", trigger=trigger, ramp=nxt, details=details or {}
+        )
+        return Result(True, new, base)
+
+    def pause(self, *, actor: str, reason: str = "", expect: int | None = None, paused: bool = True) -> Result:
+        base = self._base(expect)
+        if base.ramp is None:
+            raise Refused("no ramp in progress")
+        if base.ramp.paused == paused:
+            return Result(False, base, base)
+        ramp = replace(base.ramp, paused=paused, step_started_at=time.time())
+        action = "pause" if paused else "resume"
+        new = self.publish(
+            base, actor=actor, reason=reason, action=action, ramp=ramp, phase="paused" if paused else "ramping"
+        )
+        return Result(True, new, base)
+
+    def deploy(self, slot: str, urls: list[str], *, actor: str, reason: str = "", expect: int | None = None) -> Result:
+        """Point an idle slot at new upstreams (the deploy step of a release)."""
+        base = self._base(expect)
+        self._slot(base, slot)
+        if base.serving(slot):
+            raise Refused(f"slot {slot} takes traffic: deploy to the idle slot")
+        runtime = base.routes[slot].runtime
+        if runtime.in_flight:
+            raise Refused(f"slot {slot} still has {runtime.in_flight} requests in flight (draining)")
+        try:
+            upstreams = tuple(Upstream.from_url(u) for u in urls)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        if not upstreams:
+            raise Invalid("at least one upstream URL is needed")
+        old = [u.url for u in base.upstreams[slot]]
+        new = self.publish(
+            base,
+            actor=actor,
+            reason=reason,
+            action="deploy",
+            upstreams={**base.upstreams, slot: upstreams},
+            details={"slot": slot, "from": old, "to": [u.url for u in upstreams]},
+        )
+        return Result(True, new, base)
+
+    def reload(self, settings: Settings, *, actor: str = "sighup") -> Snapshot:
+        """Apply a new config file. Routing state (active slot, ramp) is kept; a slot's upstreams
+        follow the file only where the file changed them since it was last loaded."""
+        base = self.store.current
+        upstreams = dict(base.upstreams)
+        for name, slot in settings.slots.items():
+            before = base.settings.slots.get(name)
+            if name not in upstreams or before is None or before.upstreams != slot.upstreams:
+                upstreams[name] = slot.upstreams
+        upstreams = {name: ups for name, ups in upstreams.items() if name in settings.slots}
+        active = base.active if base.active in settings.slots else settings.active
+        ramp = base.ramp if base.ramp is not None and base.ramp.target in settings.slots else None
+        return self.publish(
+            base,
+            actor=actor,
+            reason="config reload",
+            action="reload",
+            trigger="reload",
+            settings=settings,
+            active=active,
+            upstreams=upstreams,
+            ramp=ramp,
+            phase=base.phase if ramp is not None or base.phase != "ramping" else "stable",
+        )

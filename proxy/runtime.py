@@ -14,8 +14,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from admin.api import make_admin_app
+from admin.api import Services, make_admin_app
+from admin.metrics import make_registry
+from proxy.analysis import Analyzer
 from proxy.control import Controller
+from proxy.health import HealthChecker
 from proxy.server import ProxyServer
 from proxy.settings import ConfigError, Settings, is_loopback, load_settings, parse_listen
 from proxy.state import Registry, Store, build_snapshot
@@ -44,6 +47,10 @@ class Slotswitch:
         self.store = Store(first)
         self.server = ProxyServer(self.store, loop)
         self.controller = Controller(self.store, self.registry, self.server)
+        self.health = HealthChecker(self.store)
+        self.controller.gates.append(self.health.gate)
+        self.analyzer = Analyzer(self.controller)
+        self.services = Services(self.controller, self.health, self.analyzer, make_registry(self.controller))
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
@@ -62,7 +69,10 @@ class Slotswitch:
         host, port = self.settings.listen_addr
         await self.server.listen(host, port)
         self.proxy_port = self.server.bound_port()
-        runner = web.AppRunner(make_admin_app(self.controller, self.token), access_log=None, shutdown_timeout=1.0)
+        await self.health.start()
+        await self.health.run_round()  # the gate and /v1/status have data from the start
+        self.analyzer.start()
+        runner = web.AppRunner(make_admin_app(self.services, self.token), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         ahost, aport = parse_listen(self.settings.admin.listen)
         site = web.TCPSite(runner, ahost, aport, reuse_address=True)
@@ -101,8 +111,9 @@ class Slotswitch:
         """Graceful stop: stop accepting, finish in-flight requests within the drain timeout."""
         timeout = self.settings.drain_timeout if timeout is None else timeout
         cut = await self.server.shutdown(timeout)
-        for task in list(self.controller.drains.values()):
-            task.cancel()
+        self.controller.drainer.cancel_all()
+        await self.analyzer.stop()
+        await self.health.stop()
         for pool in list(self.registry.pools.values()):
             pool.retire()
             pool.cut_off()

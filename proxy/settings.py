@@ -227,7 +227,7 @@ class Analysis(_Model):
     max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     max_p99: Duration = 2.0
     min_requests: int = Field(default=50, ge=1)
-    window: Duration = 10.0
+    window: Duration = 5.0
     failure_limit: int = Field(default=2, ge=1)
     compare_to_baseline: bool = True
     watch_after_switch: Duration = 60.0

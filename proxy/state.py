@@ -119,9 +119,11 @@ class Snapshot:
     ramp: Ramp | None = None
     phase: str = "stable"
     action: str = "init"
+    trigger: str = "config"  # api, judge, alert, reload, config
     changed_by: str = "config"
     reason: str = ""
     changed_at: float = 0.0
+    details: dict[str, object] = field(default_factory=dict)  # the numbers behind the change
 
     def idle_slot(self) -> str:
         return next(name for name in self.routes if name != self.active)
@@ -201,8 +203,10 @@ def build_snapshot(
     ramp: Ramp | None = None,
     phase: str = "stable",
     action: str = "init",
+    trigger: str = "config",
     changed_by: str = "config",
     reason: str = "",
+    details: dict[str, object] | None = None,
 ) -> Snapshot:
     """Build a snapshot off to the side; nothing sees it until Store.publish."""
     if upstreams is None:
@@ -222,7 +226,9 @@ def build_snapshot(
         ramp=ramp if canary is not None else None,
         phase=phase,
         action=action,
+        trigger=trigger,
         changed_by=changed_by,
         reason=reason,
         changed_at=time.time(),
+        details=details or {},
     )

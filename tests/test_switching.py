@@ -165,7 +165,7 @@ async def test_slow_request_started_before_switch_completes_on_old_slot(
         assert await resp.text() == "blue held"  # the old request finished where it started
         assert resp.headers["X-Slotswitch-Slot"] == "blue"
         resp.release()
-    await app.controller.wait_drained("blue")
+    await app.controller.drainer.wait("blue")
     drain = app.store.current.routes["blue"].runtime.drain
     assert drain["state"] == "drained"
     assert drain["cut"] == 0
@@ -182,7 +182,7 @@ async def test_drain_timeout_closes_websocket_with_1001(gated: tuple[Slotswitch,
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
         assert ws.close_code == 1001
         assert time.monotonic() - started >= 0.2
-    await app.controller.wait_drained("blue")
+    await app.controller.drainer.wait("blue")
     drain = app.store.current.routes["blue"].runtime.drain
     assert drain["state"] == "cut_off"
     assert drain["cut"] >= 1
@@ -196,7 +196,7 @@ async def test_switch_back_during_drain_keeps_old_requests(gated: tuple[Slotswit
         await blue.arrived.wait()
         app.controller.switch("green", actor="test", drain_timeout=0.1)
         app.controller.switch("blue", actor="test")  # back before the drain timeout
-        assert "blue" not in app.controller.drains
+        assert "blue" not in app.controller.drainer.tasks
         blue.release.set()
         resp = await slow
         assert resp.status == 200
@@ -212,7 +212,7 @@ async def test_idle_upstream_connections_of_old_slot_are_closed(start_proxy: Sta
         pool = app.store.current.routes["blue"].pools[0]
         assert len(pool.idle) == 1
         app.controller.switch("green", actor="test")
-        await app.controller.wait_drained("blue")
+        await app.controller.drainer.wait("blue")
         assert len(pool.idle) == 0
         async with s.get(f"http://127.0.0.1:{app.proxy_port}/") as r:
             assert await r.text() == "v2\n"

@@ -1,0 +1,133 @@
+"""Prometheus metrics, collected at scrape time from the counters the data path keeps.
+
+Nothing here runs per request: the data path adds to plain ints (proxy.stats.SlotStats,
+SlotRuntime.errors) and this collector turns them into metric families when /metrics is read.
+Labels are bounded: slot names (two), status codes, error reasons, triggers, upstream URLs from
+the config. Never a path, a client or a request id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.control import Controller
+
+DRAIN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+STATE_STORE_UP: dict[str, bool] = {}  # set by the state store (fleet mode); absent = local file
+
+
+def _version() -> str:
+    try:
+        return version("slotswitch")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def _histogram(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    cumulative = []
+    total = 0
+    for bound, n in zip(bounds, counts, strict=False):
+        total += n
+        cumulative.append((repr(float(bound)), float(total)))
+    total += counts[len(bounds)]
+    cumulative.append(("+Inf", float(total)))
+    return cumulative
+
+
+class SlotswitchCollector(Collector):
+    def __init__(self, controller: Controller, extra: dict[str, float] | None = None) -> None:
+        self.controller = controller
+        self.extra = extra if extra is not None else {}
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.controller.store.current
+        yield from self._traffic()
+        weights = snap.weights()
+        weight = GaugeMetricFamily(
+            "slotswitch_slot_weight_ratio", "Share of new requests per slot (0-1).", labels=["slot"]
+        )
+        active = GaugeMetricFamily("slotswitch_slot_active", "1 for the active slot.", labels=["slot"])
+        for name in snap.routes:
+            weight.add_metric([name], weights[name] / 100.0)
+            active.add_metric([name], 1.0 if name == snap.active else 0.0)
+        yield weight
+        yield active
+        healthy = GaugeMetricFamily(
+            "slotswitch_upstream_healthy",
+            "1 when the upstream passes its checks and is not marked down.",
+            labels=["slot", "upstream"],
+        )
+        for name, route in snap.routes.items():
+            for pool in route.pools:
+                healthy.add_metric([name, pool.url], 1.0 if pool.usable else 0.0)
+        yield healthy
+        yield from self._control(snap.generation)
+
+    def _traffic(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "slotswitch_requests", "Requests answered, by slot and status code.", labels=["slot", "code"]
+        )
+        errors = CounterMetricFamily(
+            "slotswitch_upstream_errors",
+            "Upstream failures the proxy answered for, by reason.",
+            labels=["slot", "reason"],
+        )
+        in_flight = GaugeMetricFamily("slotswitch_in_flight_requests", "Requests in flight.", labels=["slot"])
+        duration = HistogramMetricFamily(
+            "slotswitch_request_duration_seconds", "Time from routing to the end of the response.", labels=["slot"]
+        )
+        for name, rt in self.controller.registry.runtimes.items():
+            for code, n in sorted(rt.stats.codes.items()):
+                requests.add_metric([name, str(code)], float(n))
+            for reason, n in sorted(rt.errors.items()):
+                errors.add_metric([name, reason], float(n))
+            in_flight.add_metric([name], float(rt.in_flight))
+            stats = rt.stats
+            duration.add_metric([name], _histogram(stats.bounds, stats.lat), stats.lat_sum)
+        yield requests
+        yield errors
+        yield in_flight
+        yield duration
+
+    def _control(self, generation: int) -> Iterator[Metric]:
+        switches = CounterMetricFamily(
+            "slotswitch_switches", "Routing changes of the active slot, by trigger.", labels=["trigger"]
+        )
+        for trigger, n in sorted(self.controller.switches.items()):
+            switches.add_metric([trigger], float(n))
+        yield switches
+        rollbacks = CounterMetricFamily("slotswitch_rollbacks", "Rollbacks, by reason.", labels=["reason"])
+        for reason, n in sorted(self.controller.rollbacks.items()):
+            rollbacks.add_metric([reason], float(n))
+        yield rollbacks
+        durations = self.controller.drainer.durations
+        counts = [0] * (len(DRAIN_BUCKETS) + 1)
+        for d in durations:
+            counts[next((i for i, b in enumerate(DRAIN_BUCKETS) if d <= b), len(DRAIN_BUCKETS))] += 1
+        drain = HistogramMetricFamily("slotswitch_drain_duration_seconds", "How long drains of a slot took.")
+        drain.add_metric([], _histogram(DRAIN_BUCKETS, counts), float(sum(durations)))
+        yield drain
+        yield GaugeMetricFamily(
+            "slotswitch_state_generation", "Generation of the routing state.", value=float(generation)
+        )
+        store_up = GaugeMetricFamily("slotswitch_state_store_up", "1 when the state store is reachable.")
+        store_up.add_metric([], 0.0 if STATE_STORE_UP and not all(STATE_STORE_UP.values()) else 1.0)
+        yield store_up
+        info = GaugeMetricFamily("slotswitch_build_info", "Build information.", labels=["version"])
+        info.add_metric([_version()], 1.0)
+        yield info
+
+
+def make_registry(controller: Controller) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SlotswitchCollector(controller))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,165 @@
+"""The judge's loop: every tick, read live windows, ask `judge.assess`, and act on the verdict.
+
+What is judged:
+- during a ramp: the ramp's target (candidate) against the active slot (baseline), over the same
+  ticks, counted from the start of the ramp;
+- for `analysis.watch_after_switch` after a cutover: the new active slot against the old slot's
+  window as it was at the moment of the switch (the old slot stays warm meanwhile).
+
+What happens:
+- `failure_limit` failing verdicts in a row roll back at once (Controller.rollback), with the
+  verdict's reasons and numbers in the audit trail and `slotswitch_rollbacks_total{reason}`;
+- a passing verdict advances a ramp once its step's interval is over; an inconclusive one holds
+  it (too little data is never a pass).
+
+`tick()` is synchronous and takes the time as an argument, so tests drive it tick by tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from proxy.control import Conflict, Controller, Refused
+from proxy.judge import Verdict, assess
+from proxy.state import Snapshot
+from proxy.stats import Window
+
+log = logging.getLogger("slotswitch.analysis")
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    slot: str
+    until: float
+    since_tick: int
+    baseline: Window
+
+
+class Analyzer:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.store = controller.store
+        self.ticks = 0
+        self.failures = 0  # failing verdicts in a row
+        self.last: Verdict | None = None
+        self.subject = ""  # what the last verdict was about
+        self.watch: Watch | None = None
+        self.ramp_since_tick = 0
+        self._task: asyncio.Task[None] | None = None
+        self.store.subscribe(self._on_publish)
+
+    def _window_ticks(self, snap: Snapshot) -> int:
+        policy = snap.settings.analysis
+        return max(1, math.ceil(policy.window / policy.tick))
+
+    def _on_publish(self, old: Snapshot, new: Snapshot) -> None:
+        if new.action == "ramp":
+            self.ramp_since_tick = self.ticks
+            self.failures = 0
+        if new.active != old.active and new.action == "switch":
+            old_stats = new.routes[old.active].runtime.stats
+            baseline = old_stats.window(self._window_ticks(new))
+            until = time.time() + new.settings.analysis.watch_after_switch
+            self.watch = Watch(new.active, until, self.ticks, baseline)
+            self.failures = 0
+        if new.action == "rollback":
+            self.watch = None
+            self.failures = 0
+
+    def tick(self, now: float | None = None) -> Verdict | None:
+        """One judge tick: rotate the windows, judge, and act. Returns the verdict (None: nothing to judge)."""
+        now = time.time() if now is None else now
+        self.ticks += 1
+        for runtime in self.controller.registry.runtimes.values():
+            runtime.stats.rotate()
+        snap = self.store.current
+        subject = self._subject(snap, now)
+        if subject is None:
+            self.last, self.subject = None, ""
+            return None
+        name, candidate, baseline = subject
+        verdict = assess(snap.settings.analysis, candidate, baseline)
+        self.last, self.subject = verdict, name
+        if verdict.outcome == "fail":
+            self.failures += 1
+            if self.failures >= snap.settings.analysis.failure_limit:
+                self._roll_back(snap, name, verdict)
+            return verdict
+        self.failures = 0
+        ramp = snap.ramp
+        due = ramp is not None and not ramp.paused and now - ramp.step_started_at >= ramp.interval
+        if verdict.outcome == "pass" and due:
+            self._advance(snap, verdict)
+        return verdict
+
+    def _subject(self, snap: Snapshot, now: float) -> tuple[str, Window, Window | None] | None:
+        window = self._window_ticks(snap)
+        if snap.ramp is not None:
+            ticks = min(window, self.ticks - self.ramp_since_tick)
+            candidate = snap.routes[snap.ramp.target].runtime.stats.window(ticks)
+            baseline = snap.primary.runtime.stats.window(ticks)
+            return snap.ramp.target, candidate, baseline
+        watch = self.watch
+        if watch is None or watch.slot != snap.active or now > watch.until or snap.phase == "rolled_back":
+            self.watch = None if watch is not None and now > watch.until else watch
+            return None
+        ticks = min(window, self.ticks - watch.since_tick)
+        return snap.active, snap.primary.runtime.stats.window(ticks), watch.baseline
+
+    def _roll_back(self, snap: Snapshot, slot: str, verdict: Verdict) -> None:
+        details: dict[str, object] = {"rule": verdict.rule, "slot": slot, "reasons": list(verdict.reasons)}
+        details.update({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in verdict.numbers.items()})
+        try:
+            self.controller.rollback(
+                actor="judge",
+                trigger="judge",
+                reason=f"slot {slot} failed analysis: " + "; ".join(verdict.reasons),
+                expect=snap.generation,
+                details=details,
+            )
+        except (Conflict, Refused) as exc:
+            log.warning("judge could not roll back: %s", exc)
+            return
+        self.failures = 0
+        log.error("automatic rollback from %s: %s", slot, "; ".join(verdict.reasons))
+
+    def _advance(self, snap: Snapshot, verdict: Verdict) -> None:
+        numbers: dict[str, object] = {k: v for k, v in verdict.numbers.items() if not math.isnan(v)}
+        try:
+            self.controller.promote(
+                actor="judge", trigger="ramp", reason="step passed analysis", expect=snap.generation, details=numbers
+            )
+        except (Conflict, Refused) as exc:
+            log.info("ramp step not advanced: %s", exc)
+
+    def status(self) -> dict[str, object]:
+        verdict = self.last
+        return {
+            "subject": self.subject or None,
+            "outcome": verdict.outcome if verdict else None,
+            "reasons": list(verdict.reasons) if verdict else [],
+            "failures_in_a_row": self.failures,
+            "watching_until": self.watch.until if self.watch else None,
+        }
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.store.current.settings.analysis.tick)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("judge tick failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
