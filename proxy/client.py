@@ -197,6 +197,8 @@ class ClientConnection(asyncio.Protocol):
         # should_keep_alive() is only reliable inside this callback (see research/performance.md).
         ex.client_done(self.parser.should_keep_alive())
         self.parsing = None
+        if self.current is None and not self.pipeline:  # it was answered already (an early error)
+            self.set_deadline(DL_IDLE)
 
     # -- called by the exchange -------------------------------------------------------------
 

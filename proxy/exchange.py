@@ -176,12 +176,14 @@ class Exchange:
         # Fast path: no ramp and nothing that asks for the idle slot.
         plain = snap.canary is None and not (self.preview or server.preview_cookie)
         route = snap.primary if plain else choose(snap, self)
+        pool = route.pick()
+        if pool is None and server.failover:
+            route, pool = server.fail_over(snap, route)
         self.route = route
         self.started = client.loop.time()
         rt = route.runtime
         rt.in_flight += 1
         rt.requests += 1
-        pool = route.pick()
         if pool is None:
             self.fail("no_upstream")
             return
@@ -247,7 +249,7 @@ class Exchange:
         conn = self.conn
         if conn is not None and self.chunked:
             conn.send(wire.LAST_CHUNK)
-        if self.route is not None and not self.response_started:
+        if self.route is not None and not self.response_started and not self.ended:
             self.client.set_deadline(wire.DL_UPSTREAM)
 
     # -- endings ----------------------------------------------------------------------------
@@ -321,7 +323,10 @@ class Exchange:
         self.status = wire.ERRORS[reason].status
         closes = client.server.send_error(client.transport, reason, route)
         self._end()
-        client.exchange_done(self, not closes and self.keep_alive and self.request_done)
+        # A bodyless request may fail before its message is complete (routing happens at
+        # headers-complete); it leaves nothing unread, so the connection can stay open.
+        bodyless = self.content_length <= 0 and not self.chunked
+        client.exchange_done(self, not closes and self.keep_alive and (self.request_done or bodyless))
 
     def abort(self) -> None:
         """The client went away: drop the upstream connection, whatever state it is in."""

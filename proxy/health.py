@@ -22,8 +22,9 @@ from typing import Any
 
 import aiohttp
 
+from proxy.server import ProxyServer
 from proxy.settings import Check, Health
-from proxy.state import Store
+from proxy.state import Snapshot, Store
 from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("slotswitch.health")
@@ -47,8 +48,9 @@ def _json_get(document: Any, dotted: str) -> Any:
 
 
 class HealthChecker:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, server: ProxyServer | None = None) -> None:
         self.store = store
+        self.server = server
         self.state: dict[tuple[str, str], UpstreamHealth] = {}
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -141,9 +143,22 @@ class HealthChecker:
         live = {(n, p.url) for n, r in snap.routes.items() for p in r.pools}
         for key in [k for k in self.state if k not in live]:
             del self.state[key]
+        self._failover_over(snap)
         self.rounds += 1
         self.round_done.set()
         self.round_done = asyncio.Event()
+
+    def _failover_over(self, snap: Snapshot) -> None:
+        """End a failover episode once the slot that failed has a usable upstream again."""
+        server = self.server
+        if server is None or server.failing_over is None:
+            return
+        slot = server.failing_over
+        if slot in snap.routes and any(p.usable for p in snap.routes[slot].pools):
+            server.failing_over = None
+            log.warning("slot %s has a healthy upstream again: failover ended", slot)
+            for hook in server.events:
+                hook("failover_ended", {"slot": slot})
 
     async def run_now(self, slot: str) -> None:
         """Check `slot` right away (before a gate decides)."""

@@ -47,7 +47,7 @@ class Slotswitch:
         self.store = Store(first)
         self.server = ProxyServer(self.store, loop)
         self.controller = Controller(self.store, self.registry, self.server)
-        self.health = HealthChecker(self.store)
+        self.health = HealthChecker(self.store, self.server)
         self.controller.gates.append(self.health.gate)
         self.analyzer = Analyzer(self.controller)
         self.services = Services(self.controller, self.health, self.analyzer, make_registry(self.controller))

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proxy import wire
@@ -19,7 +20,8 @@ from proxy.settings import Limits, Settings
 from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 
 if TYPE_CHECKING:
-    from proxy.state import Route, Store
+    from proxy.state import Route, Snapshot, Store
+    from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("slotswitch.server")
 
@@ -50,6 +52,9 @@ class ProxyServer:
         self.preview_cookie = b""
         self.sticky_by = "ip"
         self.sticky_name = b""
+        self.failover = False
+        self.failing_over: str | None = None  # the slot traffic failed over from, while it lasts
+        self.events: list[Callable[[str, dict[str, object]], None]] = []  # audit hooks
         self.timeout_for: list[float] = [0.0] * 6
         self._trusted_exact: frozenset[str] = frozenset()
         self._trusted_nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -58,6 +63,7 @@ class ProxyServer:
 
     def apply(self, settings: Settings) -> None:
         self.limits = settings.limits
+        self.failover = settings.health.failover
         kinds = dict(wire.REQUEST_SPECIAL)
         self.sticky_by = settings.sticky.by
         self.sticky_name = settings.sticky.name.encode("latin-1")
@@ -80,6 +86,19 @@ class ProxyServer:
         nets = [ipaddress.ip_network(item, strict=False) for item in settings.trusted_proxies]
         self._trusted_exact = frozenset(str(n.network_address) for n in nets if n.num_addresses == 1)
         self._trusted_nets = tuple(n for n in nets if n.num_addresses > 1)
+
+    def fail_over(self, snap: Snapshot, route: Route) -> tuple[Route, UpstreamPool | None]:
+        """Every upstream of `route` is down and failover is on: use the other slot if it is up."""
+        other = snap.routes[next(name for name in snap.routes if name != route.name)]
+        pool = other.pick()
+        if pool is None:
+            return route, None
+        if self.failing_over is None:  # once per episode, not per request
+            self.failing_over = route.name
+            log.error("slot %s has no healthy upstream: failing over to slot %s", route.name, other.name)
+            for hook in self.events:
+                hook("failover", {"from": route.name, "to": other.name})
+        return other, pool
 
     def is_trusted(self, host: str) -> bool:
         if host in self._trusted_exact:
