@@ -39,11 +39,14 @@ def cookie_value(cookies: bytes, name: bytes) -> bytes:
 def choose(snap: Snapshot, ex: Exchange) -> Route:
     server = ex.client.server
     secret = server.preview_secret
-    if secret:
-        offered = ex.preview or (cookie_value(ex.cookie, server.preview_cookie) if ex.cookie else b"")
-        if offered and hmac.compare_digest(offered, secret):
-            target = snap.canary.name if snap.canary is not None else snap.idle_slot()
-            return snap.routes[target]
+    offered = ex.preview
+    if not offered and secret and ex.cookie:
+        offered = cookie_value(ex.cookie, server.preview_cookie)
+    if offered and (
+        hmac.compare_digest(offered, server.internal_secret) or (secret and hmac.compare_digest(offered, secret))
+    ):
+        target = snap.canary.name if snap.canary is not None else snap.idle_slot()
+        return snap.routes[target]
     canary = snap.canary
     if canary is None:
         return snap.primary

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from admin.cli import register
 from proxy.settings import ConfigError, load_settings, parse_settings
 
 
@@ -112,6 +113,8 @@ async def _demo(settings: object, blue_port: int, green_port: int) -> int:
         await runner.cleanup()
     return 0
 
+
+register(main)
 
 if __name__ == "__main__":
     main()

@@ -174,7 +174,7 @@ class Exchange:
         server = client.server
         snap = server.store.current
         # Fast path: no ramp and nothing that asks for the idle slot.
-        plain = snap.canary is None and not (self.preview or server.preview_cookie)
+        plain = snap.canary is None and not self.preview and not server.preview_cookie
         route = snap.primary if plain else choose(snap, self)
         pool = route.pick()
         if pool is None and server.failover:

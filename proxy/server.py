@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -50,6 +51,9 @@ class ProxyServer:
         self.header_kinds: dict[bytes, int] = dict(wire.REQUEST_SPECIAL)
         self.preview_secret = b""
         self.preview_cookie = b""
+        # The proxy's own preview secret, for smoke and warm-up requests it sends to the idle
+        # slot through its own data path; random per process and never logged.
+        self.internal_secret = secrets.token_hex(16).encode()
         self.sticky_by = "ip"
         self.sticky_name = b""
         self.failover = False
