@@ -1,24 +1,34 @@
 """The admin API: an aiohttp app on `admin.listen`, JSON in and out.
 
-Errors are always `{"error": {"code": "...", "message": "..."}}`. Every mutation goes through
+One middleware, `trust`, does for every request, in this order: authenticate (401; not for
+PUBLIC paths), check the role (403), run the handler, map any failure to a JSON error (here and
+nowhere else), and record a refused change in the audit log. Errors are always
+`{"error": {"code": "...", "message": "..."}}` (409s add "reasons"). Every mutation goes through
 `Controller` (the one publish function); handlers only parse, call, and render.
+
+Request parsing is as strict as the OpenAPI document (admin/openapi.py), which uses the same
+patterns and limits: unknown fields, nulls and out-of-range values are 400s.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import re
+import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from admin.audit import AuditLog, refused
+from admin.auth import Authenticator
 from proxy.analysis import Analyzer
 from proxy.control import Conflict, Controller, Invalid, Refused, UnknownSlot
 from proxy.health import HealthChecker
+from proxy.settings import parse_duration
 
 log = logging.getLogger("slotswitch.admin")
 
@@ -31,64 +41,146 @@ class Services:
     health: HealthChecker
     analyzer: Analyzer
     metrics: CollectorRegistry
+    synced: Callable[[int], Awaitable[float]] | None = None  # waits until all workers route by a generation
 
 
 SERVICES = web.AppKey("services", Services)
-TOKEN = web.AppKey("token", str)
+AUTH = web.AppKey("auth", Authenticator)
+AUDIT = web.AppKey("audit", AuditLog)
+ACTOR = web.RequestKey("actor", str)  # the caller's token NAME, set by `trust` before the handler runs
+
+PUBLIC = frozenset({"/v1/health", "/openapi.json"})  # served without a token
+READS = frozenset({"GET", "HEAD"})
+
+# Shared with the OpenAPI document, so the handlers accept exactly what it describes. Matched with
+# re.search, as JSON Schema's `pattern` is.
+IF_MATCH = r'^(\*|[0-9]{1,18}|"[0-9]{1,18}")$'
+DURATION = r"^(0|[1-9][0-9]{0,8})(\.[0-9]{1,9})?(ms|s|m|h)$"
+POSITIVE_DURATION = r"^([1-9][0-9]{0,8}(\.[0-9]{1,9})?|0\.[0-9]{0,8}[1-9][0-9]{0,8})(ms|s|m|h)$"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+UPSTREAM_URL = rf"^http://{_LABEL}(\.{_LABEL})*(:{_PORT})?/?$"
+MAX_SECONDS = 1e9  # a duration given as a number of seconds; a string one is bounded by its pattern
+MAX_TEXT = 1024  # reason
+MAX_UPSTREAMS = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        reasons: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.reasons = reasons or []
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.reasons:
+            error["reasons"] = self.reasons
+        return web.json_response({"error": error}, status=self.status, headers=self.headers)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return ApiError(status, code, message).response()
+
+
+def authorize(request: web.Request) -> None:
+    """401 unless the caller has a token (or the API is open on loopback); 403 if its role may not
+    use this method. Sets request[ACTOR] to the token's name."""
+    principal = request.app[AUTH].identify(request.headers.get("Authorization"))
+    if principal is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token",
+            headers={"WWW-Authenticate": 'Bearer realm="slotswitch"'},
+        )
+    request[ACTOR] = principal.name
+    if not principal.may(request.method):
+        raise ApiError(403, "forbidden", f"token {principal.name!r} has the {principal.role} role: it may only read")
+
+
+def as_api_error(exc: Exception) -> ApiError | None:
+    """The JSON error for a failure, or None for one that is not an error answer (a redirect)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, Conflict):
+        return ApiError(412, "generation_mismatch", str(exc))
+    if isinstance(exc, UnknownSlot):
+        return ApiError(404, "unknown_slot", str(exc))
+    if isinstance(exc, Invalid):
+        return ApiError(400, "invalid_request", str(exc))
+    if isinstance(exc, Refused):
+        return ApiError(409, "refused", str(exc), reasons=exc.reasons)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            return None
+        # a 405 names the methods that are allowed (RFC 9110 §15.5.6)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return ApiError(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=headers)
+    log.error("admin API: unexpected error", exc_info=exc)
+    return ApiError(500, "internal_error", "internal error (see the proxy's log)")
 
 
 @web.middleware
-async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every failure to a JSON error (one place), and check the bearer token."""
-    token = request.app[TOKEN]
-    if token and request.path != "/v1/health":
-        given = request.headers.get("Authorization", "")
-        # Constant-time comparison; the token itself is never logged.
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            resp = error_response(401, "unauthorized", "missing or wrong bearer token")
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="slotswitch"'
-            return resp
+async def trust(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.path not in PUBLIC:
+            authorize(request)
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    except Conflict as exc:
-        return error_response(412, "generation_mismatch", str(exc))
-    except UnknownSlot as exc:
-        return error_response(404, "unknown_slot", str(exc))
-    except Invalid as exc:
-        return error_response(400, "invalid_request", str(exc))
-    except Refused as exc:
-        resp = error_response(409, "refused", str(exc))
-        if exc.reasons:
-            resp = web.json_response(
-                {"error": {"code": "refused", "message": str(exc), "reasons": exc.reasons}}, status=409
-            )
-        return resp
-    except web.HTTPException as exc:
-        if exc.status < 400:
+    except Exception as exc:  # CancelledError is a BaseException: it passes through
+        error = as_api_error(exc)
+        if error is None:
             raise
-        resp = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        if "Allow" in exc.headers:  # a 405 names the methods that are allowed (RFC 9110 §15.5.6)
-            resp.headers["Allow"] = exc.headers["Allow"]
-        return resp
+        if error.status < 500 and is_change(request):
+            record_refusal(request, error)
+        return error.response()
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
+def is_change(request: web.Request) -> bool:
+    """A request to a mutating endpoint (a route that exists, with a method that writes)."""
+    return request.method not in READS and request.match_info.http_exception is None
+
+
+def record_refusal(request: web.Request, error: ApiError) -> None:
+    route = request.match_info.route
+    details: dict[str, Any] = {"method": request.method, "path": request.path}
+    if error.reasons:
+        details["reasons"] = error.reasons
+    entry = refused(
+        request.app[SERVICES].controller.store.current,
+        time.time(),
+        actor=request.get(ACTOR, "anonymous"),
+        action=route.name or request.path,
+        status=error.status,
+        code=error.code,
+        message=error.message,
+        details=details,
+    )
+    request.app[AUDIT].append(entry)
+
+
+def actor(request: web.Request) -> str:
+    return request[ACTOR]
+
+
+# -- request parsing ----------------------------------------------------------------------------
+
+
+async def json_body(request: web.Request, allowed: Collection[str] | None = None) -> dict[str, Any]:
+    """The request's JSON object ({} without a body); 400 for anything else, or for a field not in
+    `allowed` (None: any field, for payloads defined elsewhere, like Alertmanager's)."""
     if not request.can_read_body:
         return {}
     try:
@@ -97,39 +189,63 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "request body must be a JSON object")
+    unknown = sorted(set(body) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise ApiError(
+            400, "unknown_field", f"unknown fields: {', '.join(unknown)} (allowed: {', '.join(allowed or ())})"
+        )
     return body
 
 
 def field(body: dict[str, Any], name: str, kind: type, required: bool = False) -> Any:
-    value = body.get(name)
-    if value is None:
+    """body[name] if it has type `kind`; None when absent (400 if required); null is not a value."""
+    if name not in body or (required and body[name] is None):
         if required:
             raise ApiError(400, "missing_field", f"{name}: required")
         return None
+    value = body[name]
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ApiError(400, "invalid_field", f"{name}: expected {kind.__name__}")
     return value
 
 
+def text(body: dict[str, Any], name: str) -> str:
+    value: str = field(body, name, str) or ""
+    if len(value) > MAX_TEXT:
+        raise ApiError(400, "invalid_field", f"{name}: longer than {MAX_TEXT} characters")
+    return value
+
+
+def duration(body: dict[str, Any], name: str, *, positive: bool = False) -> float | None:
+    """Seconds from "250ms"/"30s"/"2m"/"1h" or a number of seconds; None when absent."""
+    if name not in body:
+        return None
+    raw = body[name]
+    if isinstance(raw, str) and re.search(POSITIVE_DURATION if positive else DURATION, raw):
+        return parse_duration(raw.strip())
+    number = isinstance(raw, int | float) and not isinstance(raw, bool)
+    if number and (raw > 0 if positive else raw >= 0) and raw <= MAX_SECONDS:  # NaN fails every comparison
+        return float(raw)
+    bound = "positive" if positive else "non-negative"
+    raise ApiError(400, "invalid_field", f"{name}: expected a {bound} duration like 250ms, 30s or 2m, or seconds")
+
+
 def if_match(request: web.Request) -> int | None:
+    """The generation in If-Match, or None (absent or `*`: apply whatever the generation)."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    try:
-        return int(raw.strip().strip('"'))
-    except ValueError:
-        raise ApiError(400, "invalid_if_match", "If-Match must be a generation number") from None
+    if not re.search(IF_MATCH, raw):
+        raise ApiError(400, "invalid_if_match", 'If-Match must be a generation number (or "*")')
+    return None if raw == "*" else int(raw.strip('"'))
 
 
-def actor(request: web.Request) -> str:
-    return "admin-token" if request.app[TOKEN] else "loopback"
-
-
-def make_admin_app(services: Services, token: str) -> web.Application:
+def make_admin_app(services: Services, auth: Authenticator, audit: AuditLog) -> web.Application:
     from admin.routes import add_routes
 
-    app = web.Application(middlewares=[errors_and_auth])
+    app = web.Application(middlewares=[trust])
     app[SERVICES] = services
-    app[TOKEN] = token
+    app[AUTH] = auth
+    app[AUDIT] = audit
     add_routes(app)
     return app

@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 
 from proxy.control import Controller
 
+TRIGGERS = ("api", "rollback", "judge", "alert", "reload", "ramp")
+ROLLBACK_REASONS = ("api", "judge_error_rate", "judge_latency", "judge_baseline", "promql", "alert")
 DRAIN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 STATE_STORE_UP: dict[str, bool] = {}  # set by the state store (fleet mode); absent = local file
 
@@ -98,11 +100,14 @@ class SlotswitchCollector(Collector):
         switches = CounterMetricFamily(
             "slotswitch_switches", "Routing changes of the active slot, by trigger.", labels=["trigger"]
         )
-        for trigger, n in sorted(self.controller.switches.items()):
+        # Known label values start at 0, so the first event shows in increase() (a series that
+        # first appears at 1 does not).
+        by_trigger = {t: 0 for t in TRIGGERS} | dict(self.controller.switches)
+        for trigger, n in sorted(by_trigger.items()):
             switches.add_metric([trigger], float(n))
         yield switches
         rollbacks = CounterMetricFamily("slotswitch_rollbacks", "Rollbacks, by reason.", labels=["reason"])
-        for reason, n in sorted(self.controller.rollbacks.items()):
+        for reason, n in sorted(({r: 0 for r in ROLLBACK_REASONS} | dict(self.controller.rollbacks)).items()):
             rollbacks.add_metric([reason], float(n))
         yield rollbacks
         durations = self.controller.drainer.durations

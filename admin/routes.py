@@ -1,34 +1,52 @@
 """Admin API handlers: parse the request, call the controller, render JSON.
 
 Every mutation goes through `Controller` (the one publish function) and accepts
-`If-Match: <generation>`; a stale generation gets 412 and changes nothing.
+`If-Match: <generation>`; a stale generation gets 412 and changes nothing. A handler reads
+If-Match and its body before it awaits anything, so a bad request is refused before any work.
+The fields each body may carry come from its schema in admin/openapi.py, so the two agree.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
 
 from aiohttp import web
 
-from admin.api import SERVICES, ApiError, actor, field, if_match, json_body
+from admin.alerts import add_alert_routes
+from admin.api import (
+    AUDIT,
+    MAX_UPSTREAMS,
+    SERVICES,
+    UPSTREAM_URL,
+    ApiError,
+    actor,
+    duration,
+    field,
+    if_match,
+    json_body,
+    text,
+)
+from admin.audit import KEEP
 from admin.metrics import render
+from admin.openapi import body_fields, document_for
 from admin.views import change_json, status_json
 from proxy.control import Result
-from proxy.settings import parse_duration
+
+SWITCH = body_fields("SwitchRequest")
+REASON = body_fields("ReasonRequest")
+RAMP = body_fields("RampRequest")
+DEPLOY = body_fields("DeployRequest")
+DEFAULT_STEPS = (5, 25, 50, 100)
+DEFAULT_INTERVAL = 30.0
+HISTORY_DEFAULT = 50
 
 
-def _duration(body: dict[str, Any], name: str) -> float | None:
-    raw = body.get(name)
-    if raw is None:
-        return None
-    try:
-        return parse_duration(raw)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_field", f"{name}: {exc}") from None
-
-
-def _result(request: web.Request, result: Result) -> web.Response:
-    return web.json_response(change_json(request.app[SERVICES], result))
+async def _result(request: web.Request, result: Result) -> web.Response:
+    services = request.app[SERVICES]
+    if result.changed and services.synced is not None:
+        # With worker processes, answer only once every worker routes by the new state.
+        await services.synced(result.snapshot.generation)
+    return web.json_response(change_json(services, result))
 
 
 async def get_status(request: web.Request) -> web.Response:
@@ -44,103 +62,132 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(document_for(request.app))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    """The newest `limit` audit entries (applied and refused changes), newest first."""
+    given = request.query.getall("limit", [str(HISTORY_DEFAULT)])
+    if len(given) != 1 or not re.fullmatch(r"[0-9]{1,4}", given[0]) or not 1 <= int(given[0]) <= KEEP:
+        raise ApiError(400, "invalid_query", f"limit: expected one integer in 1..{KEEP}")
+    return web.json_response({"entries": request.app[AUDIT].newest(int(given[0]))})
+
+
 async def post_switch(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    services = request.app[SERVICES]
+    expect = if_match(request)
+    body = await json_body(request, SWITCH)
     slot = field(body, "slot", str, required=True)
     force = bool(field(body, "force", bool))
+    reason = text(body, "reason")
+    drain_timeout = duration(body, "drain_timeout")
+    services = request.app[SERVICES]
     if not force and slot != services.controller.store.current.active:
         await services.health.run_now(slot)  # the gate decides on checks run now
     result = services.controller.switch(
-        slot,
-        actor=actor(request),
-        reason=field(body, "reason", str) or "",
-        drain_timeout=_duration(body, "drain_timeout"),
-        expect=if_match(request),
-        force=force,
+        slot, actor=actor(request), reason=reason, drain_timeout=drain_timeout, expect=expect, force=force
     )
-    return _result(request, result)
+    return await _result(request, result)
 
 
 async def post_rollback(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    result = request.app[SERVICES].controller.rollback(
-        actor=actor(request), reason=field(body, "reason", str) or "", expect=if_match(request)
-    )
-    return _result(request, result)
+    expect = if_match(request)
+    body = await json_body(request, REASON)
+    result = request.app[SERVICES].controller.rollback(actor=actor(request), reason=text(body, "reason"), expect=expect)
+    return await _result(request, result)
+
+
+def _percent(value: object) -> int | None:
+    """An integer in 1..100 (JSON Schema counts 25.0 as an integer, so this does too), else None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
+        return value
+    return None
+
+
+def _steps(body: dict[str, object]) -> list[int]:
+    """Distinct percentages in 1..100, in any order (they are sorted here)."""
+    steps = field(body, "steps", list)
+    if steps is None:
+        return list(DEFAULT_STEPS)
+    ints = [p for p in map(_percent, steps) if p is not None]
+    if not steps or len(ints) != len(steps) or len(set(ints)) != len(ints):
+        raise ApiError(400, "invalid_field", "steps: expected distinct integer percentages in 1..100")
+    return sorted(ints)
 
 
 async def post_ramp(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    services = request.app[SERVICES]
+    expect = if_match(request)
+    body = await json_body(request, RAMP)
     slot = field(body, "slot", str, required=True)
-    steps = field(body, "steps", list) or [5, 25, 50, 100]
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
-        raise ApiError(400, "invalid_field", "steps: expected a list of integer percentages")
-    interval = _duration(body, "interval")
+    steps = _steps(body)
+    interval = duration(body, "interval", positive=True)
     force = bool(field(body, "force", bool))
+    reason = text(body, "reason")
+    services = request.app[SERVICES]
     if not force:
         await services.health.run_now(slot)
     result = services.controller.ramp(
         slot,
         steps,
-        interval if interval is not None else 30.0,
+        interval if interval is not None else DEFAULT_INTERVAL,
         actor=actor(request),
-        reason=field(body, "reason", str) or "",
-        expect=if_match(request),
+        reason=reason,
+        expect=expect,
         force=force,
     )
-    return _result(request, result)
+    return await _result(request, result)
 
 
 async def post_pause(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    result = request.app[SERVICES].controller.pause(
-        actor=actor(request), reason=field(body, "reason", str) or "", expect=if_match(request)
-    )
-    return _result(request, result)
+    expect = if_match(request)
+    body = await json_body(request, REASON)
+    result = request.app[SERVICES].controller.pause(actor=actor(request), reason=text(body, "reason"), expect=expect)
+    return await _result(request, result)
 
 
 async def post_resume(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    expect = if_match(request)
+    body = await json_body(request, REASON)
     result = request.app[SERVICES].controller.pause(
-        actor=actor(request), reason=field(body, "reason", str) or "", expect=if_match(request), paused=False
+        actor=actor(request), reason=text(body, "reason"), expect=expect, paused=False
     )
-    return _result(request, result)
+    return await _result(request, result)
 
 
 async def post_promote(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    result = request.app[SERVICES].controller.promote(
-        actor=actor(request), reason=field(body, "reason", str) or "", expect=if_match(request)
-    )
-    return _result(request, result)
+    expect = if_match(request)
+    body = await json_body(request, REASON)
+    result = request.app[SERVICES].controller.promote(actor=actor(request), reason=text(body, "reason"), expect=expect)
+    return await _result(request, result)
 
 
 async def put_slot(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    expect = if_match(request)
+    body = await json_body(request, DEPLOY)
     urls = field(body, "upstreams", list, required=True)
-    if not all(isinstance(u, str) for u in urls):
-        raise ApiError(400, "invalid_field", "upstreams: expected a list of URL strings")
+    if not 1 <= len(urls) <= MAX_UPSTREAMS or not all(isinstance(u, str) and re.search(UPSTREAM_URL, u) for u in urls):
+        raise ApiError(400, "invalid_field", f"upstreams: expected 1..{MAX_UPSTREAMS} URLs like http://host:port")
     result = request.app[SERVICES].controller.deploy(
-        request.match_info["slot"],
-        urls,
-        actor=actor(request),
-        reason=field(body, "reason", str) or "",
-        expect=if_match(request),
+        request.match_info["slot"], urls, actor=actor(request), reason=text(body, "reason"), expect=expect
     )
-    return _result(request, result)
+    return await _result(request, result)
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/status", get_status)
-    app.router.add_get("/v1/health", get_health)
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_post("/v1/switch", post_switch)
-    app.router.add_post("/v1/rollback", post_rollback)
-    app.router.add_post("/v1/abort", post_rollback)
-    app.router.add_post("/v1/ramp", post_ramp)
-    app.router.add_post("/v1/pause", post_pause)
-    app.router.add_post("/v1/resume", post_resume)
-    app.router.add_post("/v1/promote", post_promote)
-    app.router.add_put("/v1/slots/{slot}", put_slot)
+    """Route names are the OpenAPI operationIds and the `action` of a refused change in the audit log."""
+    app.router.add_get("/v1/status", get_status, name="status")
+    app.router.add_get("/v1/health", get_health, name="health")
+    app.router.add_get("/metrics", get_metrics, name="metrics")
+    app.router.add_get("/v1/history", get_history, name="history")
+    app.router.add_get("/openapi.json", get_openapi, name="openapi")
+    app.router.add_post("/v1/switch", post_switch, name="switch")
+    app.router.add_post("/v1/rollback", post_rollback, name="rollback")
+    app.router.add_post("/v1/abort", post_rollback, name="abort")
+    app.router.add_post("/v1/ramp", post_ramp, name="ramp")
+    app.router.add_post("/v1/pause", post_pause, name="pause")
+    app.router.add_post("/v1/resume", post_resume, name="resume")
+    app.router.add_post("/v1/promote", post_promote, name="promote")
+    app.router.add_put("/v1/slots/{slot}", put_slot, name="deploy")
+    add_alert_routes(app)  # POST /v1/alerts, the Alertmanager webhook (admin/alerts.py)

@@ -12,6 +12,11 @@ What happens:
 - a passing verdict advances a ramp once its step's interval is over; an inconclusive one holds
   it (too little data is never a pass).
 
+With `promql.checks` configured, the latest PromQL verdict for the subject (proxy.promql) is a
+second input: a failing check makes the tick's verdict fail (rule "promql"; each PromQL result
+counts once toward `failure_limit`, as Flagger's threshold counts failed checks), and a missing,
+stale or inconclusive result holds a ramp that the in-process judge would advance.
+
 `tick()` is synchronous and takes the time as an argument, so tests drive it tick by tick.
 """
 
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 
 from proxy.control import Conflict, Controller, Refused
 from proxy.judge import Verdict, assess
+from proxy.promql import PromQLVerdict
 from proxy.state import Snapshot
 from proxy.stats import Window
 
@@ -49,6 +55,9 @@ class Analyzer:
         self.subject = ""  # what the last verdict was about
         self.watch: Watch | None = None
         self.ramp_since_tick = 0
+        self.subject_since = 0.0  # time.time() when the current ramp or watch began
+        self.promql: PromQLVerdict | None = None  # the latest PromQL result (proxy.promql)
+        self._promql_counted = 0  # seq of the last failing PromQL result counted toward failure_limit
         self._task: asyncio.Task[None] | None = None
         self.store.subscribe(self._on_publish)
 
@@ -59,12 +68,14 @@ class Analyzer:
     def _on_publish(self, old: Snapshot, new: Snapshot) -> None:
         if new.action == "ramp":
             self.ramp_since_tick = self.ticks
+            self.subject_since = time.time()
             self.failures = 0
         if new.active != old.active and new.action == "switch":
             old_stats = new.routes[old.active].runtime.stats
             baseline = old_stats.window(self._window_ticks(new))
             until = time.time() + new.settings.analysis.watch_after_switch
             self.watch = Watch(new.active, until, self.ticks, baseline)
+            self.subject_since = time.time()
             self.failures = 0
         if new.action == "rollback":
             self.watch = None
@@ -82,10 +93,11 @@ class Analyzer:
             self.last, self.subject = None, ""
             return None
         name, candidate, baseline = subject
-        verdict = assess(snap.settings.analysis, candidate, baseline)
+        verdict, counts = self._with_promql(snap, name, assess(snap.settings.analysis, candidate, baseline), now)
         self.last, self.subject = verdict, name
         if verdict.outcome == "fail":
-            self.failures += 1
+            if counts:
+                self.failures += 1
             if self.failures >= snap.settings.analysis.failure_limit:
                 self._roll_back(snap, name, verdict)
             return verdict
@@ -95,6 +107,41 @@ class Analyzer:
         if verdict.outcome == "pass" and due:
             self._advance(snap, verdict)
         return verdict
+
+    def candidate(self, now: float | None = None) -> str | None:
+        """The slot under judgement now: the ramp's target, or the new active slot while watched."""
+        now = time.time() if now is None else now
+        snap = self.store.current
+        if snap.ramp is not None:
+            return snap.ramp.target
+        watch = self.watch
+        if watch is None or watch.slot != snap.active or now > watch.until or snap.phase == "rolled_back":
+            return None
+        return watch.slot
+
+    def take_promql(self, verdict: PromQLVerdict) -> None:
+        """The PromQL poller's sink: keep the latest result for the next ticks."""
+        self.promql = verdict
+
+    def _with_promql(self, snap: Snapshot, slot: str, verdict: Verdict, now: float) -> tuple[Verdict, bool]:
+        """The judge's verdict combined with the latest PromQL result, and whether it is a new
+        failure (a failing PromQL result counts once, however many ticks it stays the latest)."""
+        policy = snap.settings.promql
+        if not policy.checks or verdict.outcome == "fail":
+            return verdict, True
+        result = self.promql
+        if result is None or result.slot != slot or result.started < self.subject_since:
+            return _hold(verdict, "waiting for the first PromQL result", {}), False
+        if now - result.started > 2 * policy.interval + policy.timeout:
+            return _hold(verdict, f"the last PromQL result is {now - result.started:.0f}s old", {}), False
+        numbers = {**verdict.numbers, **result.numbers()}
+        if result.outcome == "fail":
+            new = result.seq != self._promql_counted
+            self._promql_counted = result.seq
+            return Verdict("fail", result.reasons, "promql", numbers), new
+        if result.outcome == "inconclusive":
+            return _hold(verdict, "; ".join(result.reasons), numbers), False
+        return Verdict(verdict.outcome, verdict.reasons, verdict.rule, numbers), False
 
     def _subject(self, snap: Snapshot, now: float) -> tuple[str, Window, Window | None] | None:
         window = self._window_ticks(snap)
@@ -144,6 +191,7 @@ class Analyzer:
             "reasons": list(verdict.reasons) if verdict else [],
             "failures_in_a_row": self.failures,
             "watching_until": self.watch.until if self.watch else None,
+            "promql": self.promql.as_json() if self.promql is not None else None,
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -163,3 +211,8 @@ class Analyzer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _hold(verdict: Verdict, reason: str, numbers: dict[str, float]) -> Verdict:
+    """Not a pass: a verdict the PromQL checks cannot confirm yet holds the ramp."""
+    return Verdict("inconclusive", (*verdict.reasons, reason), numbers={**verdict.numbers, **numbers})

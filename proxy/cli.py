@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
 import sys
 
@@ -12,7 +13,24 @@ from admin.cli import register
 from proxy.settings import ConfigError, load_settings, parse_settings
 
 
-@click.group()
+class Group(click.Group):
+    """The command group; `lint-migration` is imported only when used (sqlglot is slow to import)."""
+
+    LAZY = {"lint-migration": ("admin.lint_migration", "lint_migration_command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            module, attr = self.LAZY[name]
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=Group)
 @click.version_option(package_name="slotswitch")
 def main() -> None:
     """slotswitch: a blue-green switching reverse proxy."""
@@ -20,8 +38,17 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML config file.")
-def run(config_path: str) -> None:
-    """Run the proxy with CONFIG (SIGHUP reloads it, SIGTERM drains and exits)."""
+@click.option(
+    "--reset-state",
+    is_flag=True,
+    help="Start from the config's routing state (active slot, upstreams), overwriting the saved state file.",
+)
+def run(config_path: str, reset_state: bool) -> None:
+    """Run the proxy with CONFIG (SIGHUP reloads it, SIGTERM drains and exits).
+
+    The routing state (active slot, ramp, deployed upstreams, generation) is saved on every change
+    and restored on start; the config's `active:` applies only to the first start or with
+    --reset-state."""
     from proxy.runtime import run as run_proxy
 
     try:
@@ -31,7 +58,7 @@ def run(config_path: str) -> None:
         for line in exc.errors:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
-    sys.exit(run_proxy(settings, config_path))
+    sys.exit(run_proxy(settings, config_path, reset_state=reset_state))
 
 
 @main.command("check-config")

@@ -39,6 +39,8 @@ class ClientConnection(asyncio.Protocol):
         "deadline_kind",
         "early",
         "eof",
+        "fwd_block",
+        "fwd_host",
         "header_bytes",
         "loop",
         "parser",
@@ -66,6 +68,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer = b""
         self.trusted = False
         self.xff_line = b""
+        self.fwd_host = b"\0"  # the Host the cached forwarding headers (fwd_block) were built for
+        self.fwd_block = b""
         self.pipeline: deque[Exchange] = deque()
         self.current: Exchange | None = None
         self.read_block = 0

@@ -66,6 +66,9 @@ class Controller:
         self.gates: list[Gate] = []  # health gate, migration gate: each may refuse a target slot
         self.switches: Counter[str] = Counter()  # by trigger
         self.rollbacks: Counter[str] = Counter()  # by reason
+        # When a list, publish() stages new snapshots here instead of committing them, so that a
+        # shared store can compare-and-set them first (fleet mode); see commit() and adopt().
+        self.staging: list[Snapshot] | None = None
         store.subscribe(self.drainer.on_publish)
 
     # -- the one publish function -----------------------------------------------------------
@@ -103,19 +106,37 @@ class Controller:
             reason=reason,
             details=details,
         )
-        self.store.publish(new, base.generation)
+        if self.staging is not None:
+            # Fleet mode: the caller commits `new` to the shared store first (proxy.fleet).
+            if base is not self.store.current:
+                raise Conflict(base.generation, self.store.current.generation)
+            self.staging.append(new)
+            return new
+        self.commit(new)
+        return new
+
+    def commit(self, new: Snapshot) -> None:
+        """Make `new` (built on the current snapshot) the routing state of this process."""
+        self.store.publish(new, new.generation - 1)
+        self._applied(new)
+
+    def adopt(self, new: Snapshot) -> None:
+        """Take a snapshot another replica committed (fleet mode): no local compare-and-set."""
+        self.store.adopt(new)
+        self._applied(new)
+
+    def _applied(self, new: Snapshot) -> None:
         self.server.apply(new.settings)
         self.registry.retire_unused(new)
         log.info(
             "%s by %s (generation %d, active %s, weights %s): %s",
-            action,
-            actor,
+            new.action,
+            new.changed_by,
             new.generation,
             new.active,
             new.weights(),
-            reason or "-",
+            new.reason or "-",
         )
-        return new
 
     def _base(self, expect: int | None) -> Snapshot:
         current = self.store.current

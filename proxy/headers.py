@@ -21,31 +21,40 @@ if TYPE_CHECKING:
 _ID_PREFIX = b"X-Request-ID: " + os.urandom(6).hex().encode() + b"-"
 _ids = itertools.count(1)
 XFP_HTTP = b"X-Forwarded-Proto: http\r\n"
+HTTP11 = b" HTTP/1.1\r\n"
+TAIL = wire.VIA + wire.CRLF
 
 
 def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> bytes:
     """The head sent upstream. `host_line` is used only when the client sent no Host (HTTP/1.0)."""
-    parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n", *ex.headers]
+    parts = [ex.method, b" ", ex.target, HTTP11]
+    parts += ex.headers
     if not ex.host_count:
         parts.append(host_line)
     if client.trusted:
-        xff = ex.xff
-        if xff:
-            parts += (b"X-Forwarded-For: ", b", ".join(xff), b", ", client.peer, wire.CRLF)
-        else:
-            parts.append(client.xff_line)
-        forwarded_host = ex.xfh or ex.host
-        parts.append(b"X-Forwarded-Proto: %s\r\n" % ex.xfp if ex.xfp else XFP_HTTP)
+        parts.append(_trusted_block(ex, client))
     else:
-        forwarded_host = ex.host
-        parts += (client.xff_line, XFP_HTTP)
-    if forwarded_host:
-        parts += (b"X-Forwarded-Host: ", forwarded_host, wire.CRLF)
+        host = ex.host
+        if host != client.fwd_host:  # cached per connection: a client keeps sending the same Host
+            client.fwd_host = host
+            client.fwd_block = client.xff_line + XFP_HTTP + (b"X-Forwarded-Host: " + host + wire.CRLF if host else b"")
+        parts.append(client.fwd_block)
     if not ex.request_id:
-        parts += (_ID_PREFIX, b"%x\r\n" % next(_ids))
+        parts.append(_ID_PREFIX + b"%x\r\n" % next(_ids))
     if ex.chunked:
         parts.append(wire.CHUNKED)
     if ex.ws:
         parts.append(wire.CONN_UPGRADE)
-    parts += (wire.VIA, wire.CRLF)
+    parts.append(TAIL)
+    return b"".join(parts)
+
+
+def _trusted_block(ex: Exchange, client: ClientConnection) -> bytes:
+    """Forwarding headers when the peer is a trusted proxy: its X-Forwarded-* are kept and extended."""
+    xff = ex.xff
+    parts = [b"X-Forwarded-For: " + b", ".join(xff) + b", " + client.peer + wire.CRLF if xff else client.xff_line]
+    parts.append(b"X-Forwarded-Proto: " + ex.xfp + wire.CRLF if ex.xfp else XFP_HTTP)
+    forwarded_host = ex.xfh or ex.host
+    if forwarded_host:
+        parts.append(b"X-Forwarded-Host: " + forwarded_host + wire.CRLF)
     return b"".join(parts)

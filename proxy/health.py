@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ class HealthChecker:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0
+        self.listeners: list[Callable[[], None]] = []  # called after every round
         self.round_done = asyncio.Event()  # set after every round (tests await it instead of sleeping)
 
     # -- one check --------------------------------------------------------------------------
@@ -144,6 +146,8 @@ class HealthChecker:
         for key in [k for k in self.state if k not in live]:
             del self.state[key]
         self._failover_over(snap)
+        for listener in self.listeners:
+            listener()
         self.rounds += 1
         self.round_done.set()
         self.round_done = asyncio.Event()

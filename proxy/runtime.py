@@ -10,23 +10,28 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 from aiohttp import web
 
 from admin.api import Services, make_admin_app
+from admin.audit import AuditLog, reset_entry
+from admin.auth import TOKEN_ENV, AuthConfigError, Authenticator, Credential, check_exposure, load_credentials
 from admin.metrics import make_registry
 from proxy.analysis import Analyzer
 from proxy.control import Controller
 from proxy.health import HealthChecker
+from proxy.paths import beside_config
+from proxy.persist import StateError, StateStore, initial_snapshot, open_store, persisting
+from proxy.promql import PromQLPoller
 from proxy.server import ProxyServer
-from proxy.settings import ConfigError, Settings, is_loopback, load_settings, parse_listen
-from proxy.state import Registry, Store, build_snapshot
+from proxy.settings import ConfigError, Settings, load_settings, parse_listen
+from proxy.state import Registry, Snapshot, Store
 from proxy.upstream import UpstreamPool
+from proxy.workers import WorkerSet
 
 log = logging.getLogger("slotswitch")
-
-TOKEN_ENV = "SLOTSWITCH_ADMIN_TOKEN"
 
 
 class StartupError(Exception):
@@ -36,43 +41,106 @@ class StartupError(Exception):
 class Slotswitch:
     """One running proxy: the traffic listener, the control side and the admin API."""
 
-    def __init__(self, settings: Settings, *, config_path: str | Path | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: str | Path | None = None,
+        token: str | None = None,
+        workers: int = 1,
+        state_path: str | Path | None = None,
+        audit_path: str | Path | None = None,
+        reset_state: bool = False,
+    ) -> None:
+        """`workers` > 1 runs the data path in that many processes (proxy.workers); 1 serves in this one.
+        `state_path`/`audit_path` override the config's state.file/admin.audit_log (which, when
+        empty, mean files next to the config file, or memory only without one)."""
         self.settings = settings
         self.config_path = Path(config_path) if config_path else None
         self.token = os.environ.get(TOKEN_ENV, "") if token is None else token
         self.loop = asyncio.get_running_loop()
         loop = self.loop
         self.registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
-        first = build_snapshot(self.registry, settings, generation=1, active=settings.active, previous=None)
+        # Everything the config points at is checked before anything is written: tokens, state, audit log.
+        try:
+            self.auth = Authenticator(self._credentials(settings))  # replaced whole by reload()
+        except AuthConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self.state_store = self._open_state(state_path)
+        first = self._first_snapshot(reset_state)
         self.store = Store(first)
         self.server = ProxyServer(self.store, loop)
         self.controller = Controller(self.store, self.registry, self.server)
         self.health = HealthChecker(self.store, self.server)
         self.controller.gates.append(self.health.gate)
         self.analyzer = Analyzer(self.controller)
-        self.services = Services(self.controller, self.health, self.analyzer, make_registry(self.controller))
+        self.promql = PromQLPoller(self.store, self.analyzer.candidate, self.analyzer.take_promql)
+        self.workers = WorkerSet(self, workers) if workers > 1 else None
+        self.services = Services(
+            self.controller,
+            self.health,
+            self.analyzer,
+            make_registry(self.controller),
+            synced=self.workers.synced if self.workers is not None else None,
+        )
+        self.audit = self._open_audit(audit_path)
+        if reset_state:
+            self.audit.append(reset_entry(first))
+        if self.state_store is not None:
+            self.store.subscribe(persisting(self.state_store))
+        self.store.subscribe(self.audit.on_publish)
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
         self.stopped = asyncio.Event()
 
-    def _check_admin_exposure(self) -> None:
-        host, _ = parse_listen(self.settings.admin.listen)
-        if not self.token and not is_loopback(host):
-            raise StartupError(
-                f"admin.listen is {self.settings.admin.listen}, not loopback, and {TOKEN_ENV} is not set: "
-                "refusing to expose an unauthenticated admin API"
-            )
+    def _open_state(self, state_path: str | Path | None) -> StateStore | None:
+        path = beside_config(self.settings.state.file, self.config_path, ".state.json")
+        try:
+            return open_store(self.settings.state, Path(state_path) if state_path is not None else path)
+        except StateError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _open_audit(self, audit_path: str | Path | None) -> AuditLog:
+        path = beside_config(self.settings.admin.audit_log, self.config_path, ".audit.jsonl")
+        path = Path(audit_path) if audit_path is not None else path
+        try:
+            return AuditLog(path)
+        except OSError as exc:
+            raise StartupError(f"cannot open the audit log {path}: {exc.strerror}") from None
+
+    def _first_snapshot(self, reset: bool) -> Snapshot:
+        try:
+            first = initial_snapshot(self.registry, self.settings, self.state_store, reset=reset)
+        except StateError as exc:
+            raise StartupError(f"routing state {exc}") from None
+        except OSError as exc:
+            raise StartupError(f"cannot save the routing state to {self.state_store}: {exc.strerror}") from None
+        if first.action == "restore":
+            log.info("%s: active %s, generation %d", first.reason, first.active, first.generation)
+        return first
+
+    def _credentials(self, settings: Settings) -> tuple[Credential, ...]:
+        """Every admin token's secret, read now; AuthConfigError if one cannot be read or none is
+        configured where one is required. The admin listener is the running one (it needs a restart)."""
+        credentials = load_credentials(settings.admin, self.token, self.config_path)
+        check_exposure(self.settings.admin.listen, settings.admin.insecure_loopback, credentials)
+        return credentials
 
     async def start(self) -> None:
-        self._check_admin_exposure()
         host, port = self.settings.listen_addr
-        await self.server.listen(host, port)
-        self.proxy_port = self.server.bound_port()
         await self.health.start()
         await self.health.run_round()  # the gate and /v1/status have data from the start
+        if self.workers is not None:
+            self.proxy_port = await self.workers.start()
+        else:
+            await self.server.listen(host, port)
+            self.proxy_port = self.server.bound_port()
         self.analyzer.start()
-        runner = web.AppRunner(make_admin_app(self.services, self.token), access_log=None, shutdown_timeout=1.0)
+        self.promql.start()
+        runner = web.AppRunner(
+            make_admin_app(self.services, self.auth, self.audit), access_log=None, shutdown_timeout=1.0
+        )
         await runner.setup()
         ahost, aport = parse_listen(self.settings.admin.listen)
         site = web.TCPSite(runner, ahost, aport, reuse_address=True)
@@ -81,6 +149,8 @@ class Slotswitch:
         server = site._server
         assert server is not None
         self.admin_port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        if self.workers is not None:
+            log.info("serving traffic with %d worker processes", self.workers.count)
         log.info(
             "slotswitch listening on %s:%d (active slot %s), admin on %s:%d",
             host,
@@ -100,8 +170,16 @@ class Slotswitch:
         except ConfigError as exc:
             log.error("config reload refused, keeping the running config:\n%s", exc)
             return False
+        try:
+            credentials = self._credentials(settings)
+        except AuthConfigError as exc:
+            log.error("config reload refused, keeping the running config:\n%s", exc)
+            return False
         if settings.listen != self.settings.listen or settings.admin.listen != self.settings.admin.listen:
             log.warning("listen addresses changed in the config: they take effect only after a restart")
+        if settings.state != self.settings.state or settings.admin.audit_log != self.settings.admin.audit_log:
+            log.warning("state and audit_log settings changed in the config: they take effect only after a restart")
+        self.auth.credentials = credentials
         snap = self.controller.reload(settings)
         self.settings = settings
         log.info("config reloaded from %s (generation %d)", self.config_path, snap.generation)
@@ -110,9 +188,16 @@ class Slotswitch:
     async def stop(self, timeout: float | None = None) -> int:
         """Graceful stop: stop accepting, finish in-flight requests within the drain timeout."""
         timeout = self.settings.drain_timeout if timeout is None else timeout
+        if self.workers is not None:
+            await self.workers.close_listeners(timeout)
+        self.server.close_listener()
+        log.info("stopping: draining in-flight requests (up to %.1fs)", timeout)
+        if self.workers is not None:
+            await self.workers.wait_exit(timeout)
         cut = await self.server.shutdown(timeout)
         self.controller.drainer.cancel_all()
         await self.analyzer.stop()
+        await self.promql.stop()
         await self.health.stop()
         for pool in list(self.registry.pools.values()):
             pool.retire()
@@ -123,9 +208,23 @@ class Slotswitch:
         return cut
 
 
-async def serve(settings: Settings, config_path: str | Path | None) -> int:
-    app = Slotswitch(settings, config_path=config_path)
+def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT, so several processes can accept on one port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: Settings, config_path: str | Path | None, *, reset_state: bool = False) -> int:
+    workers = settings.workers or os.cpu_count() or 1
     try:
+        app = Slotswitch(settings, config_path=config_path, workers=workers, reset_state=reset_state)
         await app.start()
     except (StartupError, OSError) as exc:
         log.error("cannot start: %s", exc)
@@ -136,7 +235,6 @@ async def serve(settings: Settings, config_path: str | Path | None) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
-    log.info("stopping: draining in-flight requests (up to %.1fs)", app.settings.drain_timeout)
     await app.stop()
     return 0
 
@@ -148,8 +246,8 @@ def configure_logging(level: str) -> None:
     )
 
 
-def run(settings: Settings, config_path: str | Path | None) -> int:
+def run(settings: Settings, config_path: str | Path | None, *, reset_state: bool = False) -> int:
     import uvloop
 
     configure_logging(settings.log_level)
-    return uvloop.run(serve(settings, config_path))
+    return uvloop.run(serve(settings, config_path, reset_state=reset_state))

@@ -137,14 +137,18 @@ class ProxyServer:
         assert self._listener is not None
         return int(self._listener.sockets[0].getsockname()[1])
 
+    def close_listener(self) -> None:
+        """Stop accepting new connections; existing ones finish their current request and close."""
+        self.stopping = True
+        if self._listener is not None:
+            self._listener.close()
+
     async def shutdown(self, timeout: float) -> int:
         """Stop accepting, let in-flight requests finish within `timeout`, then cut the rest.
 
         Returns how many connections had to be cut off.
         """
-        self.stopping = True
-        if self._listener is not None:
-            self._listener.close()
+        self.close_listener()
         deadline = self.loop.time() + timeout
         while True:
             for conn in list(self.connections):

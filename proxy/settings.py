@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -141,6 +142,10 @@ def _non_empty(value: object) -> object:
 
 class SlotConfig(_Model):
     upstreams: Annotated[tuple[Annotated[Upstream, BeforeValidator(_upstream)], ...], BeforeValidator(_non_empty)]
+
+    @field_serializer("upstreams")
+    def _urls(self, upstreams: tuple[Upstream, ...]) -> list[str]:
+        return [u.url for u in upstreams]  # dumps as the config file writes it, so it parses back
 
 
 class Limits(_Model):
@@ -286,12 +291,74 @@ class Metrics(_Model):
         return value
 
 
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+
+
+class PromQLCheck(_Model):
+    """One PromQL query judged against [min, max]; `{{slot}}` and `{{window}}` are filled in."""
+
+    name: str = Field(min_length=1, max_length=64)
+    query: str = Field(min_length=1)
+    min: float | None = None
+    max: float | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        unknown = sorted({m for m in _PLACEHOLDER.findall(value) if m not in ("slot", "window")})
+        if unknown:
+            raise ValueError(f"unknown placeholder {', '.join(unknown)} (known: {{{{slot}}}}, {{{{window}}}})")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PromQLCheck:
+        if self.min is None and self.max is None:
+            raise ValueError("set min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is greater than max")
+        return self
+
+
+class PromQL(_Model):
+    """Optional checks against an external Prometheus, polled during ramps and watch windows."""
+
+    url: str = "http://127.0.0.1:9090"
+    interval: Duration = Field(default=5.0, gt=0)
+    timeout: Duration = Field(default=2.0, gt=0)
+    checks: tuple[PromQLCheck, ...] = ()
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL like http://127.0.0.1:9090, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("checks")
+    @classmethod
+    def _unique(cls, value: tuple[PromQLCheck, ...]) -> tuple[PromQLCheck, ...]:
+        names = [c.name for c in value]
+        if len(set(names)) != len(names):
+            raise ValueError("check names must be unique")
+        return value
+
+
+class Alerts(_Model):
+    """The Alertmanager webhook (POST /v1/alerts): which firing alerts roll back."""
+
+    rollback_label: str = Field(default="slotswitch_rollback", min_length=1)
+    rollback_value: str = "true"
+    dedupe_ttl: Duration = 24 * 3600.0  # how long an alert (fingerprint + startsAt) that acted is remembered
+    dedupe_size: int = Field(default=4096, ge=1, le=1_000_000)
+
+
 class Settings(_Model):
     listen: str = "127.0.0.1:8080"
     slots: dict[Annotated[str, StringConstraints(pattern=SLOT_NAME.pattern)], SlotConfig]
     active: str
     drain_timeout: Duration = 30.0
-    workers: int = Field(default=1, ge=1, le=256)
+    workers: int = Field(default=0, ge=0, le=256)  # data-path processes; 0 = one per CPU
     slot_header: str = "X-Slotswitch-Slot"
     trusted_proxies: tuple[str, ...] = ()
     limits: Limits = Limits()
@@ -304,6 +371,8 @@ class Settings(_Model):
     analysis: Analysis = Analysis()
     health: Health = Health()
     metrics: Metrics = Metrics()
+    promql: PromQL = PromQL()
+    alerts: Alerts = Alerts()
     access_log: bool = False
     log_level: str = "info"
 

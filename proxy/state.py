@@ -159,6 +159,14 @@ class Store:
             listener(old, new)
         return new
 
+    def adopt(self, new: Snapshot) -> None:
+        """For a mirror of another store (a worker process): take `new` as it is. The authority
+        (the master's store) already did the compare-and-set."""
+        old = self.current
+        self.current = new
+        for listener in self._listeners:
+            listener(old, new)
+
 
 class Registry:
     """Long-lived objects that snapshots point at: slot runtimes and upstream pools."""
@@ -232,3 +240,90 @@ def build_snapshot(
         changed_at=time.time(),
         details=details or {},
     )
+
+
+def routing_dict(snap: Snapshot) -> dict[str, object]:
+    """The routing state as plain data (for the state file, the workers and the fleet store)."""
+    ramp = snap.ramp
+    return {
+        "generation": snap.generation,
+        "active": snap.active,
+        "previous": snap.previous,
+        "phase": snap.phase,
+        "upstreams": {name: [u.url for u in ups] for name, ups in snap.upstreams.items()},
+        "ramp": None
+        if ramp is None
+        else {
+            "target": ramp.target,
+            "steps": list(ramp.steps),
+            "interval": ramp.interval,
+            "index": ramp.index,
+            "step_started_at": ramp.step_started_at,
+            "paused": ramp.paused,
+        },
+        "action": snap.action,
+        "trigger": snap.trigger,
+        "changed_by": snap.changed_by,
+        "reason": snap.reason,
+    }
+
+
+def routing_fields(data: dict[str, object], slots: set[str]) -> dict[str, object]:
+    """Validate plain routing data (routing_dict's shape) into build_snapshot's keyword arguments.
+
+    Raises ValueError naming what is wrong; it never guesses a missing or unknown value.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("routing state is not an object")
+    generation, active, previous = data.get("generation"), data.get("active"), data.get("previous")
+    if not isinstance(generation, int) or generation < 1:
+        raise ValueError(f"generation: expected a positive integer, got {generation!r}")
+    if active not in slots:
+        raise ValueError(f"active: {active!r} is not a slot ({', '.join(sorted(slots))})")
+    if previous is not None and previous not in slots:
+        raise ValueError(f"previous: {previous!r} is not a slot")
+    raw_ups = data.get("upstreams")
+    if not isinstance(raw_ups, dict) or set(raw_ups) != slots:
+        raise ValueError(f"upstreams: expected URLs for exactly the slots {', '.join(sorted(slots))}")
+    upstreams = {}
+    for name, urls in raw_ups.items():
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise ValueError(f"upstreams.{name}: expected a non-empty list of URLs")
+        upstreams[name] = tuple(Upstream.from_url(u) for u in urls)
+    ramp = _ramp_from(data.get("ramp"), slots)
+    phase = data.get("phase", "stable")
+    if phase not in PHASES:
+        raise ValueError(f"phase: {phase!r} is not one of {', '.join(PHASES)}")
+    fields: dict[str, object] = {
+        "generation": generation,
+        "active": active,
+        "previous": previous,
+        "upstreams": upstreams,
+        "ramp": ramp,
+        "phase": phase,
+    }
+    for key in ("action", "trigger", "changed_by", "reason"):
+        if isinstance(data.get(key), str):
+            fields[key] = data[key]
+    return fields
+
+
+def _ramp_from(raw: object, slots: set[str]) -> Ramp | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("ramp: expected an object or null")
+    try:
+        ramp = Ramp(
+            target=str(raw["target"]),
+            steps=tuple(int(s) for s in raw["steps"]),
+            interval=float(raw["interval"]),
+            index=int(raw.get("index", 0)),
+            step_started_at=float(raw.get("step_started_at", 0.0)),
+            paused=bool(raw.get("paused", False)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"ramp: {exc}") from None
+    if ramp.target not in slots or not 0 <= ramp.index < len(ramp.steps):
+        raise ValueError("ramp: unknown target slot or step index out of range")
+    return ramp

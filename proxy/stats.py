@@ -16,10 +16,23 @@ import math
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
+from typing import TypedDict
 
 # Fine latency buckets for the judge: 0.5 ms growing by 12.5 % up to about 2 minutes. Quantiles
 # read from them are within one bucket (12.5 %) of the truth.
 FINE_BOUNDS: tuple[float, ...] = tuple(0.0005 * 1.125**i for i in range(106))
+
+
+class Report(TypedDict):
+    """A worker's counts since its last report (see SlotStats.take / merge)."""
+
+    codes: dict[str, int]
+    lat: list[int]
+    sum: float
+    count: int
+    total: int
+    errors: int
+    fine: dict[str, int]
 
 
 class Tick:
@@ -108,3 +121,40 @@ class SlotStats:
         window = Window(ring[len(ring) - i] for i in range(count, 0, -1))
         window.add(self.current)
         return window
+
+    # -- workers: a worker ships what it counted since the last report; the master adds it up ----
+
+    def take(self) -> Report:
+        """What was counted since the last call, as plain data; the counts restart from zero."""
+        tick = self.current
+        data: Report = {
+            "codes": {str(k): v for k, v in self.codes.items()},
+            "lat": self.lat,
+            "sum": self.lat_sum,
+            "count": self.lat_count,
+            "total": tick.total,
+            "errors": tick.errors,
+            "fine": {str(i): n for i, n in enumerate(tick.lat) if n},
+        }
+        self.codes = {}
+        self.lat = [0] * (len(self.bounds) + 1)
+        self.lat_sum = 0.0
+        self.lat_count = 0
+        self.current = Tick()
+        return data
+
+    def merge(self, data: Report) -> None:
+        """Add a worker's report (from `take`) into these counts and the open tick."""
+        codes = self.codes
+        for code, n in data["codes"].items():
+            codes[int(code)] = codes.get(int(code), 0) + n
+        lat = self.lat
+        for i, n in enumerate(data["lat"][: len(lat)]):
+            lat[i] += n
+        self.lat_sum += data["sum"]
+        self.lat_count += data["count"]
+        tick = self.current
+        tick.total += data["total"]
+        tick.errors += data["errors"]
+        for index, n in data["fine"].items():
+            tick.lat[int(index)] += n

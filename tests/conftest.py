@@ -69,8 +69,10 @@ StartProxy = Callable[..., Awaitable[Slotswitch]]
 async def start_proxy(upstreams: Upstreams) -> AsyncIterator[StartProxy]:
     running: list[Slotswitch] = []
 
-    async def start(token: str = "", **overrides: Any) -> Slotswitch:
-        app = Slotswitch(parse_settings(settings_for(upstreams, **overrides)), token=token)
+    async def start(token: str = "", *, options: dict[str, Any] | None = None, **overrides: Any) -> Slotswitch:
+        """`overrides` change the settings; `options` are Slotswitch's keyword arguments
+        (config_path, state_path, audit_path, reset_state)."""
+        app = Slotswitch(parse_settings(settings_for(upstreams, **overrides)), token=token, **(options or {}))
         await app.start()
         running.append(app)
         return app

@@ -45,7 +45,8 @@ class ProxyProcess:
         self.admin_host = ""
 
     @classmethod
-    async def spawn(cls, config: Path, env: dict[str, str] | None = None) -> ProxyProcess:
+    async def spawn(cls, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> ProxyProcess:
+        """`args` are extra arguments of `run` (e.g. --reset-state)."""
         child_env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         child_env["PYTHONUNBUFFERED"] = "1"
         child_env.update(env or {})
@@ -56,6 +57,7 @@ class ProxyProcess:
             "run",
             "--config",
             str(config),
+            *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -96,7 +98,7 @@ class ProxyProcess:
 
     async def next_lines(self, count: int, timeout: float = WAIT) -> list[str]:
         async def take() -> list[str]:
-            got = []
+            got: list[str] = []
             for _ in range(count):
                 line = await self._readline()
                 if line is None:

@@ -253,7 +253,7 @@ async def test_token_is_required_when_set(start_proxy: StartProxy) -> None:
         assert (await status(s))["generation"] == 1  # nothing changed without the token
         code, body, _ = await call(s, "POST", "/v1/switch", json={"slot": "green"})
         assert (code, body["active"]) == (200, "green")
-        assert body["last_change"]["by"] == "admin-token"
+        assert body["last_change"]["by"] == "env"  # SLOTSWITCH_ADMIN_TOKEN is the operator token named "env"
     async with admin(app) as s:
         code, body, _ = await call(s, "GET", "/v1/health")  # health needs no token
         assert (code, body) == (200, {"status": "ok"})

@@ -74,7 +74,7 @@ def test_minimal_config_gets_defaults() -> None:
     assert [(u.url, u.host, u.port) for u in blue] == [("http://127.0.0.1:5001", "127.0.0.1", 5001)]
     assert s.active == "blue"
     assert s.drain_timeout == 30.0
-    assert s.workers == 1
+    assert s.workers == 0  # one data-path process per CPU
     assert s.slot_header == "X-Slotswitch-Slot"
     assert s.trusted_proxies == ()
     assert (s.limits.request_line, s.limits.headers, s.limits.body) == (8192, 32768, 0)
@@ -228,7 +228,7 @@ def test_several_errors_are_all_reported_at_once() -> None:
         timeouts={"connect": "later", "keepalive": "1m", "extra": 1},
         limits={"body": "lots"},
         admin={"listen": "0.0.0.0:99999"},
-        workers=0,
+        workers=-1,
     )
     data["slots"]["green"]["upstreams"] = ["http://127.0.0.1:5002", "tcp://127.0.0.1:5003"]
     errors = errors_of(data)
@@ -240,7 +240,7 @@ def test_several_errors_are_all_reported_at_once() -> None:
         "timeouts.extra: unknown key",
         "limits.body: expected a size like 8192, 8KiB or 1MiB, got 'lots'",
         "admin.listen: expected host:port, got '0.0.0.0:99999'",
-        "workers: Input should be greater than or equal to 1",
+        "workers: Input should be greater than or equal to 0",
         "slots.green.upstreams[1]: not a URL of the form http://host:port: 'tcp://127.0.0.1:5003'",
     ]
     assert sorted(errors) == sorted(expected)

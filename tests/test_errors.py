@@ -35,7 +35,7 @@ async def start() -> AsyncIterator[Start]:
             "listen": "127.0.0.1:0",
             "slots": {"blue": {"upstreams": [blue]}, "green": {"upstreams": [blue]}},
             "active": "blue",
-            "admin": {"listen": "127.0.0.1:0"},
+            "admin": {"listen": "127.0.0.1:0", "insecure_loopback": True},
             **overrides,
         }
         app = Slotswitch(parse_settings(data), token="")

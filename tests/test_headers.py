@@ -27,7 +27,7 @@ async def scripted() -> AsyncIterator[Start]:
             "listen": "127.0.0.1:0",
             "slots": {"blue": {"upstreams": [up.url]}, "green": {"upstreams": [up.url]}},
             "active": "blue",
-            "admin": {"listen": "127.0.0.1:0"},
+            "admin": {"listen": "127.0.0.1:0", "insecure_loopback": True},
             **overrides,
         }
         app = Slotswitch(parse_settings(data), token="")

@@ -79,9 +79,9 @@ async def test_gate_checks_now_not_stale_results(start_proxy: StartProxy, upstre
     await flip(upstreams.green.url, False)
     await rounds(app, 1)
     await flip(upstreams.green.url, True)  # fixed since the last round
-    async with aiohttp.ClientSession() as s:
-        async with s.post(f"http://127.0.0.1:{app.admin_port}/v1/switch", json={"slot": "green"}) as r:
-            assert r.status == 200, await r.text()
+    admin = f"http://127.0.0.1:{app.admin_port}"
+    async with aiohttp.ClientSession() as s, s.post(f"{admin}/v1/switch", json={"slot": "green"}) as r:
+        assert r.status == 200, await r.text()
 
 
 async def test_slot_without_checks_gets_a_tcp_check(start_proxy: StartProxy) -> None:

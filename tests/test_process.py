@@ -115,8 +115,8 @@ async def test_public_admin_without_token_refuses_to_start(
     proc = await spawn(settings_for(upstreams, admin={"listen": "0.0.0.0:0"}), env=env)
     first = await proc.expect(r"cannot start: .*|slotswitch listening on .*")
     assert first[0] == (
-        "cannot start: admin.listen is 0.0.0.0:0, not loopback, and SLOTSWITCH_ADMIN_TOKEN is not set: "
-        "refusing to expose an unauthenticated admin API"
+        "cannot start: admin.listen is 0.0.0.0:0, not loopback, and no admin token is configured "
+        "(admin.tokens or SLOTSWITCH_ADMIN_TOKEN): refusing to expose an unauthenticated admin API"
     )
     assert await proc.wait_exit() == 1
     assert not any("slotswitch listening" in line for line in proc.lines), proc.output

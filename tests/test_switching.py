@@ -130,7 +130,7 @@ async def gated() -> AsyncIterator[tuple[Slotswitch, Gate, Gate]]:
             "listen": "127.0.0.1:0",
             "slots": {"blue": {"upstreams": [urls[0]]}, "green": {"upstreams": [urls[1]]}},
             "active": "blue",
-            "admin": {"listen": "127.0.0.1:0"},
+            "admin": {"listen": "127.0.0.1:0", "insecure_loopback": True},
         }
     )
     app = Slotswitch(settings, token="")

@@ -1,0 +1,4 @@
+ALTER TABLE users ADD COLUMN nickname TEXT;
+CREATE TABLE (
+  id INT
+);
