@@ -36,6 +36,12 @@ def cookie_value(cookies: bytes, name: bytes) -> bytes:
     return b""
 
 
+def drop_cookie(cookies: bytes, name: bytes) -> bytes:
+    """The Cookie header value without cookie `name`."""
+    kept = [part for part in cookies.split(b";") if part.strip().partition(b"=")[0] != name]
+    return b";".join(kept).strip()
+
+
 def choose(snap: Snapshot, ex: Exchange) -> Route:
     server = ex.client.server
     secret = server.preview_secret

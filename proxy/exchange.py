@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from proxy import wire
-from proxy.balance import choose
+from proxy.balance import choose, drop_cookie
 from proxy.headers import request_head
 from proxy.relay import drop_nominated
 
@@ -143,7 +143,11 @@ class Exchange:
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_COOKIE:
             self.cookie = value if not self.cookie else self.cookie + b"; " + value
-            self.headers.append(name + b": " + value + wire.CRLF)
+            preview = self.client.server.preview_cookie
+            if preview and preview in value:  # the preview secret stays at the proxy, like its header
+                value = drop_cookie(value, preview)
+            if value:
+                self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_STICKY:
             self.sticky = value
             self.headers.append(name + b": " + value + wire.CRLF)

@@ -73,11 +73,11 @@ async def post(s: aiohttp.ClientSession, body: object) -> tuple[int, dict[str, A
 
 
 async def rollbacks_by_reason(s: aiohttp.ClientSession) -> dict[str, float]:
+    """The non-zero slotswitch_rollbacks_total series, by reason."""
     async with s.get("/metrics") as r:
         text = await r.text()
-    return {
-        m[1]: float(m[2]) for m in re.finditer(r'^slotswitch_rollbacks_total\{reason="([^"]+)"\} (\S+)$', text, re.M)
-    }
+    pattern = r'^slotswitch_rollbacks_total\{reason="([^"]+)"\} (\S+)$'
+    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.M) if float(m[2])}
 
 
 async def test_a_firing_alert_with_the_label_rolls_back_the_ramp(secured: Slotswitch) -> None:

@@ -61,7 +61,6 @@ async def test_preview_cookie_reaches_the_idle_slot(previewing: Slotswitch) -> N
     assert (await get(previewing, Cookie="slotswitch_preview=nope"))[:2] == ("blue", "v1")
 
 
-@pytest.mark.xfail(reason="the data path (proxy/exchange.py) forwards the Cookie header as it is", strict=True)
 async def test_preview_cookie_is_not_forwarded(previewing: Slotswitch) -> None:
     _, _, echo = await get(previewing, "/echo", Cookie=f"theme=dark; slotswitch_preview={SECRET}")
     assert echo["app"] == "green"
