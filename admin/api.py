@@ -27,6 +27,7 @@ from admin.audit import AuditLog, refused
 from admin.auth import Authenticator
 from proxy.analysis import Analyzer
 from proxy.control import Conflict, Controller, Invalid, Refused, UnknownSlot
+from proxy.gates import Gates
 from proxy.health import HealthChecker
 from proxy.settings import parse_duration
 
@@ -42,6 +43,14 @@ class Services:
     analyzer: Analyzer
     metrics: CollectorRegistry
     synced: Callable[[int], Awaitable[float]] | None = None  # waits until all workers route by a generation
+    gates: Gates | None = None  # smoke, warm-up and migration gates (proxy/gates.py)
+
+    async def prepare(self, slot: str) -> None:
+        """Run the checks the gates decide on, now, before a switch or ramp to `slot`."""
+        if self.gates is not None:
+            await self.gates.prepare(slot)
+        else:
+            await self.health.run_now(slot)
 
 
 SERVICES = web.AppKey("services", Services)

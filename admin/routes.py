@@ -83,7 +83,7 @@ async def post_switch(request: web.Request) -> web.Response:
     drain_timeout = duration(body, "drain_timeout")
     services = request.app[SERVICES]
     if not force and slot != services.controller.store.current.active:
-        await services.health.run_now(slot)  # the gate decides on checks run now
+        await services.prepare(slot)  # the gate decides on checks run now
     result = services.controller.switch(
         slot, actor=actor(request), reason=reason, drain_timeout=drain_timeout, expect=expect, force=force
     )
@@ -127,7 +127,7 @@ async def post_ramp(request: web.Request) -> web.Response:
     reason = text(body, "reason")
     services = request.app[SERVICES]
     if not force:
-        await services.health.run_now(slot)
+        await services.prepare(slot)
     result = services.controller.ramp(
         slot,
         steps,

@@ -180,6 +180,8 @@ class Exchange:
         # Fast path: no ramp and nothing that asks for the idle slot.
         plain = snap.canary is None and not self.preview and not server.preview_cookie
         route = snap.primary if plain else choose(snap, self)
+        if server.recent is not None and self.method == b"GET":
+            server.recent.append(self.target.decode("latin-1"))
         pool = route.pick()
         if pool is None and server.failover:
             route, pool = server.fail_over(snap, route)

@@ -83,14 +83,14 @@ class HealthChecker:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return {"check": name, "ok": False, "error": str(exc) or type(exc).__name__}
         ms = (time.monotonic() - started) * 1000
-        problem = self._judge(check, resp.status, body, ms)
+        problem = self.judge(check, resp.status, body, ms)
         result: dict[str, Any] = {"check": name, "ok": problem is None, "status": resp.status, "ms": round(ms, 1)}
         if problem:
             result["error"] = problem
         return result
 
     @staticmethod
-    def _judge(check: Check, status: int, body: bytes, ms: float) -> str | None:
+    def judge(check: Check, status: int, body: bytes, ms: float) -> str | None:
         if status not in check.expect_status:
             return f"status {status}, expected {'/'.join(map(str, check.expect_status))}"
         if ms > check.latency_budget * 1000:

@@ -21,6 +21,7 @@ from admin.auth import TOKEN_ENV, AuthConfigError, Authenticator, Credential, ch
 from admin.metrics import make_registry
 from proxy.analysis import Analyzer
 from proxy.control import Controller
+from proxy.gates import Gates
 from proxy.health import HealthChecker
 from proxy.paths import beside_config
 from proxy.persist import StateError, StateStore, initial_snapshot, open_store, persisting
@@ -73,6 +74,8 @@ class Slotswitch:
         self.controller = Controller(self.store, self.registry, self.server)
         self.health = HealthChecker(self.store, self.server)
         self.controller.gates.append(self.health.gate)
+        self.gates = Gates(self.store, self.server, self.health)
+        self.controller.gates += [self.gates.smoke_gate, self.gates.migration_gate]
         self.analyzer = Analyzer(self.controller)
         self.promql = PromQLPoller(self.store, self.analyzer.candidate, self.analyzer.take_promql)
         self.workers = WorkerSet(self, workers) if workers > 1 else None
@@ -82,6 +85,7 @@ class Slotswitch:
             self.analyzer,
             make_registry(self.controller),
             synced=self.workers.synced if self.workers is not None else None,
+            gates=self.gates,
         )
         self.audit = self._open_audit(audit_path)
         if reset_state:
@@ -136,6 +140,7 @@ class Slotswitch:
         else:
             await self.server.listen(host, port)
             self.proxy_port = self.server.bound_port()
+        self.gates.proxy_port = self.proxy_port
         self.analyzer.start()
         self.promql.start()
         runner = web.AppRunner(

@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import socket
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,7 @@ class ProxyServer:
         self.sticky_by = "ip"
         self.sticky_name = b""
         self.failover = False
+        self.recent: deque[str] | None = None  # recent GET targets for warm-up (off unless configured)
         self.failing_over: str | None = None  # the slot traffic failed over from, while it lasts
         self.events: list[Callable[[str, dict[str, object]], None]] = []  # audit hooks
         self.timeout_for: list[float] = [0.0] * 6
@@ -68,6 +70,11 @@ class ProxyServer:
     def apply(self, settings: Settings) -> None:
         self.limits = settings.limits
         self.failover = settings.health.failover
+        keep = settings.gates.warmup.record_recent
+        if not keep:
+            self.recent = None
+        elif self.recent is None or self.recent.maxlen != keep:
+            self.recent = deque(self.recent or (), maxlen=keep)
         kinds = dict(wire.REQUEST_SPECIAL)
         self.sticky_by = settings.sticky.by
         self.sticky_name = settings.sticky.name.encode("latin-1")

@@ -280,6 +280,25 @@ class Health(_Model):
     gate: bool = True  # refuse a switch or ramp to a slot whose checks do not all pass (unless forced)
 
 
+class Migrations(_Model):
+    files: tuple[str, ...] = ()  # registered migration files: while any has findings, a switch is refused
+    dialect: str | None = None
+
+
+class Warmup(_Model):
+    requests: int = Field(default=0, ge=0, le=100_000)  # 0 = no warm-up
+    paths: tuple[str, ...] = ()  # also recently seen GET paths, when record_recent is on
+    record_recent: int = Field(default=0, ge=0, le=10_000)  # how many recent GET targets to keep
+
+
+class Gates(_Model):
+    """Checks before a switch or ramp step, besides health (see proxy/gates.py)."""
+
+    smoke: tuple[Check, ...] = ()
+    warmup: Warmup = Warmup()
+    migrations: Migrations = Migrations()
+
+
 class Metrics(_Model):
     buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -370,6 +389,7 @@ class Settings(_Model):
     preview: Preview = Preview()
     analysis: Analysis = Analysis()
     health: Health = Health()
+    gates: Gates = Gates()
     metrics: Metrics = Metrics()
     promql: PromQL = PromQL()
     alerts: Alerts = Alerts()

@@ -58,6 +58,8 @@ class Worker:
         self.store = Store(self._snapshot(message["state"], settings))
         self.store.subscribe(self.drainer.on_publish)
         self.server = ProxyServer(self.store, self.loop)
+        # The master's secret: its smoke and warm-up requests may land on any worker.
+        self.server.internal_secret = message["internal_secret"].encode()
         self.apply_health(message.get("health", {}))
         host, port = settings.listen_addr
         await self.server.listen(host, port, sock=reuseport_socket(host, message["port"]))

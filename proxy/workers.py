@@ -100,6 +100,7 @@ class WorkerSet:
                 "state": routing_dict(snap),
                 "health": self._health,
                 "port": self.port,
+                "internal_secret": self.app.server.internal_secret.decode(),
             },
         )
         return worker
