@@ -163,8 +163,10 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             ex = self.parsing = Exchange(self)
             self.header_bytes = 0
-            if self.current is None:
-                self.set_deadline(DL_HEADER)
+            if self.deadline_kind == DL_IDLE:
+                # The next request on a kept-alive connection: its head must arrive by the idle
+                # deadline already armed (no new timer, no clock read); expiry now answers 408.
+                self.deadline_kind = DL_HEADER
         ex.target += url
         if len(ex.target) > self.server.limits.request_line:
             raise Reject("uri_too_long")

@@ -296,7 +296,8 @@ class UpstreamConnection(asyncio.Protocol):
             if client.transport is not None:
                 client.transport.write(data)
             return
-        client.touch()
+        if client.deadline_kind:  # ClientConnection.touch, inlined: this runs for every chunk
+            client.deadline = client.loop.time() + client.server.timeout_for[client.deadline_kind]
         try:
             self.parser.feed_data(data)
             if self.held:  # the head arrived without its body: send it now
@@ -410,8 +411,14 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is None:
             return
-        self._flush_held()
-        self._end_body(ex)
+        held = self.held
+        transport = ex.client.transport
+        if transport is not None:
+            if self.mode == MODE_CHUNK:
+                transport.write(held + wire.LAST_CHUNK)
+            elif held:
+                transport.write(held)
+        self.held = b""
         # should_keep_alive() is only reliable inside this callback.
         reusable = self.parser.should_keep_alive() and not self.conn_close
         ex.finish(reusable)
