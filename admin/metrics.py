@@ -90,7 +90,7 @@ class SlotswitchCollector(Collector):
                 errors.add_metric([name, reason], float(n))
             in_flight.add_metric([name], float(rt.in_flight))
             stats = rt.stats
-            duration.add_metric([name], _histogram(stats.bounds, stats.lat), stats.lat_sum)
+            duration.add_metric([name], _histogram(stats.prometheus, stats.prometheus_buckets()), stats.lat_sum)
         yield requests
         yield errors
         yield in_flight

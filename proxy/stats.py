@@ -5,7 +5,10 @@ this process (no locks, no prometheus-client call per request); the Prometheus c
 the totals at scrape time, and the judge reads sliding windows made of fixed ticks.
 
 Invariants:
-- `record` is O(1): two bisects over short tuples and a few integer additions.
+- `record` is O(1): one bisect over the latency bounds and a few integer additions.
+- One set of latency bounds serves both readers: fine buckets (0.5 ms growing by 12.5 %, for
+  the judge's quantiles and rank test) merged with the configured Prometheus bounds, so every
+  Prometheus bucket is an exact union of fine buckets (`prometheus_buckets`).
 - `rotate` (called by the judge's ticker, not per request) closes the current tick; a window is
   the sum of the last N closed ticks plus the open one.
 """
@@ -18,18 +21,19 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TypedDict
 
-# Fine latency buckets for the judge: 0.5 ms growing by 12.5 % up to about 2 minutes. Quantiles
-# read from them are within one bucket (12.5 %) of the truth.
 FINE_BOUNDS: tuple[float, ...] = tuple(0.0005 * 1.125**i for i in range(106))
+
+
+def latency_bounds(prometheus: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(sorted(set(FINE_BOUNDS) | set(prometheus)))
 
 
 class Report(TypedDict):
     """A worker's counts since its last report (see SlotStats.take / merge)."""
 
     codes: dict[str, int]
-    lat: list[int]
+    lat: dict[str, int]
     sum: float
-    count: int
     total: int
     errors: int
     fine: dict[str, int]
@@ -40,21 +44,22 @@ class Tick:
 
     __slots__ = ("errors", "lat", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, buckets: int) -> None:
         self.total = 0
         self.errors = 0
-        self.lat = [0] * (len(FINE_BOUNDS) + 1)
+        self.lat = [0] * buckets
 
 
 class Window:
-    """A sum of ticks: request and error counts and a fine latency histogram."""
+    """A sum of ticks: request and error counts and a latency histogram over `bounds`."""
 
-    __slots__ = ("errors", "lat", "total")
+    __slots__ = ("bounds", "errors", "lat", "total")
 
-    def __init__(self, ticks: Iterable[Tick] = ()) -> None:
+    def __init__(self, bounds: tuple[float, ...] = FINE_BOUNDS, ticks: Iterable[Tick] = ()) -> None:
+        self.bounds = bounds
         self.total = 0
         self.errors = 0
-        self.lat = [0] * (len(FINE_BOUNDS) + 1)
+        self.lat = [0] * (len(bounds) + 1)
         for tick in ticks:
             self.add(tick)
 
@@ -79,46 +84,56 @@ class Window:
         for i, n in enumerate(self.lat):
             seen += n
             if seen >= rank and n:
-                return FINE_BOUNDS[i] if i < len(FINE_BOUNDS) else math.inf
+                return self.bounds[i] if i < len(self.bounds) else math.inf
         return math.inf
 
 
 class SlotStats:
     """Everything measured for one slot in this process."""
 
-    __slots__ = ("bounds", "codes", "current", "lat", "lat_count", "lat_sum", "ring")
+    __slots__ = ("bounds", "codes", "current", "lat", "lat_sum", "prometheus", "ring")
 
-    def __init__(self, bounds: tuple[float, ...], ring_ticks: int = 480) -> None:
-        self.bounds = bounds  # Prometheus histogram bounds (le)
+    def __init__(self, prometheus: tuple[float, ...], ring_ticks: int = 480) -> None:
+        self.prometheus = prometheus  # the exported histogram's bounds (le)
+        self.bounds = latency_bounds(prometheus)
         self.codes: dict[int, int] = {}
-        self.lat = [0] * (len(bounds) + 1)
+        self.lat = [0] * (len(self.bounds) + 1)  # since start, over `bounds`
         self.lat_sum = 0.0
-        self.lat_count = 0
-        self.current = Tick()
+        self.current = Tick(len(self.lat))
         self.ring: deque[Tick] = deque(maxlen=ring_ticks)
 
     def record(self, code: int, seconds: float) -> None:
         """One finished request (hot path)."""
+        i = bisect_left(self.bounds, seconds)
+        self.lat[i] += 1
+        self.lat_sum += seconds
         codes = self.codes
         codes[code] = codes.get(code, 0) + 1
-        self.lat[bisect_left(self.bounds, seconds)] += 1
-        self.lat_sum += seconds
-        self.lat_count += 1
         tick = self.current
         tick.total += 1
-        tick.lat[bisect_left(FINE_BOUNDS, seconds)] += 1
+        tick.lat[i] += 1
         if code >= 500:
             tick.errors += 1
 
+    def prometheus_buckets(self) -> list[int]:
+        """Counts per Prometheus bucket (not cumulative; the last is +Inf)."""
+        out = [0] * (len(self.prometheus) + 1)
+        j = 0
+        for bound, n in zip((*self.bounds, math.inf), self.lat, strict=True):
+            while j < len(self.prometheus) and bound > self.prometheus[j]:
+                j += 1
+            out[j] += n
+        return out
+
     def rotate(self) -> None:
         self.ring.append(self.current)
-        self.current = Tick()
+        self.current = Tick(len(self.lat))
 
     def window(self, ticks: int) -> Window:
         """The last `ticks` closed ticks plus the open one."""
         ring = self.ring
         count = min(ticks, len(ring))
-        window = Window(ring[len(ring) - i] for i in range(count, 0, -1))
+        window = Window(self.bounds, (ring[len(ring) - i] for i in range(count, 0, -1)))
         window.add(self.current)
         return window
 
@@ -129,30 +144,26 @@ class SlotStats:
         tick = self.current
         data: Report = {
             "codes": {str(k): v for k, v in self.codes.items()},
-            "lat": self.lat,
+            "lat": {str(i): n for i, n in enumerate(self.lat) if n},
             "sum": self.lat_sum,
-            "count": self.lat_count,
             "total": tick.total,
             "errors": tick.errors,
             "fine": {str(i): n for i, n in enumerate(tick.lat) if n},
         }
         self.codes = {}
-        self.lat = [0] * (len(self.bounds) + 1)
+        self.lat = [0] * len(self.lat)
         self.lat_sum = 0.0
-        self.lat_count = 0
-        self.current = Tick()
+        self.current = Tick(len(self.lat))
         return data
 
     def merge(self, data: Report) -> None:
-        """Add a worker's report (from `take`) into these counts and the open tick."""
+        """Add a worker's report (from `take`; same settings, so the same bounds) into these counts."""
         codes = self.codes
         for code, n in data["codes"].items():
             codes[int(code)] = codes.get(int(code), 0) + n
-        lat = self.lat
-        for i, n in enumerate(data["lat"][: len(lat)]):
-            lat[i] += n
+        for index, n in data["lat"].items():
+            self.lat[int(index)] += n
         self.lat_sum += data["sum"]
-        self.lat_count += data["count"]
         tick = self.current
         tick.total += data["total"]
         tick.errors += data["errors"]

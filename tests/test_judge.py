@@ -96,7 +96,8 @@ def test_slot_stats_windows_and_quantiles() -> None:
         stats.record(200, 0.01)
     stats.record(503, 2.0)
     assert stats.codes == {200: 99, 503: 1}
-    assert stats.lat == [99, 0, 1]  # Prometheus buckets: <=0.1, <=1, +Inf
+    assert stats.prometheus_buckets() == [99, 0, 1]  # <=0.1, <=1, +Inf
+    assert sum(stats.lat) == 100
     stats.rotate()
     stats.record(200, 0.01)
     w = stats.window(1)
