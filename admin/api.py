@@ -12,7 +12,6 @@ patterns and limits: unknown fields, nulls and out-of-range values are 400s.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -194,7 +193,8 @@ async def json_body(request: web.Request, allowed: Collection[str] | None = None
         return {}
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    # ValueError covers bad JSON, bad UTF-8 and integers too long to convert; RecursionError: [[[[...]]]]
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "request body must be a JSON object")

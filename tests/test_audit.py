@@ -7,6 +7,7 @@ audit file in tmp_path; every assertion on the file reads it back from disk.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -102,6 +103,9 @@ async def test_refused_changes_are_recorded_with_status_and_code(audited: StartP
         assert (await call(s, "POST", "/v1/pause", headers={"If-Match": "7"}))[0] == 412
         assert (await call(s, "POST", "/v1/nope"))[0] == 404  # not an endpoint: not audited
         assert (await call(s, "PUT", "/v1/slots/blue", json={"upstreams": ["http://x:1"]}))[0] == 409
+        huge = io.BytesIO(json.dumps({"slot": "green", "reason": "x" * 2**21}).encode())  # over the 1 MiB limit
+        code, body, _ = await call(s, "POST", "/v1/switch", data=huge, headers={"Content-Type": "application/json"})
+        assert (code, body["error"]["code"]) == (413, "request_entity_too_large")
     entries = lines(audit_path)
     assert [(e["actor"], e["action"], e["status"], e["error"]["code"]) for e in entries] == [
         ("anonymous", "switch", 401, "unauthorized"),
@@ -111,12 +115,13 @@ async def test_refused_changes_are_recorded_with_status_and_code(audited: StartP
         ("deployer", "rollback", 409, "refused"),
         ("deployer", "pause", 412, "generation_mismatch"),
         ("deployer", "deploy", 409, "refused"),
+        ("deployer", "switch", 413, "request_entity_too_large"),
     ]
     for entry in entries:
         assert set(entry) == FIELDS | {"status", "error"}
         assert (entry["outcome"], entry["to"], entry["generation"]) == ("refused", None, 1)
         assert entry["from"]["active"] == "blue"
-    assert entries[-1]["details"] == {"method": "PUT", "path": "/v1/slots/blue"}
+    assert entries[-2]["details"] == {"method": "PUT", "path": "/v1/slots/blue"}
 
 
 async def test_concurrent_switches_on_one_generation_one_wins(audited: StartProxy, audit_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import aiohttp
@@ -92,6 +93,11 @@ async def test_handlers_refuse_what_the_schemas_refuse(secured: Slotswitch) -> N
         for method, path, body in cases:
             code, answer, _ = await call(s, method, path, json=body)
             assert code == 400, (method, path, body, answer)
+        deep = b"[" * 100_000 + b"]" * 100_000  # json.loads raises RecursionError
+        long = b'{"slot": "green", "drain_timeout": ' + b"1" * 5000 + b"}"  # int() refuses over 4300 digits
+        for raw in (deep, long):  # still 400s, not 500s
+            code, answer, _ = await call(s, "POST", "/v1/switch", data=io.BytesIO(raw))
+            assert (code, answer["error"]["code"]) == (400, "invalid_json")
         for value in ("x", "1.5", '"2', "-1", "1_0"):
             code, answer, _ = await call(s, "POST", "/v1/switch", json={"slot": "green"}, headers={"If-Match": value})
             assert (code, answer["error"]["code"]) == (400, "invalid_if_match"), value
