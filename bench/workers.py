@@ -44,7 +44,7 @@ async def propagation(switches: int) -> dict[str, float]:
             "listen: 127.0.0.1:0\n"
             f"slots:\n  blue: {{upstreams: ['http://127.0.0.1:{ports[0]}']}}\n"
             f"  green: {{upstreams: ['http://127.0.0.1:{ports[1]}']}}\n"
-            "active: blue\nworkers: 2\nlog_level: warning\n"
+            "active: blue\nworkers: 2\nlog_level: info\n"
             "admin: {listen: '127.0.0.1:0', insecure_loopback: true}\n"
         )
         proc = await asyncio.create_subprocess_exec(
