@@ -14,6 +14,8 @@ The payload is checked against its OpenAPI schema (admin/openapi.py, Alertmanage
 keys it names must have the documented types, and other keys are accepted (Grafana sends more).
 The answer is always quick: 200 with {"rolled_back": bool, "ignored": [reasons], "generation": n},
 or a 400 JSON error for a malformed payload. Authentication and roles are the middleware's.
+In fleet mode the rollback goes through the shared store (Services.mutate) and so applies to
+every replica; while the store is unreachable the answer is 503, which Alertmanager retries.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -172,9 +175,15 @@ async def post_alerts(request: web.Request) -> web.Response:
             "slot": new_traffic,
         }
         try:
-            controller.rollback(
-                actor=actor(request), trigger="alert", reason=reason, expect=snap.generation, details=details
+            rollback = partial(
+                controller.rollback,
+                actor=actor(request),
+                trigger="alert",
+                reason=reason,
+                expect=snap.generation,
+                details=details,
             )
+            await services.mutate(rollback)  # in fleet mode, for every replica (proxy.fleet)
         except (Refused, Conflict) as exc:
             ignored.append(f"{tag}: not rolled back: {exc}")
             continue

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -26,11 +26,14 @@ from admin.audit import AuditLog, refused
 from admin.auth import Authenticator
 from proxy.analysis import Analyzer
 from proxy.control import Conflict, Controller, Invalid, Refused, UnknownSlot
+from proxy.fleet import Fleet, StoreUnavailable
 from proxy.gates import Gates
 from proxy.health import HealthChecker
 from proxy.settings import parse_duration
 
 log = logging.getLogger("slotswitch.admin")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,25 @@ class Services:
     metrics: CollectorRegistry
     synced: Callable[[int], Awaitable[float]] | None = None  # waits until all workers route by a generation
     gates: Gates | None = None  # smoke, warm-up and migration gates (proxy/gates.py)
+    fleet: Fleet | None = None  # fleet mode (state.backend: redis): changes go through the shared store
+
+    async def mutate(self, fn: Callable[[], T]) -> T:
+        """Apply a controller verb: at once on a single node; in fleet mode through the shared
+        store's compare-and-set (proxy.fleet), so it applies to every replica or not at all."""
+        if self.fleet is None:
+            return fn()
+        return await self.fleet.run(fn)
+
+    async def history(self, limit: int) -> list[dict[str, Any]] | None:
+        """The fleet's newest audit entries (from the shared stream); None on a single node."""
+        return None if self.fleet is None else await self.fleet.history(limit)
+
+    def state_store(self) -> dict[str, object]:
+        """/v1/status's "state_store": where the routing state is kept and whether it is reachable."""
+        if self.fleet is not None:
+            return self.fleet.status()
+        snap = self.controller.store.current
+        return {"backend": "file", "up": True, "last_error": None, "generation_seen": snap.generation}
 
     async def prepare(self, slot: str) -> None:
         """Run the checks the gates decide on, now, before a switch or ramp to `slot`."""
@@ -131,6 +153,8 @@ def as_api_error(exc: Exception) -> ApiError | None:
         return ApiError(400, "invalid_request", str(exc))
     if isinstance(exc, Refused):
         return ApiError(409, "refused", str(exc), reasons=exc.reasons)
+    if isinstance(exc, StoreUnavailable):
+        return ApiError(503, "state_store_unavailable", str(exc))
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return None
@@ -152,7 +176,10 @@ async def trust(request: web.Request, handler: Handler) -> web.StreamResponse:
         if error is None:
             raise
         if error.status < 500 and is_change(request):
-            record_refusal(request, error)
+            entry = record_refusal(request, error)
+            fleet = request.app[SERVICES].fleet
+            if fleet is not None:
+                await fleet.record(entry)  # the fleet's history shows refusals on every replica
         return error.response()
 
 
@@ -161,7 +188,7 @@ def is_change(request: web.Request) -> bool:
     return request.method not in READS and request.match_info.http_exception is None
 
 
-def record_refusal(request: web.Request, error: ApiError) -> None:
+def record_refusal(request: web.Request, error: ApiError) -> dict[str, Any]:
     route = request.match_info.route
     details: dict[str, Any] = {"method": request.method, "path": request.path}
     if error.reasons:
@@ -177,6 +204,7 @@ def record_refusal(request: web.Request, error: ApiError) -> None:
         details=details,
     )
     request.app[AUDIT].append(entry)
+    return entry
 
 
 def actor(request: web.Request) -> str:

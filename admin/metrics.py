@@ -8,7 +8,7 @@ the config. Never a path, a client or a request id.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,7 +20,6 @@ from proxy.control import Controller
 TRIGGERS = ("api", "rollback", "judge", "alert", "reload", "ramp")
 ROLLBACK_REASONS = ("api", "judge_error_rate", "judge_latency", "judge_baseline", "promql", "alert")
 DRAIN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-STATE_STORE_UP: dict[str, bool] = {}  # set by the state store (fleet mode); absent = local file
 
 
 def _version() -> str:
@@ -42,9 +41,15 @@ def _histogram(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, 
 
 
 class SlotswitchCollector(Collector):
-    def __init__(self, controller: Controller, extra: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        extra: dict[str, float] | None = None,
+        store_up: Callable[[], bool] | None = None,
+    ) -> None:
         self.controller = controller
         self.extra = extra if extra is not None else {}
+        self.store_up = store_up  # fleet mode: whether this replica reaches the shared store; None = local file
 
     def collect(self) -> Iterator[Metric]:
         snap = self.controller.store.current
@@ -121,16 +126,16 @@ class SlotswitchCollector(Collector):
             "slotswitch_state_generation", "Generation of the routing state.", value=float(generation)
         )
         store_up = GaugeMetricFamily("slotswitch_state_store_up", "1 when the state store is reachable.")
-        store_up.add_metric([], 0.0 if STATE_STORE_UP and not all(STATE_STORE_UP.values()) else 1.0)
+        store_up.add_metric([], 0.0 if self.store_up is not None and not self.store_up() else 1.0)
         yield store_up
         info = GaugeMetricFamily("slotswitch_build_info", "Build information.", labels=["version"])
         info.add_metric([_version()], 1.0)
         yield info
 
 
-def make_registry(controller: Controller) -> CollectorRegistry:
+def make_registry(controller: Controller, store_up: Callable[[], bool] | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SlotswitchCollector(controller))
+    registry.register(SlotswitchCollector(controller, store_up=store_up))
     return registry
 
 

@@ -1,6 +1,7 @@
 """Admin API handlers: parse the request, call the controller, render JSON.
 
-Every mutation goes through `Controller` (the one publish function) and accepts
+Every mutation goes through `Controller` (the one publish function), called through
+`Services.mutate` (in fleet mode, the shared store's compare-and-set), and accepts
 `If-Match: <generation>`; a stale generation gets 412 and changes nothing. A handler reads
 If-Match and its body before it awaits anything, so a bad request is refused before any work.
 The fields each body may carry come from its schema in admin/openapi.py, so the two agree.
@@ -50,7 +51,8 @@ async def _result(request: web.Request, result: Result) -> web.Response:
 
 
 async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(status_json(request.app[SERVICES]))
+    services = request.app[SERVICES]
+    return web.json_response({**status_json(services), "state_store": services.state_store()})
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -71,7 +73,9 @@ async def get_history(request: web.Request) -> web.Response:
     given = request.query.getall("limit", [str(HISTORY_DEFAULT)])
     if len(given) != 1 or not re.fullmatch(r"[0-9]{1,4}", given[0]) or not 1 <= int(given[0]) <= KEEP:
         raise ApiError(400, "invalid_query", f"limit: expected one integer in 1..{KEEP}")
-    return web.json_response({"entries": request.app[AUDIT].newest(int(given[0]))})
+    limit = int(given[0])
+    fleet = await request.app[SERVICES].history(limit)  # fleet mode: every replica's entries
+    return web.json_response({"entries": fleet if fleet is not None else request.app[AUDIT].newest(limit)})
 
 
 async def post_switch(request: web.Request) -> web.Response:
@@ -84,8 +88,11 @@ async def post_switch(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     if not force and slot != services.controller.store.current.active:
         await services.prepare(slot)  # the gate decides on checks run now
-    result = services.controller.switch(
-        slot, actor=actor(request), reason=reason, drain_timeout=drain_timeout, expect=expect, force=force
+    who = actor(request)
+    result = await services.mutate(
+        lambda: services.controller.switch(
+            slot, actor=who, reason=reason, drain_timeout=drain_timeout, expect=expect, force=force
+        )
     )
     return await _result(request, result)
 
@@ -93,7 +100,8 @@ async def post_switch(request: web.Request) -> web.Response:
 async def post_rollback(request: web.Request) -> web.Response:
     expect = if_match(request)
     body = await json_body(request, REASON)
-    result = request.app[SERVICES].controller.rollback(actor=actor(request), reason=text(body, "reason"), expect=expect)
+    services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
+    result = await services.mutate(lambda: services.controller.rollback(actor=who, reason=reason, expect=expect))
     return await _result(request, result)
 
 
@@ -128,14 +136,9 @@ async def post_ramp(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     if not force:
         await services.prepare(slot)
-    result = services.controller.ramp(
-        slot,
-        steps,
-        interval if interval is not None else DEFAULT_INTERVAL,
-        actor=actor(request),
-        reason=reason,
-        expect=expect,
-        force=force,
+    who, seconds = actor(request), interval if interval is not None else DEFAULT_INTERVAL
+    result = await services.mutate(
+        lambda: services.controller.ramp(slot, steps, seconds, actor=who, reason=reason, expect=expect, force=force)
     )
     return await _result(request, result)
 
@@ -143,15 +146,17 @@ async def post_ramp(request: web.Request) -> web.Response:
 async def post_pause(request: web.Request) -> web.Response:
     expect = if_match(request)
     body = await json_body(request, REASON)
-    result = request.app[SERVICES].controller.pause(actor=actor(request), reason=text(body, "reason"), expect=expect)
+    services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
+    result = await services.mutate(lambda: services.controller.pause(actor=who, reason=reason, expect=expect))
     return await _result(request, result)
 
 
 async def post_resume(request: web.Request) -> web.Response:
     expect = if_match(request)
     body = await json_body(request, REASON)
-    result = request.app[SERVICES].controller.pause(
-        actor=actor(request), reason=text(body, "reason"), expect=expect, paused=False
+    services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
+    result = await services.mutate(
+        lambda: services.controller.pause(actor=who, reason=reason, expect=expect, paused=False)
     )
     return await _result(request, result)
 
@@ -159,7 +164,8 @@ async def post_resume(request: web.Request) -> web.Response:
 async def post_promote(request: web.Request) -> web.Response:
     expect = if_match(request)
     body = await json_body(request, REASON)
-    result = request.app[SERVICES].controller.promote(actor=actor(request), reason=text(body, "reason"), expect=expect)
+    services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
+    result = await services.mutate(lambda: services.controller.promote(actor=who, reason=reason, expect=expect))
     return await _result(request, result)
 
 
@@ -169,8 +175,10 @@ async def put_slot(request: web.Request) -> web.Response:
     urls = field(body, "upstreams", list, required=True)
     if not 1 <= len(urls) <= MAX_UPSTREAMS or not all(isinstance(u, str) and re.search(UPSTREAM_URL, u) for u in urls):
         raise ApiError(400, "invalid_field", f"upstreams: expected 1..{MAX_UPSTREAMS} URLs like http://host:port")
-    result = request.app[SERVICES].controller.deploy(
-        request.match_info["slot"], urls, actor=actor(request), reason=text(body, "reason"), expect=expect
+    services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
+    slot = request.match_info["slot"]
+    result = await services.mutate(
+        lambda: services.controller.deploy(slot, urls, actor=who, reason=reason, expect=expect)
     )
     return await _result(request, result)
 

@@ -18,6 +18,11 @@ counts once toward `failure_limit`, as Flagger's threshold counts failed checks)
 stale or inconclusive result holds a ramp that the in-process judge would advance.
 
 `tick()` is synchronous and takes the time as an argument, so tests drive it tick by tick.
+
+Fleet mode (proxy.fleet): each replica judges its own share of the traffic (its windows count
+only the requests it proxied), and a rollback or ramp step it decides is written through the
+shared store as a task started from the tick, so it applies to every replica, or loses the race
+to a change made first on any replica (logged).
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
-from proxy.control import Conflict, Controller, Refused
+from proxy.control import Conflict, Controller, Refused, Result
+from proxy.fleet import Fleet, StoreUnavailable
 from proxy.judge import Verdict, assess
 from proxy.promql import PromQLVerdict
 from proxy.state import Snapshot
@@ -59,6 +67,8 @@ class Analyzer:
         self.promql: PromQLVerdict | None = None  # the latest PromQL result (proxy.promql)
         self._promql_counted = 0  # seq of the last failing PromQL result counted toward failure_limit
         self._task: asyncio.Task[None] | None = None
+        self.fleet: Fleet | None = None  # fleet mode: decisions go through the shared store (proxy.fleet)
+        self._action: asyncio.Task[None] | None = None  # a decision being written to the shared store
         self.store.subscribe(self._on_publish)
 
     def _window_ticks(self, snap: Snapshot) -> int:
@@ -160,28 +170,58 @@ class Analyzer:
     def _roll_back(self, snap: Snapshot, slot: str, verdict: Verdict) -> None:
         details: dict[str, object] = {"rule": verdict.rule, "slot": slot, "reasons": list(verdict.reasons)}
         details.update({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in verdict.numbers.items()})
-        try:
-            self.controller.rollback(
-                actor="judge",
-                trigger="judge",
-                reason=f"slot {slot} failed analysis: " + "; ".join(verdict.reasons),
-                expect=snap.generation,
-                details=details,
-            )
-        except (Conflict, Refused) as exc:
-            log.warning("judge could not roll back: %s", exc)
-            return
-        self.failures = 0
-        log.error("automatic rollback from %s: %s", slot, "; ".join(verdict.reasons))
+        rollback = partial(
+            self.controller.rollback,
+            actor="judge",
+            trigger="judge",
+            reason=f"slot {slot} failed analysis: " + "; ".join(verdict.reasons),
+            expect=snap.generation,
+            details=details,
+        )
+
+        def done() -> None:
+            self.failures = 0
+            log.error("automatic rollback from %s: %s", slot, "; ".join(verdict.reasons))
+
+        self._act(rollback, done, logging.WARNING, "judge could not roll back")
 
     def _advance(self, snap: Snapshot, verdict: Verdict) -> None:
         numbers: dict[str, object] = {k: v for k, v in verdict.numbers.items() if not math.isnan(v)}
+        promote = partial(
+            self.controller.promote,
+            actor="judge",
+            trigger="ramp",
+            reason="step passed analysis",
+            expect=snap.generation,
+            details=numbers,
+        )
+        self._act(promote, lambda: None, logging.INFO, "ramp step not advanced")
+
+    def _act(self, verb: Callable[[], Result], done: Callable[[], None], level: int, failed: str) -> None:
+        """Apply the judge's decision. In fleet mode it goes through the shared store (a task, one
+        at a time); pinned to the judged generation, it loses to any change made first anywhere."""
+        fleet = self.fleet
+        if fleet is None:
+            try:
+                verb()
+            except (Conflict, Refused) as exc:
+                log.log(level, "%s: %s", failed, exc)
+                return
+            done()
+            return
+        if self._action is not None and not self._action.done():
+            return  # the previous decision is still being written
+        self._action = asyncio.get_running_loop().create_task(self._act_fleet(fleet, verb, done, level, failed))
+
+    async def _act_fleet(
+        self, fleet: Fleet, verb: Callable[[], Result], done: Callable[[], None], level: int, failed: str
+    ) -> None:
         try:
-            self.controller.promote(
-                actor="judge", trigger="ramp", reason="step passed analysis", expect=snap.generation, details=numbers
-            )
-        except (Conflict, Refused) as exc:
-            log.info("ramp step not advanced: %s", exc)
+            await fleet.run(verb)
+        except (Conflict, Refused, StoreUnavailable) as exc:
+            log.log(level, "%s: %s", failed, exc)
+            return
+        done()
 
     def status(self) -> dict[str, object]:
         verdict = self.last
@@ -208,9 +248,10 @@ class Analyzer:
                 log.exception("judge tick failed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._action) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _hold(verdict: Verdict, reason: str, numbers: dict[str, float]) -> Verdict:

@@ -9,7 +9,8 @@ Statistics:
 - Error rate: a one-sided two-proportion z-test, candidate worse than baseline, at
   `policy.significance`, and only when the difference is at least MIN_EFFECT (one point).
 - Latency: a one-sided Mann-Whitney U test on the two fine histograms (ties corrected), together
-  with the candidate's p99 exceeding the baseline's by `policy.latency_tolerance`.
+  with the candidate's p99 exceeding the baseline's by `policy.latency_tolerance` times and by at
+  least `policy.latency_min_delta`.
 """
 
 from __future__ import annotations
@@ -109,7 +110,12 @@ def _compare(policy: Analysis, candidate: Window, baseline: Window, numbers: dic
         )
     p_lat = rank_p_value(candidate.lat, baseline.lat)
     numbers["latency_p_value"] = p_lat
-    slower = numbers["p99_s"] > numbers["baseline_p99_s"] * policy.latency_tolerance
+    # Significant AND large: thousands of samples make any shift significant, and a freshly
+    # switched slot's cold connection pool adds a few ms; neither is a bad release.
+    slower = (
+        numbers["p99_s"] > numbers["baseline_p99_s"] * policy.latency_tolerance
+        and numbers["p99_s"] - numbers["baseline_p99_s"] >= policy.latency_min_delta
+    )
     if p_lat < policy.significance and slower:
         fails.append(
             (

@@ -38,7 +38,8 @@ class StateError(Exception):
 
 
 class StateStore(Protocol):
-    """Where the routing state is kept between runs (a file now; Redis later)."""
+    """Where the routing state is kept between runs: a file (the shared Redis store of fleet mode is
+    asynchronous and lives in proxy.fleet)."""
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when nothing was saved yet; StateError when unusable."""
@@ -91,9 +92,13 @@ class StateFile:
 
 
 def open_store(config: StateConfig, path: Path | None) -> StateStore | None:
-    """The configured backend, or None (no path: the state lives in memory only)."""
-    if config.backend != "file":
-        raise StateError(f"state.backend {config.backend} is not available in this version (use file)")
+    """The local state file, or None (no path: the state lives in memory only).
+
+    With `backend: redis` the fleet's state lives in Redis (proxy.fleet, started by the runtime);
+    the file is then this replica's copy of the last state it knew, which it starts from only with
+    `state.fallback_to_config: true` while Redis is unreachable."""
+    if config.backend not in ("file", "redis"):
+        raise StateError(f"state.backend {config.backend} is not available (use file or redis)")
     return StateFile(path) if path is not None else None
 
 

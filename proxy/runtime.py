@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from admin.auth import TOKEN_ENV, AuthConfigError, Authenticator, Credential, ch
 from admin.metrics import make_registry
 from proxy.analysis import Analyzer
 from proxy.control import Controller
+from proxy.fleet import Fleet, FleetStartError
 from proxy.gates import Gates
 from proxy.health import HealthChecker
 from proxy.paths import beside_config
@@ -77,15 +79,19 @@ class Slotswitch:
         self.gates = Gates(self.store, self.server, self.health)
         self.controller.gates += [self.gates.smoke_gate, self.gates.migration_gate]
         self.analyzer = Analyzer(self.controller)
+        # Fleet mode: the routing state is agreed through Redis; `first` is provisional until start().
+        self.fleet = Fleet(self.controller, settings.state) if settings.state.backend == "redis" else None
+        self.analyzer.fleet = self.fleet
         self.promql = PromQLPoller(self.store, self.analyzer.candidate, self.analyzer.take_promql)
         self.workers = WorkerSet(self, workers) if workers > 1 else None
         self.services = Services(
             self.controller,
             self.health,
             self.analyzer,
-            make_registry(self.controller),
+            make_registry(self.controller, store_up=self._store_up if self.fleet is not None else None),
             synced=self.workers.synced if self.workers is not None else None,
             gates=self.gates,
+            fleet=self.fleet,
         )
         self.audit = self._open_audit(audit_path)
         if reset_state:
@@ -131,8 +137,16 @@ class Slotswitch:
         check_exposure(self.settings.admin.listen, settings.admin.insecure_loopback, credentials)
         return credentials
 
+    def _store_up(self) -> bool:
+        return self.fleet is not None and self.fleet.up
+
     async def start(self) -> None:
         host, port = self.settings.listen_addr
+        if self.fleet is not None:  # first: no traffic is served before the state is agreed
+            try:
+                await self.fleet.start()
+            except FleetStartError as exc:
+                raise StartupError(str(exc)) from None
         await self.health.start()
         await self.health.run_round()  # the gate and /v1/status have data from the start
         if self.workers is not None:
@@ -185,8 +199,11 @@ class Slotswitch:
         if settings.state != self.settings.state or settings.admin.audit_log != self.settings.admin.audit_log:
             log.warning("state and audit_log settings changed in the config: they take effect only after a restart")
         self.auth.credentials = credentials
-        snap = self.controller.reload(settings)
         self.settings = settings
+        if self.fleet is not None:  # the routing part of a reload is a fleet change like any other
+            self.fleet.submit(partial(self.controller.reload, settings), f"config reload from {self.config_path}")
+            return True
+        snap = self.controller.reload(settings)
         log.info("config reloaded from %s (generation %d)", self.config_path, snap.generation)
         return True
 
@@ -202,6 +219,8 @@ class Slotswitch:
         cut = await self.server.shutdown(timeout)
         self.controller.drainer.cancel_all()
         await self.analyzer.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.promql.stop()
         await self.health.stop()
         for pool in list(self.registry.pools.values()):

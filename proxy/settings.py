@@ -239,6 +239,7 @@ class Analysis(_Model):
     tick: Duration = 0.25
     significance: float = Field(default=0.01, gt=0.0, lt=0.5)
     latency_tolerance: float = Field(default=1.5, ge=1.0)  # candidate p99 may be this many times the baseline's
+    latency_min_delta: Duration = 0.05  # ... and must also be this much slower to count (cold pools add ms)
 
 
 class Check(_Model):

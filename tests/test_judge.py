@@ -68,6 +68,9 @@ def test_slower_than_baseline_fails_only_when_significant_and_large() -> None:
     assert any("slower" in r for r in verdict.reasons)
     similar = window(1000, latency=0.021)
     assert assess(POLICY, similar, window(1000, latency=0.02)).outcome == "pass"
+    # 8 ms against 3 ms: significant on this much data, 2.7x, but only 5 ms slower (a cold pool)
+    cold = window(5000, latency=0.008)
+    assert assess(POLICY, cold, window(5000, latency=0.003)).outcome == "pass"
 
 
 def test_thin_baseline_falls_back_to_thresholds() -> None:
