@@ -215,6 +215,23 @@ def _tail_lines(path: Path, count: int) -> list[bytes]:
     return [line for line in lines if line.strip()][-count:]
 
 
+def event(snap: Snapshot, now: float, action: str, details: Entry) -> Entry:
+    """Something the data path did on its own that operators must see, e.g. a failover."""
+    return {
+        "time": rfc3339(now),
+        "actor": "slotswitch",
+        "action": action,
+        "from": routing(snap),
+        "to": routing(snap),
+        "reason": "",
+        "generation": snap.generation,
+        "trigger": "health",
+        "details": json_safe(details),
+        "in_flight": in_flight(snap),
+        "outcome": "applied",
+    }
+
+
 def reset_entry(first: Snapshot) -> Entry:
     """`slotswitch run --reset-state`: the saved routing state was replaced by the config's."""
     return {

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from admin.api import Services, make_admin_app
 from admin.audit import AuditLog, reset_entry
+from admin.audit import event as audit_event
 from admin.auth import TOKEN_ENV, AuthConfigError, Authenticator, Credential, check_exposure, load_credentials
 from admin.metrics import make_registry
 from proxy.analysis import Analyzer
@@ -99,6 +101,9 @@ class Slotswitch:
         if self.state_store is not None:
             self.store.subscribe(persisting(self.state_store))
         self.store.subscribe(self.audit.on_publish)
+        self.server.events.append(
+            lambda action, details: self.audit.append(audit_event(self.store.current, time.time(), action, details))
+        )
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0

@@ -131,6 +131,8 @@ async def test_failover_to_the_other_slot_when_configured(start_proxy: StartProx
                 assert r.status == 200
                 assert r.headers["X-Slotswitch-Slot"] == "green"
     assert events == [("failover", {"from": "blue", "to": "green"})]  # once, not per request
+    audited = [e for e in app.audit.newest(10) if e["action"] == "failover"]
+    assert len(audited) == 1 and audited[0]["details"] == {"from": "blue", "to": "green"}
     await flip(upstreams.blue.url, True)
     await rounds(app, 2)
     assert events[-1] == ("failover_ended", {"slot": "blue"})
