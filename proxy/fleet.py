@@ -216,6 +216,8 @@ class Fleet:
                 return await self.run(fn)
             except (Conflict, StoreUnavailable) as exc:
                 log.error("%s not applied: %s", what, exc)
+            except Exception:  # a background task: nobody else would see it
+                log.exception("%s failed", what)
             return None
 
         return self._spawn(go())

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def until(check: Callable[[], bool], what: str) -> None:
+async def until(check: Callable[[], bool | Awaitable[bool]], what: str) -> None:
     """Poll `check` every 10 ms, at most WAIT seconds."""
     deadline = time.monotonic() + WAIT
-    while not check():
+    while not await _value(check()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
+
+
+async def _value(result: bool | Awaitable[bool]) -> bool:
+    return await result if inspect.isawaitable(result) else bool(result)
 
 
 class RedisServer:
@@ -267,8 +272,12 @@ async def test_the_poll_catches_what_pub_sub_missed(redis_server: RedisServer, s
         await converge([app], 2)  # within poll_interval (0.2 s)
         assert (app.store.current.active, app.fleet.adopted["poll"]) == ("green", 1)
         await probe.client.flushall()  # Redis lost everything, the connections stay up
-        await until(lambda: app.fleet is not None and app.fleet.generation_seen == 2, "the poll re-seeding")
-        assert (await probe.read()).generation == 2
+
+        async def reseeded() -> bool:
+            return (await probe.read()).generation == 2
+
+        await until(reseeded, "the poll re-seeding the store")
+        assert app.store.current.generation == 2
     finally:
         await probe.close()
 
