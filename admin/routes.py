@@ -10,6 +10,7 @@ The fields each body may carry come from its schema in admin/openapi.py, so the 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -31,7 +32,7 @@ from admin.audit import KEEP
 from admin.metrics import render
 from admin.openapi import body_fields, document_for
 from admin.views import change_json, status_json
-from proxy.control import Result
+from proxy.control import Controller, Result
 
 SWITCH = body_fields("SwitchRequest")
 REASON = body_fields("ReasonRequest")
@@ -97,12 +98,22 @@ async def post_switch(request: web.Request) -> web.Response:
     return await _result(request, result)
 
 
-async def post_rollback(request: web.Request) -> web.Response:
+Verb = Callable[[Controller, str, str, int | None], Result]  # (controller, actor, reason, expect)
+
+
+async def _reason_only(request: web.Request, verb: Verb) -> web.Response:
+    """A change whose body carries only an optional reason: rollback, pause, resume, promote."""
     expect = if_match(request)
     body = await json_body(request, REASON)
     services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
-    result = await services.mutate(lambda: services.controller.rollback(actor=who, reason=reason, expect=expect))
+    result = await services.mutate(lambda: verb(services.controller, who, reason, expect))
     return await _result(request, result)
+
+
+async def post_rollback(request: web.Request) -> web.Response:
+    return await _reason_only(
+        request, lambda c, who, reason, expect: c.rollback(actor=who, reason=reason, expect=expect)
+    )
 
 
 def _percent(value: object) -> int | None:
@@ -144,29 +155,19 @@ async def post_ramp(request: web.Request) -> web.Response:
 
 
 async def post_pause(request: web.Request) -> web.Response:
-    expect = if_match(request)
-    body = await json_body(request, REASON)
-    services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
-    result = await services.mutate(lambda: services.controller.pause(actor=who, reason=reason, expect=expect))
-    return await _result(request, result)
+    return await _reason_only(request, lambda c, who, reason, expect: c.pause(actor=who, reason=reason, expect=expect))
 
 
 async def post_resume(request: web.Request) -> web.Response:
-    expect = if_match(request)
-    body = await json_body(request, REASON)
-    services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
-    result = await services.mutate(
-        lambda: services.controller.pause(actor=who, reason=reason, expect=expect, paused=False)
+    return await _reason_only(
+        request, lambda c, who, reason, expect: c.pause(actor=who, reason=reason, expect=expect, paused=False)
     )
-    return await _result(request, result)
 
 
 async def post_promote(request: web.Request) -> web.Response:
-    expect = if_match(request)
-    body = await json_body(request, REASON)
-    services, who, reason = request.app[SERVICES], actor(request), text(body, "reason")
-    result = await services.mutate(lambda: services.controller.promote(actor=who, reason=reason, expect=expect))
-    return await _result(request, result)
+    return await _reason_only(
+        request, lambda c, who, reason, expect: c.promote(actor=who, reason=reason, expect=expect)
+    )
 
 
 async def put_slot(request: web.Request) -> web.Response:
