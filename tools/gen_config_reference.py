@@ -31,7 +31,7 @@ import sys
 import tokenize
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,11 +56,13 @@ def banner(sources: str) -> str:
 
 
 def cell(text: object) -> str:
-    """Text for one markdown table cell."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text for one markdown table cell: one line, pipes escaped, and `<` outside code spans too (GitHub
+    would take `<config>` for an HTML tag)."""
+    parts = " ".join(str(text).split()).replace("|", "\\|").split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
 
 
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def table(header: tuple[str, ...], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -370,7 +372,7 @@ def walk(
     for name, field in model.model_fields.items():
         full = f"{path}.{name}" if path else name
         tp = field.annotation
-        if _is_model(tp):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
             later.append((tp, full, f"`{full}`"))
             continue
         # The same model may be described at another path of the example (gates.smoke[] items are health checks).
@@ -410,8 +412,9 @@ def config_reference() -> str:
         "# Configuration reference\n",
         "slotswitch reads one YAML file (`slotswitch run --config FILE`; check it offline with "
         "`slotswitch check-config FILE`). Every key below; only "
-        + ", ".join(f"`{r}`" for r in required)
-        + " are required. "
+        + " and ".join(f"`{r}`" for r in required)
+        + (" are" if len(required) > 1 else " is")
+        + " required. "
         + ("Unknown keys are errors. " if model.model_config.get("extra") == "forbid" else "")
         + "`config/example.yaml` sets every key, with comments.\n",
         "Value formats:\n",
@@ -423,7 +426,7 @@ def config_reference() -> str:
     for section in walk(model):
         out.append(f"## {section.title}\n")
         if section.doc:
-            out.append(section.doc + "\n")
+            out.append(cell(section.doc).replace("\\|", "|") + "\n")
         if section.rows:
             out.append(
                 table(
@@ -478,7 +481,7 @@ def schema_type(schema: dict[str, Any]) -> str:
 
 def schema_rows(schema: dict[str, Any], schemas: dict[str, Any]) -> list[tuple[str, ...]]:
     required = set(schema.get("required", []))
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, prop in schema.get("properties", {}).items():
         description = prop.get("description", "")
         if "$ref" in prop and not description:

@@ -32,12 +32,20 @@ class Faults:
 FAULTS = web.AppKey("faults", Faults)
 
 
+def _fails(n: int, percent: int) -> bool:
+    """Whether request number n fails: `percent` of every 100, spread evenly (not in one block)."""
+    return (n + 1) * percent // 100 != n * percent // 100
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer 500 for `percent` of every 100 requests (evenly spread, not random)."""
     faults = request.app[FAULTS]
-    failing = faults.percent and not request.path.startswith(("/health", "/admin/"))
-    if failing and next(faults.seen) % 100 < faults.percent:
+    if (
+        faults.percent
+        and not request.path.startswith(("/health", "/admin/"))
+        and _fails(next(faults.seen), faults.percent)
+    ):
         return web.Response(status=500, text="injected error\n")
     return await handler(request)
 
