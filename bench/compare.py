@@ -35,6 +35,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 LATENCY_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 SOAK_WARMUP_REQUESTS = 50_000
 SOAK_MAX_SECONDS = 600.0
+UPSTREAM_PIDS: dict[str, int] = {}  # name -> pid of the nginx upstream, filled by start_upstreams
+DEFAULT_OUT = str(BENCH_DIR / "results" / "compare.json")
 
 
 @dataclass
@@ -116,6 +118,16 @@ class Procs:
         self.procs.append(proc)
         return proc
 
+    def stop(self, pid: int) -> None:
+        """Stop one process started here (and its process group): SIGTERM, then SIGKILL after 5 s."""
+        for proc in [p for p in self.procs if p.pid == pid]:
+            self._signal(proc, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            self._signal(proc, signal.SIGKILL)
+            proc.wait()
+            self.procs.remove(proc)
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             self._signal(proc, signal.SIGTERM)
@@ -161,16 +173,18 @@ def tail(log: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def start_nginx(procs: Procs, tmp: Path, name: str, template: str, cpu: str, **values: int) -> int:
+def start_nginx(procs: Procs, tmp: Path, name: str, template: str, cpu: str | None, **values: int) -> int:
+    """`cpu` None: not pinned (worker_cpu_affinity auto); values fill {{NAME}} placeholders (WORKERS: 1)."""
     text = (BENCH_DIR / "nginx" / template).read_text()
-    affinity = "1" + "0" * int(cpu)  # worker_cpu_affinity bitmask, rightmost = cpu 0
-    for key, val in {"DIR": str(tmp), "NAME": name, "AFFINITY": affinity, **values}.items():
+    affinity = "1" + "0" * int(cpu) if cpu is not None else "auto"  # bitmask, rightmost = cpu 0
+    for key, val in {"DIR": str(tmp), "NAME": name, "AFFINITY": affinity, "WORKERS": 1, **values}.items():
         text = text.replace("{{" + key + "}}", str(val))
     (tmp / f"{name}.tmp").mkdir()
     conf = tmp / f"{name}.conf"
     conf.write_text(text)
     log = tmp / f"{name}.log"
-    proc = procs.start(["taskset", "-c", cpu, "nginx", "-p", str(tmp), "-c", str(conf)], log)
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    proc = procs.start([*pin, "nginx", "-p", str(tmp), "-c", str(conf)], log)
     wait_ready(proc, values["PORT"], log)
     return proc.pid
 
@@ -182,27 +196,39 @@ def start_upstreams(procs: Procs, tmp: Path, ports: set[int]) -> dict[str, int]:
     found = {}
     for name, preferred in (("blue", 19001), ("green", 19002)):
         port = pick_port(preferred, ports)
-        start_nginx(procs, tmp, name, "upstream.conf", LOAD_CPU, PORT=port)
+        UPSTREAM_PIDS[name] = start_nginx(procs, tmp, name, "upstream.conf", LOAD_CPU, PORT=port)
         found[name] = port
     return found
 
 
-def start_slotswitch(procs: Procs, tmp: Path, up: dict[str, int], ports: set[int], exe: Path) -> tuple[int, int]:
-    """Returns (port, pid)."""
+def start_slotswitch(
+    procs: Procs,
+    tmp: Path,
+    up: dict[str, int],
+    ports: set[int],
+    exe: Path,
+    *,
+    workers: int = 1,
+    cpu: str | None = PROXY_CPU,
+    name: str = "slotswitch",
+    prefix: tuple[str, ...] = (),
+) -> tuple[int, int]:
+    """Returns (port, pid). `cpu` None: not pinned; `prefix` goes before the command (e.g. prlimit)."""
     if not exe.exists():
         raise BenchError(f"{exe} does not exist (install the project: .venv/bin/pip install -e .)")
     port, admin = pick_port(19020, ports), pick_port(19021, ports)
-    conf = tmp / "slotswitch.yaml"
+    conf = tmp / f"{name}.yaml"
     conf.write_text(
         f"listen: 127.0.0.1:{port}\n"
         "slots:\n"
         f'  blue:  {{upstreams: ["http://127.0.0.1:{up["blue"]}"]}}\n'
         f'  green: {{upstreams: ["http://127.0.0.1:{up["green"]}"]}}\n'
-        "active: blue\nworkers: 1\n"
+        f"active: blue\nworkers: {workers}\n"
         f"admin: {{listen: 127.0.0.1:{admin}, insecure_loopback: true}}\n"
     )
-    log = tmp / "slotswitch.log"
-    proc = procs.start(["taskset", "-c", PROXY_CPU, str(exe), "run", "--config", str(conf)], log)
+    log = tmp / f"{name}.log"
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    proc = procs.start([*prefix, *pin, str(exe), "run", "--config", str(conf)], log)
     wait_ready(proc, port, log)
     return port, proc.pid
 
@@ -228,8 +254,14 @@ def parse_wrk(out: str) -> WrkResult:
     return WrkResult(float(rps.group(1)), int(reqs.group(1)), to_ms(p50.group(1)), to_ms(p99.group(1)), errors)
 
 
-def run_wrk(url: str, duration: float, connections: int) -> WrkResult:
-    argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
+def run_wrk(
+    url: str, duration: float, connections: int, headers: tuple[str, ...] = (), cpu: str | None = LOAD_CPU
+) -> WrkResult:
+    """`cpu` None: wrk is not pinned (and gets 2 threads); `headers` are extra -H lines."""
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    threads = "-t1" if cpu is not None else "-t2"
+    extra = [arg for h in headers for arg in ("-H", h)]
+    argv = [*pin, "wrk", threads, f"-c{connections}", f"-d{duration:g}s", "--latency", *extra, url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
@@ -358,34 +390,44 @@ def write_json(out: str, data: dict[str, object]) -> None:
     print(f"\nwrote {path}")
 
 
-def drive(url: str, n: int, conns: int, chunk: float, deadline: float) -> int:
+def drive(url: str, n: int, conns: int, chunk: float, deadline: float, headers: tuple[str, ...] = ()) -> int:
     """Repeated wrk runs until n requests were served or the deadline passed; returns requests served."""
-    served, rps = 0, 0.0
+    served, rps, errors = 0, 0.0, 0
     while served < n and time.monotonic() < deadline:
         want = (n - served) / rps + 1 if rps else chunk  # size the last chunk to what is left
-        res = run_wrk(url, round(max(1.0, min(chunk, want, deadline - time.monotonic()))), conns)
+        res = run_wrk(url, round(max(1.0, min(chunk, want, deadline - time.monotonic()))), conns, headers)
         rps = res.rps
         served += res.requests
+        errors += res.errors
+        DRIVEN.update(served=served, errors=errors)
         print(f"  {served:>10} requests, last chunk {res.rps:.0f} rps, errors {res.errors}", flush=True)
     return served
 
 
+DRIVEN = {"served": 0, "errors": 0}  # progress of the current drive(), read by the RSS sampler
+
+
 class RssSampler(threading.Thread):
-    """Samples VmRSS (KiB, summed over the process tree) once a second until stopped."""
+    """Samples VmRSS (KiB, summed over the process tree) once a second until stopped, with the number
+    of requests served so far (as of the last finished wrk chunk) and the elapsed time."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.stop_event = pid, threading.Event()
-        self.samples = [rss_kib(process_tree(pid))]
+        self.started = time.monotonic()
+        self.samples = [self._sample()]
+
+    def _sample(self) -> tuple[float, int, int]:
+        return (round(time.monotonic() - self.started, 1), DRIVEN["served"], rss_kib(process_tree(self.pid)))
 
     def run(self) -> None:
         while not self.stop_event.wait(1.0):
-            self.samples.append(rss_kib(process_tree(self.pid)))
+            self.samples.append(self._sample())
 
-    def stop(self) -> list[int]:
+    def stop(self) -> list[tuple[float, int, int]]:
         self.stop_event.set()
         self.join()
-        return [*self.samples, rss_kib(process_tree(self.pid))]
+        return [*self.samples, self._sample()]
 
 
 def soak(procs: Procs, tmp: Path, args: argparse.Namespace) -> int:
@@ -393,26 +435,172 @@ def soak(procs: Procs, tmp: Path, args: argparse.Namespace) -> int:
     if pid is None:
         print(f"soak target {args.soak_target} is not running; nothing to soak.")
         return 2
-    url, deadline = f"http://127.0.0.1:{port}/small", time.monotonic() + SOAK_MAX_SECONDS
-    print(f"warm-up: {SOAK_WARMUP_REQUESTS} requests to {args.soak_target} {url}")
-    drive(url, SOAK_WARMUP_REQUESTS, args.connections, 2.0, deadline)
+    headers = ("Connection: close",) if args.soak_close else ()
+    kind = "a new connection per request" if args.soak_close else "keep-alive"
+    url, deadline = f"http://127.0.0.1:{port}{args.soak_path}", time.monotonic() + args.soak_max_seconds
+    print(f"warm-up: {SOAK_WARMUP_REQUESTS} requests to {args.soak_target} {url} ({kind})")
+    drive(url, SOAK_WARMUP_REQUESTS, args.connections, 2.0, deadline, headers)
+    DRIVEN.update(served=0, errors=0)
     sampler = RssSampler(pid)
     sampler.start()
-    print(f"soak: {args.soak} requests (max {SOAK_MAX_SECONDS:.0f}s incl. warm-up), RSS {sampler.samples[0]} KiB")
-    try:
-        served = drive(url, args.soak, args.connections, 10.0, deadline)
-    finally:
-        rss = sampler.stop()
-    start, end, peak = rss[0] / 1024, rss[-1] / 1024, max(rss) / 1024
-    drift = (end - start) * 100.0 / start if start else 0.0
     print(
-        f"\n{args.soak_target} soak: {served} requests, {len(rss)} RSS samples: start {start:.1f} MiB, "
-        f"end {end:.1f} MiB, max {peak:.1f} MiB, drift {drift:+.1f}%"
+        f"soak: {args.soak} requests (max {args.soak_max_seconds:.0f}s incl. warm-up), RSS {sampler.samples[0][2]} KiB"
     )
-    if not read_proc(pid, "stat"):
+    try:
+        served = drive(url, args.soak, args.connections, 10.0, deadline, headers)
+    finally:
+        rss_samples = sampler.stop()
+    rss = [r for _, _, r in rss_samples]
+    start, end, peak, low = rss[0] / 1024, rss[-1] / 1024, max(rss) / 1024, min(rss) / 1024
+    drift = (end - start) * 100.0 / start if start else 0.0
+    excursion = max(abs(r / 1024 - start) for r in rss) * 100.0 / start if start else 0.0
+    print(
+        f"\n{args.soak_target} soak ({kind}, {args.soak_path}): {served} requests, {DRIVEN['errors']} errors, "
+        f"{len(rss)} RSS samples: start {start:.1f} MiB, end {end:.1f} MiB, min {low:.1f} MiB, max {peak:.1f} MiB, "
+        f"drift {drift:+.1f}%, largest excursion from start {excursion:.1f}%"
+    )
+    print(
+        "RSS at each tenth of the soak (requests served -> MiB): "
+        + ", ".join(f"{req}: {kib / 1024:.1f}" for req, kib in checkpoints(rss_samples, served))
+    )
+    alive = bool(read_proc(pid, "stat"))
+    if not alive:
         print(f"*** {args.soak_target} (pid {pid}) exited during the soak: the end RSS is not meaningful")
     if served < args.soak:
-        print(f"note: stopped at the {SOAK_MAX_SECONDS:.0f}s limit before {args.soak} requests")
+        print(f"note: stopped at the {args.soak_max_seconds:.0f}s limit before {args.soak} requests")
+    summary = {
+        "target": args.soak_target,
+        "path": args.soak_path,
+        "connection_close": args.soak_close,
+        "requests": served,
+        "errors": DRIVEN["errors"],
+        "rss_start_mib": start,
+        "rss_end_mib": end,
+        "rss_min_mib": low,
+        "rss_max_mib": peak,
+        "drift_pct": drift,
+        "max_excursion_pct": excursion,
+        "within_10pct": excursion <= 10.0 and alive and served >= args.soak,
+    }
+    out = args.out if args.out != DEFAULT_OUT else str(BENCH_DIR / "results" / "soak.json")
+    write_json(out, {"config": run_config(args), "summary": summary, "samples": rss_samples})
+    return 0
+
+
+def checkpoints(samples: list[tuple[float, int, int]], served: int) -> list[tuple[int, int]]:
+    """The first RSS sample at or after each tenth of the requests served."""
+    out = []
+    for tenth in range(11):
+        goal = served * tenth // 10
+        hit = next((s for s in samples if s[1] >= goal), samples[-1])
+        out.append((hit[1], hit[2]))
+    return out
+
+
+def box_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cpus, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+E2E_TARGETS = (("nginx", 1), ("nginx", 2), ("slotswitch", 1), ("slotswitch", 2))
+
+
+def workers_e2e(procs: Procs, tmp: Path, args: argparse.Namespace) -> int:
+    """slotswitch workers: 1 vs 2 (and nginx 1 vs 2 workers as the control), nothing pinned.
+
+    wrk -t2 -c100 and the nginx upstream share the same two cpus with the proxy, so this measures
+    what the whole box does; the table shows where the cpu went (proxy, upstream, wrk, rest)."""
+    ports: set[int] = set()
+    up = start_upstreams(procs, tmp, ports)
+    targets: dict[str, tuple[int, int]] = {}
+    for kind, workers in E2E_TARGETS:
+        name = f"{kind}-{workers}w"
+        if kind == "nginx":
+            port = pick_port(19010, ports)
+            pid = start_nginx(
+                procs, tmp, name, "proxy.conf", None, PORT=port, UPSTREAM_PORT=up["blue"], WORKERS=workers
+            )
+            targets[name] = (port, pid)
+        else:
+            targets[name] = start_slotswitch(
+                procs, tmp, up, ports, Path(args.slotswitch), workers=workers, cpu=None, name=name
+            )
+    upstream = UPSTREAM_PIDS["blue"]
+    for port, _ in targets.values():
+        run_wrk(f"http://127.0.0.1:{port}/small", max(args.warmup, 1.0), args.connections, cpu=None)
+    samples = []
+    for rnd in range(1, args.rounds + 1):
+        for name, (port, pid) in targets.items():
+            pids, ups = process_tree(pid), process_tree(upstream)
+            p0, u0, (b0, t0) = cpu_seconds(pids), cpu_seconds(ups), box_busy()
+            w0 = os.times()
+            res = run_wrk(f"http://127.0.0.1:{port}/small", args.duration, args.connections, cpu=None)
+            w1 = os.times()
+            p1, u1, (b1, t1) = cpu_seconds(process_tree(pid)), cpu_seconds(ups), box_busy()
+            wrk_s = (w1.children_user + w1.children_system) - (w0.children_user + w0.children_system)
+            wall = args.duration
+            row = {
+                "target": name,
+                "round": rnd,
+                "rps": res.rps,
+                "requests": res.requests,
+                "p99_ms": res.p99_ms,
+                "errors": res.errors,
+                "proxy_us_per_req": (p1 - p0) * 1e6 / res.requests if res.requests else None,
+                "proxy_cores": (p1 - p0) / wall,
+                "upstream_cores": (u1 - u0) / wall,
+                "wrk_cores": wrk_s / wall,
+                "box_busy_pct": 100.0 * (b1 - b0) / (t1 - t0) if t1 > t0 else None,
+            }
+            samples.append(row)
+            print(
+                f"round {rnd} {name:14} rps={res.rps:8.0f} proxy us/req={row['proxy_us_per_req']:6.1f} "
+                f"cores: proxy {row['proxy_cores']:.2f} upstream {row['upstream_cores']:.2f} "
+                f"wrk {row['wrk_cores']:.2f} "
+                f"box busy {row['box_busy_pct']:.0f}% p99={res.p99_ms:.2f}ms errors={res.errors}",
+                flush=True,
+            )
+    rows = []
+    for name in targets:
+        got = [s for s in samples if s["target"] == name]
+        row = {"target": name, "rounds": len(got)}
+        for key in ("rps", "proxy_us_per_req", "proxy_cores", "upstream_cores", "wrk_cores", "box_busy_pct", "p99_ms"):
+            row[key] = statistics.median(s[key] for s in got)
+        row["errors"] = sum(s["errors"] for s in got)
+        rows.append(row)
+    for kind in ("nginx", "slotswitch"):
+        one = next(r for r in rows if r["target"] == f"{kind}-1w")
+        two = next(r for r in rows if r["target"] == f"{kind}-2w")
+        two["rps_vs_1w"] = two["rps"] / one["rps"]
+        # per-round ratios (same round), then their median
+        per = []
+        for rnd in range(1, args.rounds + 1):
+            a = [s for s in samples if s["target"] == f"{kind}-1w" and s["round"] == rnd]
+            b = [s for s in samples if s["target"] == f"{kind}-2w" and s["round"] == rnd]
+            if a and b:
+                per.append(b[0]["rps"] / a[0]["rps"])
+        two["rps_vs_1w_per_round"] = [round(x, 2) for x in per]
+        two["rps_vs_1w_median_of_rounds"] = statistics.median(per) if per else None
+    print(
+        f"\nmedians of {args.rounds} interleaved round(s), {args.duration:g}s each, wrk -t2 -c{args.connections} "
+        "/small, nothing pinned (proxy, nginx upstream and wrk share both cpus):\n"
+    )
+    print(
+        "| target | rps | 2w/1w rps | proxy µs CPU/req | proxy cores | upstream cores | wrk cores | box busy "
+        "| p99 ms | errors |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratio = r.get("rps_vs_1w_median_of_rounds")
+        print(
+            f"| {r['target']} | {r['rps']:.0f} | {fmt(ratio, '.2f')} | {r['proxy_us_per_req']:.1f} "
+            f"| {r['proxy_cores']:.2f} | {r['upstream_cores']:.2f} | {r['wrk_cores']:.2f} | {r['box_busy_pct']:.0f}% "
+            f"| {r['p99_ms']:.2f} | {r['errors']} |"
+        )
+    out = args.out if args.out != DEFAULT_OUT else str(BENCH_DIR / "results" / "workers_e2e.json")
+    write_json(out, {"config": run_config(args), "summary": rows, "samples": samples})
     return 0
 
 
@@ -431,10 +619,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians reported (default 3)")
     p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured wrk per target/path (0=off)")
-    p.add_argument("--out", default=str(BENCH_DIR / "results" / "compare.json"), help="JSON output file")
+    p.add_argument("--out", default=DEFAULT_OUT, help="JSON output file (soak: results/soak.json)")
     p.add_argument("--slotswitch", default=str(REPO_DIR / ".venv" / "bin" / "slotswitch"), help="executable")
     p.add_argument("--soak", type=int, metavar="N", help="soak mode: drive N requests to /small, sample RSS")
     p.add_argument("--soak-target", choices=("slotswitch", "nginx"), default="slotswitch", help="soak this proxy")
+    p.add_argument(
+        "--workers-e2e",
+        action="store_true",
+        help="end-to-end workers 1 vs 2 (slotswitch and nginx), nothing pinned, wrk -t2 (use --connections 100)",
+    )
+    p.add_argument("--soak-path", choices=PATHS, default="/small", help="soak this path (default /small)")
+    p.add_argument("--soak-close", action="store_true", help="soak with Connection: close (a connection per request)")
+    p.add_argument(
+        "--soak-max-seconds", type=float, default=SOAK_MAX_SECONDS, help="stop the soak after this (default 600)"
+    )
     return p.parse_args(argv)
 
 
@@ -448,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="slotswitch-bench-"))
     try:
+        if args.workers_e2e:
+            return workers_e2e(procs, tmp, args)
         return soak(procs, tmp, args) if args.soak else compare(procs, tmp, args)
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
