@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -275,8 +276,28 @@ def configure_logging(level: str) -> None:
     )
 
 
+def raise_nofile() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one, as nginx's worker_rlimit_nofile and Go's runtime do.
+
+    Every client and upstream connection is a file descriptor, and shells and services start with a
+    soft limit of 1024: 10k idle keep-alive clients need the hard limit. Worker processes inherit it.
+    Returns the (soft, hard) limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        return soft, hard
+    return hard, hard
+
+
 def run(settings: Settings, config_path: str | Path | None, *, reset_state: bool = False) -> int:
     import uvloop
 
     configure_logging(settings.log_level)
+    soft, hard = raise_nofile()
+    log.info("open-file limit %d (hard %d): at most about %d concurrent connections", soft, hard, soft - 64)
     return uvloop.run(serve(settings, config_path, reset_state=reset_state))

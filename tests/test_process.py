@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -105,6 +106,23 @@ async def test_traffic_port_never_serves_admin_paths(spawn: Spawn, upstreams: Up
         assert b'"error"' not in resp.body
     status = await admin_status(proc.admin_port)  # the admin port does serve it, and nothing switched
     assert (status["active"], status["generation"]) == ("blue", 1)
+    await stop_cleanly(proc)
+
+
+async def test_start_up_raises_the_open_file_limit_to_the_hard_one(spawn: Spawn, upstreams: Upstreams) -> None:
+    """A shell's soft limit of 1024 fds would cap the proxy at ~1000 clients; it raises its own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 1024:
+        pytest.skip(f"the hard open-file limit here is {hard}: nothing to raise to")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the child inherits this
+    try:
+        proc = await spawn(settings_for(upstreams))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    found = await proc.expect(r"open-file limit (\d+) \(hard (\d+)\).*")
+    assert found.groups() == (str(hard), str(hard)), found[0]
+    await proc.started()
+    assert resource.prlimit(proc.proc.pid, resource.RLIMIT_NOFILE) == (hard, hard)
     await stop_cleanly(proc)
 
 
