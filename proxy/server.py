@@ -153,7 +153,9 @@ class ProxyServer:
     async def shutdown(self, timeout: float) -> int:
         """Stop accepting, let in-flight requests finish within `timeout`, then cut the rest.
 
-        Returns how many connections had to be cut off.
+        A WebSocket tunnel never finishes on its own: at the timeout both of its ends get a 1001
+        "going away" close frame (as at a switch's drain cut-off) before the connection closes;
+        every other connection still open is aborted. Returns how many connections were cut off.
         """
         self.close_listener()
         deadline = self.loop.time() + timeout
@@ -166,7 +168,10 @@ class ProxyServer:
             await asyncio.sleep(0.05)
         cut = len(self.connections)
         for conn in list(self.connections):
-            conn.abort()
+            if conn.tunnel is not None:
+                conn.tunnel.cut_off()  # writes the close frames, then closes both ends gracefully
+            else:
+                conn.abort()
         if cut:
             log.warning("shutdown: %d connections cut off after %.1fs", cut, timeout)
         return cut

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -113,8 +114,9 @@ class Gate:
         return ws
 
 
-@pytest.fixture
-async def gated() -> AsyncIterator[tuple[Slotswitch, Gate, Gate]]:
+@contextlib.asynccontextmanager
+async def gated_proxy(workers: int = 1) -> AsyncIterator[tuple[Slotswitch, Gate, Gate]]:
+    """A proxy in front of two Gate upstreams (blue active); `workers` > 1 serves from worker processes."""
     gates = [Gate("blue"), Gate("green")]
     runners = []
     urls = []
@@ -133,14 +135,23 @@ async def gated() -> AsyncIterator[tuple[Slotswitch, Gate, Gate]]:
             "admin": {"listen": "127.0.0.1:0", "insecure_loopback": True},
         }
     )
-    app = Slotswitch(settings, token="")
+    app = Slotswitch(settings, token="", workers=workers)
     await app.start()
-    yield app, gates[0], gates[1]
-    for gate in gates:
-        gate.release.set()
-    await app.stop(timeout=1.0)
-    for runner in runners:
-        await runner.cleanup()
+    try:
+        yield app, gates[0], gates[1]
+    finally:
+        for gate in gates:
+            gate.release.set()
+        if not app.stopped.is_set():
+            await app.stop(timeout=1.0)
+        for runner in runners:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def gated() -> AsyncIterator[tuple[Slotswitch, Gate, Gate]]:
+    async with gated_proxy() as started:
+        yield started
 
 
 async def test_slow_request_started_before_switch_completes_on_old_slot(
@@ -187,6 +198,29 @@ async def test_drain_timeout_closes_websocket_with_1001(gated: tuple[Slotswitch,
     assert drain["state"] == "cut_off"
     assert drain["cut"] >= 1
     assert await asyncio.wait_for(blue.ws_closed, 5) == 1001  # the upstream heard "going away" too
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_stop_cuts_websocket_tunnels_with_1001_at_the_drain_timeout(workers: int) -> None:
+    """SIGTERM (Slotswitch.stop) waits for in-flight work up to the drain timeout; a tunnel never
+    finishes on its own, so at the timeout both ends get "going away", as at a switch's cut-off."""
+    async with (
+        gated_proxy(workers) as (app, blue, _),
+        aiohttp.ClientSession() as s,
+        s.ws_connect(f"http://127.0.0.1:{app.proxy_port}/ws") as ws,
+    ):
+        await ws.send_str("ping")
+        assert (await ws.receive_str()) == "ping"
+        started = time.monotonic()
+        stopping = asyncio.create_task(app.stop(timeout=0.2))
+        try:
+            msg = await ws.receive(timeout=5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            assert ws.close_code == 1001
+            assert time.monotonic() - started >= 0.2
+            assert await asyncio.wait_for(blue.ws_closed, 5) == 1001  # the upstream heard "going away" too
+        finally:
+            await stopping
 
 
 async def test_switch_back_during_drain_keeps_old_requests(gated: tuple[Slotswitch, Gate, Gate]) -> None:
