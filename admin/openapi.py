@@ -7,7 +7,9 @@ Rules that keep it true:
 - Every route registered in the app is documented (a test checks it). `document_for(app)` serves
   only the operations the app has, so an operation documented ahead of its handler (POST
   /v1/alerts) appears once the route is registered.
-- Every status an operation can answer is listed; errors share one schema.
+- Every status an operation can answer is listed; errors share one schema. Every change (and the
+  history, which fleet mode reads from Redis) may answer 503 state_store_unavailable: in fleet
+  mode every change goes through the shared store (Services.mutate), on any route.
 """
 
 from __future__ import annotations
@@ -196,6 +198,8 @@ _ERRORS = {
     409: "Refused in this state (a failing health gate, no ramp in progress, a slot taking traffic...).",
     412: "If-Match names a generation that is no longer the current one; nothing changed.",
     413: "The request body is too large.",
+    503: "Fleet mode (state.backend: redis): the shared state store cannot be reached (code "
+    "state_store_unavailable); a change was not applied on any replica. Retry later.",
 }
 
 
@@ -237,7 +241,7 @@ def _change(op_id: str, summary: str, body: str, *, required: bool, errors: tupl
         "requestBody": {"required": required, "content": {"application/json": {"schema": _ref(body)}}},
         "responses": {
             "200": _json("Done (or nothing to do: changed is false).", _ref("Change")),
-            **{str(s): _error(s) for s in (400, 401, 403, *errors, 413)},
+            **{str(s): _error(s) for s in (400, 401, 403, *errors, 413, 503)},
         },
         **extra,
     }
@@ -271,7 +275,7 @@ PATHS: Json = {
             "history",
             "Audit log entries, newest first: applied and refused changes.",
             _json("History", _ref("History")),
-            (400, 401),
+            (400, 401, 503),  # 503: fleet mode reads the shared audit stream
             parameters=[
                 {
                     "name": "limit",
@@ -331,7 +335,7 @@ PATHS: Json = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AlertmanagerWebhook")}}},
             "responses": {
                 "200": _json("What was done with the alerts.", ANY_OBJECT),
-                **{str(s): _error(s) for s in (400, 401, 403, 413)},
+                **{str(s): _error(s) for s in (400, 401, 403, 413, 503)},
             },
         }
     },

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from admin.openapi import DOCUMENT
 from proxy.fleet import document
 from proxy.fleet_store import RedisState
 from proxy.runtime import Slotswitch, StartupError
@@ -341,6 +342,16 @@ async def test_redis_outage_fail_static_refuse_changes_then_converge(
             assert store["up"] is False and store["last_error"], store
             assert await metric(app, "slotswitch_state_store_up") == 0.0
             assert app.store.current.generation == 2
+        blue = a.settings.slots["blue"].upstreams[0].url
+        async with admin(a) as s:  # every change, and the shared history, answer the documented 503
+            for method, path, doc_path, body in (
+                ("POST", "/v1/rollback", "/v1/rollback", {}),
+                ("PUT", "/v1/slots/blue", "/v1/slots/{slot}", {"upstreams": [blue]}),
+                ("GET", "/v1/history", "/v1/history", None),
+            ):
+                code, answer, _ = await call(s, method, path, json=body)
+                assert (code, answer["error"]["code"]) == (503, "state_store_unavailable"), (path, answer)
+                assert "503" in DOCUMENT["paths"][doc_path][method.lower()]["responses"], path
 
         relay.partition()  # c stays cut off while Redis comes back empty
         await redis_server.start()
