@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 from typing import Any
 
@@ -157,6 +158,11 @@ def cli() -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args()
     configure_logging(args.log_level)
+    # Stopping is the master's decision: systemd (KillMode=control-group), `tini -g` and Ctrl-C signal
+    # the whole process group, and a worker that died on SIGTERM would drop its in-flight requests.
+    # The master sends "stop" (drain) on SIGTERM/SIGINT; if the master dies, the socket's EOF stops us.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     raise SystemExit(uvloop.run(main(args.fd)))
 
 

@@ -63,6 +63,7 @@ class ProxyProcess:
             stderr=asyncio.subprocess.PIPE,
             cwd=REPO,
             env=child_env,
+            start_new_session=True,  # its own process group, which a test may signal as a whole
         )
         return cls(proc)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -257,8 +258,18 @@ async def wait_in_flight(admin_port: int, slot: str, count: int) -> None:
     raise AssertionError(f"{slot} never had {count} requests in flight")
 
 
-async def test_sigterm_finishes_in_flight_request_then_exits_0(spawn: Spawn, upstreams: Upstreams) -> None:
-    proc = await spawn(settings_for(upstreams))
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGINT, True)],
+    ids=["sigterm-master", "sigterm-group", "sigint-group"],
+)
+async def test_stop_signal_finishes_in_flight_request_then_exits_0(
+    spawn: Spawn, upstreams: Upstreams, sig: signal.Signals, group: bool
+) -> None:
+    """To the master only (`kill PID`, docker without tini -g), or to the whole process group, workers
+    included: systemd's KillMode=control-group, `tini -g`, Ctrl-C in a terminal. Workers leave stopping
+    to the master, so the in-flight request still completes."""
+    proc = await spawn(settings_for(upstreams, workers=2))
     await proc.started()
     slow = await RawClient.connect(proc.proxy_port)
     await slow.send(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: proc.test\r\n\r\n")
@@ -266,7 +277,10 @@ async def test_sigterm_finishes_in_flight_request_then_exits_0(spawn: Spawn, ups
     try:
         await wait_in_flight(proc.admin_port, "blue", 1)
 
-        proc.signal(signal.SIGTERM)
+        if group:
+            os.killpg(proc.proc.pid, sig)
+        else:
+            proc.signal(sig)
         await proc.expect(r"stopping: draining in-flight requests \(up to 5\.0s\)")
         assert await connection_refused(proc.proxy_port)
         assert not answer.done()  # the slow request is still running while new connections are refused
