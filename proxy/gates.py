@@ -18,10 +18,12 @@ import asyncio
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 
+from proxy.paths import resolve
 from proxy.settings import Check
 
 if TYPE_CHECKING:
@@ -35,10 +37,13 @@ FRESH = 60.0  # seconds a smoke result stays valid for the gate
 
 
 class Gates:
-    def __init__(self, store: Store, server: ProxyServer, health: HealthChecker) -> None:
+    def __init__(
+        self, store: Store, server: ProxyServer, health: HealthChecker, *, config_path: Path | None = None
+    ) -> None:
         self.store = store
         self.server = server
         self.health = health
+        self.config_path = config_path  # relative migration files are relative to its directory
         self.proxy_port = 0  # set once the traffic port is bound
         self.smoke: dict[str, tuple[float, list[str]]] = {}  # slot -> (when, failures)
         self._migrations: dict[str, tuple[float, list[str]]] = {}  # path -> (mtime, reasons)
@@ -117,7 +122,7 @@ class Gates:
         config = self.store.current.settings.gates.migrations
         reasons: list[str] = []
         for path in config.files:
-            reasons += self._findings(path, config.dialect)
+            reasons += self._findings(str(resolve(path, self.config_path)), config.dialect)
         return reasons
 
     def _findings(self, path: str, dialect: str | None) -> list[str]:

@@ -1,7 +1,10 @@
-"""Where the files that sit beside the config live: the state file, the audit log, token files.
+"""Where the files the config names live: the state file, the audit log, admin token files, the
+preview secret file, registered migration files.
 
 A relative path in the config is relative to the config file's directory (so the same config
 works whatever the working directory is); without a config file, to the working directory.
+Every path read from the config goes through `resolve` (or `beside_config`), in the master and
+in the workers alike (they are given the master's config path).
 """
 
 from __future__ import annotations

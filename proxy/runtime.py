@@ -75,11 +75,11 @@ class Slotswitch:
         self.state_store = self._open_state(state_path)
         first = self._first_snapshot(reset_state)
         self.store = Store(first)
-        self.server = ProxyServer(self.store, loop)
+        self.server = ProxyServer(self.store, loop, config_path=self.config_path)
         self.controller = Controller(self.store, self.registry, self.server)
         self.health = HealthChecker(self.store, self.server)
         self.controller.gates.append(self.health.gate)
-        self.gates = Gates(self.store, self.server, self.health)
+        self.gates = Gates(self.store, self.server, self.health, config_path=self.config_path)
         self.controller.gates += [self.gates.smoke_gate, self.gates.migration_gate]
         self.analyzer = Analyzer(self.controller)
         # Fleet mode: the routing state is agreed through Redis; `first` is provisional until start().

@@ -14,10 +14,12 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy import wire
 from proxy.client import ClientConnection
+from proxy.paths import resolve
 from proxy.settings import Limits, Settings
 from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("slotswitch.server")
 
 
-def read_secret(env: str | None, path: str | None) -> str:
+def read_secret(env: str | None, path: Path | None) -> str:
     """A secret from an environment variable or a file (stripped); "" when neither has one."""
     if env and os.environ.get(env):
         return os.environ[env].strip()
@@ -42,9 +44,10 @@ def read_secret(env: str | None, path: str | None) -> str:
 
 
 class ProxyServer:
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, config_path: Path | None = None) -> None:
         self.store = store
         self.loop = loop
+        self.config_path = config_path  # relative file paths in the settings are relative to its directory
         self.connections: set[ClientConnection] = set()
         self.stopping = False
         self.error_counts: dict[str, int] = {}
@@ -80,7 +83,9 @@ class ProxyServer:
         self.sticky_name = settings.sticky.name.encode("latin-1")
         if settings.sticky.by == "header":
             kinds[self.sticky_name.lower()] = wire.H_STICKY
-        secret = read_secret(settings.preview.secret_env, settings.preview.secret_file)
+        secret_file = settings.preview.secret_file
+        secret_path = resolve(secret_file, self.config_path) if secret_file else None
+        secret = read_secret(settings.preview.secret_env, secret_path)
         self.preview_secret = secret.encode() if secret else b""
         # The preview header is never forwarded, whether a secret is configured or not.
         kinds[settings.preview.header.lower().encode("latin-1")] = wire.H_PREVIEW

@@ -7,9 +7,9 @@ one JSON object per line), and it answers every state message with an ack carryi
 generation it now routes by. Every REPORT_INTERVAL it sends what it counted (requests, latency,
 errors, in-flight, drains) for the master to add up for /metrics and the judge.
 
-Messages from the master: init {settings, state, health}, state {state}, settings {settings,
-state}, health {health}, stop {timeout}. To the master: ready {pid, port}, ack {generation},
-report {slots}, bye {cut}.
+Messages from the master: init {settings, state, health, port, internal_secret, config_path},
+state {state}, settings {settings, state}, health {health}, stop {timeout}. To the master: ready
+{pid, port}, ack {generation}, report {slots}, bye {cut}.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 from proxy.drain import Drainer
@@ -58,7 +59,8 @@ class Worker:
         self.settings = settings
         self.store = Store(self._snapshot(message["state"], settings))
         self.store.subscribe(self.drainer.on_publish)
-        self.server = ProxyServer(self.store, self.loop)
+        config_path = message.get("config_path")  # relative paths in the settings resolve against its directory
+        self.server = ProxyServer(self.store, self.loop, config_path=Path(config_path) if config_path else None)
         # The master's secret: its smoke and warm-up requests may land on any worker.
         self.server.internal_secret = message["internal_secret"].encode()
         self.apply_health(message.get("health", {}))

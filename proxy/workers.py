@@ -101,6 +101,8 @@ class WorkerSet:
                 "health": self._health,
                 "port": self.port,
                 "internal_secret": self.app.server.internal_secret.decode(),
+                # Relative paths in the settings (preview.secret_file) resolve against its directory.
+                "config_path": str(config.absolute()) if (config := self.app.config_path) is not None else None,
             },
         )
         return worker

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import StartProxy, Upstreams
 
@@ -60,5 +61,24 @@ async def test_migration_gate(start_proxy: StartProxy, tmp_path: Path) -> None:
     assert status == 409
     assert any("0042_drop_email.sql" in r and "drop-column" in r for r in body["error"]["reasons"])
     migration.write_text("ALTER TABLE users ADD COLUMN nickname text;\n")  # the expand step: safe
+    status, body = await switch(app.admin_port, slot="green")
+    assert status == 200, body
+
+
+async def test_a_relative_migration_file_is_read_beside_the_config_file(
+    start_proxy: StartProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migration = tmp_path / "0043_drop_phone.sql"
+    migration.write_text("ALTER TABLE users DROP COLUMN phone;\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the working directory is not the config's
+    app = await start_proxy(
+        options={"config_path": tmp_path / "slotswitch.yaml"},
+        gates={"migrations": {"files": [migration.name], "dialect": "postgres"}},
+    )
+    status, body = await switch(app.admin_port, slot="green")
+    assert status == 409
+    assert [r for r in body["error"]["reasons"] if "drop-column" in r] == body["error"]["reasons"], body
+    migration.write_text("ALTER TABLE users ADD COLUMN mobile text;\n")
     status, body = await switch(app.admin_port, slot="green")
     assert status == 200, body

@@ -6,6 +6,7 @@ upstreams' /echo shows which headers really arrived, so the tests can see what w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -82,3 +83,21 @@ async def test_without_a_secret_the_header_does_nothing_and_is_dropped(
     assert (slot, echo["app"]) == ("blue", "blue")
     slot, _, echo = await get(app, "/echo", **{HEADER: SECRET})
     assert (slot, echo["app"], forwarded(echo, HEADER)) == ("blue", "blue", [])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_relative_secret_file_is_read_beside_the_config_file(
+    start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int
+) -> None:
+    """As every path in the config: relative to the config file's directory, not to the working
+    directory, in the worker processes too (each reads the file itself)."""
+    monkeypatch.delenv("SLOTSWITCH_PREVIEW_SECRET", raising=False)
+    (tmp_path / "preview.secret").write_text(SECRET + "\n", encoding="utf-8")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the working directory is not the config's
+    app = await start_proxy(
+        options={"config_path": tmp_path / "slotswitch.yaml", "workers": workers},
+        preview={"secret_file": "preview.secret"},
+    )
+    for _ in range(10):  # a new connection each: with workers, the kernel may pick either
+        assert (await get(app, **{HEADER: SECRET}))[:2] == ("green", "v2")
