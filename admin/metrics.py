@@ -4,6 +4,14 @@ Nothing here runs per request: the data path adds to plain ints (proxy.stats.Slo
 SlotRuntime.errors) and this collector turns them into metric families when /metrics is read.
 Labels are bounded: slot names (two), status codes, error reasons, triggers, upstream URLs from
 the config. Never a path, a client or a request id.
+
+Where /metrics is served, always from the one registry of the process that holds the control side
+(with worker processes, the master, whose counters add up every worker's reports):
+- on the admin listener, behind its bearer tokens like every admin path but /v1/health and
+  /openapi.json (a viewer token is enough: GET is a read);
+- on `admin.metrics_listen`, if set: a listener of its own (`make_metrics_app`) serving only
+  GET /metrics, with no token, as Prometheus scrape ports usually are. Any other path is a 404 and
+  any other method a 405, with the admin API's JSON error body.
 """
 
 from __future__ import annotations
@@ -11,10 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from admin.api import Handler, as_api_error
 from proxy.control import Controller
 
 TRIGGERS = ("api", "rollback", "judge", "alert", "reload", "ramp")
@@ -141,3 +151,35 @@ def make_registry(controller: Controller, store_up: Callable[[], bool] | None = 
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+
+def exposition(registry: CollectorRegistry) -> web.Response:
+    """The /metrics answer, the same on both listeners."""
+    return web.Response(body=render(registry), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _get_metrics(request: web.Request) -> web.Response:
+    return exposition(request.app[REGISTRY])
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Exception as exc:  # CancelledError is a BaseException: it passes through
+        error = as_api_error(exc)
+        if error is None:
+            raise
+        return error.response()
+
+
+def make_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """The `admin.metrics_listen` listener: GET (and HEAD) /metrics only, no authentication."""
+    app = web.Application(middlewares=[_json_errors])
+    app[REGISTRY] = registry
+    app.router.add_get("/metrics", _get_metrics, name="metrics")
+    return app

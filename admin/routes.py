@@ -29,7 +29,7 @@ from admin.api import (
     text,
 )
 from admin.audit import KEEP
-from admin.metrics import render
+from admin.metrics import exposition
 from admin.openapi import body_fields, document_for
 from admin.views import change_json, status_json
 from proxy.control import Controller, Result
@@ -61,8 +61,7 @@ async def get_health(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    body = render(request.app[SERVICES].metrics)
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return exposition(request.app[SERVICES].metrics)  # admin/metrics.py: where /metrics is served
 
 
 async def get_openapi(request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from admin.api import Services, make_admin_app
 from admin.audit import AuditLog, reset_entry
 from admin.audit import event as audit_event
 from admin.auth import TOKEN_ENV, AuthConfigError, Authenticator, Credential, check_exposure, load_credentials
-from admin.metrics import make_registry
+from admin.metrics import make_metrics_app, make_registry
 from proxy.analysis import Analyzer
 from proxy.control import Controller
 from proxy.fleet import Fleet, FleetStartError
@@ -106,8 +106,10 @@ class Slotswitch:
             lambda action, details: self.audit.append(audit_event(self.store.current, time.time(), action, details))
         )
         self._admin_runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
+        self.metrics_port = 0  # admin.metrics_listen's bound port; 0 when it is not set
         self.stopped = asyncio.Event()
 
     def _open_state(self, state_path: str | Path | None) -> StateStore | None:
@@ -163,17 +165,18 @@ class Slotswitch:
         self.gates.proxy_port = self.proxy_port
         self.analyzer.start()
         self.promql.start()
-        runner = web.AppRunner(
-            make_admin_app(self.services, self.auth, self.audit), access_log=None, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        ahost, aport = parse_listen(self.settings.admin.listen)
-        site = web.TCPSite(runner, ahost, aport, reuse_address=True)
-        await site.start()
-        self._admin_runner = runner
-        server = site._server
-        assert server is not None
-        self.admin_port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        admin = self.settings.admin
+        try:
+            admin_app = make_admin_app(self.services, self.auth, self.audit)
+            self._admin_runner, self.admin_port = await self._serve(admin_app, "admin.listen", admin.listen)
+            if admin.metrics_listen:  # the same registry as the admin's /metrics, without a token
+                metrics_app = make_metrics_app(self.services.metrics)
+                self._metrics_runner, self.metrics_port = await self._serve(
+                    metrics_app, "admin.metrics_listen", admin.metrics_listen
+                )
+        except StartupError:
+            await self.stop(0.0)  # nothing started stays behind (workers, checks, the other listener)
+            raise
         if self.workers is not None:
             log.info("serving traffic with %d worker processes", self.workers.count)
         log.info(
@@ -181,9 +184,29 @@ class Slotswitch:
             host,
             self.proxy_port,
             self.store.current.active,
-            ahost,
+            parse_listen(admin.listen)[0],
             self.admin_port,
         )
+        if self._metrics_runner is not None:  # a line of its own: the line above keeps its format
+            log.info(
+                "metrics on %s:%d (GET /metrics, no token)", parse_listen(admin.metrics_listen)[0], self.metrics_port
+            )
+
+    async def _serve(self, app: web.Application, setting: str, listen: str) -> tuple[web.AppRunner, int]:
+        """Serve `app` on `listen` (the value of config key `setting`); returns its runner and bound port.
+        A port that cannot be bound is a StartupError naming the key."""
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        host, port = parse_listen(listen)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {setting} {listen}: {exc.strerror or exc}") from None
+        server = site._server
+        assert server is not None
+        return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     def reload(self) -> bool:
         """Re-read the config file. An invalid file is refused and the running config is kept."""
@@ -200,7 +223,9 @@ class Slotswitch:
         except AuthConfigError as exc:
             log.error("config reload refused, keeping the running config:\n%s", exc)
             return False
-        if settings.listen != self.settings.listen or settings.admin.listen != self.settings.admin.listen:
+        old = self.settings
+        moved = settings.listen != old.listen or settings.admin.listen != old.admin.listen
+        if moved or settings.admin.metrics_listen != old.admin.metrics_listen:
             log.warning("listen addresses changed in the config: they take effect only after a restart")
         if settings.state != self.settings.state or settings.admin.audit_log != self.settings.admin.audit_log:
             log.warning("state and audit_log settings changed in the config: they take effect only after a restart")
@@ -232,8 +257,9 @@ class Slotswitch:
         for pool in list(self.registry.pools.values()):
             pool.retire()
             pool.cut_off()
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
+        for runner in (self._admin_runner, self._metrics_runner):  # up until now: scrapes see the drain
+            if runner is not None:
+                await runner.cleanup()
         self.stopped.set()
         return cut
 

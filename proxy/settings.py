@@ -104,6 +104,10 @@ def _check_listen(value: str) -> str:
     return value
 
 
+def _check_optional_listen(value: str) -> str:
+    return _check_listen(value) if value else value
+
+
 class Upstream(_Model):
     """One upstream URL of a slot: http://host:port with no path."""
 
@@ -187,9 +191,11 @@ class AdminConfig(_Model):
     insecure_loopback: bool = False  # with no token, serve on loopback only if this is true
     tokens: tuple[TokenConfig, ...] = ()
     audit_log: str = ""  # "" = next to the config file as <config>.audit.jsonl (none in-process)
-    metrics_listen: str = ""  # optional separate listener for /metrics
+    # "" = none; else host:port of a second listener serving only GET /metrics, with no token
+    metrics_listen: str = ""
 
     _v_listen = field_validator("listen")(_check_listen)
+    _v_metrics_listen = field_validator("metrics_listen")(_check_optional_listen)
 
 
 class StateConfig(_Model):

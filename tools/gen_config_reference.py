@@ -739,7 +739,11 @@ def metrics_page() -> str:
     out = [
         banner("admin/metrics.py"),
         "# Metrics\n",
-        "Prometheus text format on `GET /metrics` of the admin listener (a viewer token is enough). "
+        "Prometheus text format on `GET /metrics` of the admin listener, which needs a token like every admin "
+        "path but `/v1/health` and `/openapi.json` (a viewer token is enough); and, when `admin.metrics_listen` "
+        "is set (host:port), on a listener of its own that serves only `GET /metrics`, with no token, as Prometheus "
+        "scrape ports usually are: bind it where only Prometheus can reach it. Its other paths answer 404 with the "
+        "admin API's JSON error. Both render the same registry. "
         "Values are read from the proxy's counters at scrape time; with worker processes they are the sum over "
         "all workers. Labels are bounded: slot names, status codes, error reasons, triggers, upstream URLs "
         "from the config; never a path, a client or a request id. Counters with a known set of label values "
