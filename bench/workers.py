@@ -25,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -95,32 +97,67 @@ async def _switch_many(admin: int, n: int) -> list[float]:
     return times
 
 
-def _hotpath(requests: int, cpu: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _hotpath(requests: int, cpu: int, barrier: Any, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """The data path's per-request work, timed only after imports and a warm-up, all processes together."""
     os.sched_setaffinity(0, {cpu})
     sys.path.insert(0, str(ROOT / "bench"))
     import hotpath
 
+    hotpath.run(max(requests // 10, 1000), profile=False)
+    barrier.wait()
     started = time.perf_counter()
-    us = hotpath.run(requests, profile=False)
-    out.put((requests, time.perf_counter() - started, us))
+    hotpath.run(requests, profile=False)
+    out.put((requests, started, time.perf_counter()))
 
 
-def scaling(requests: int) -> dict[str, float]:
+def _control(requests: int, cpu: int, barrier: Any, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """A control: plain CPU-bound Python (dict, bytes and int work, no I/O), to show what 2 cores give."""
+    os.sched_setaffinity(0, {cpu})
+    table = {i: bytes(8) for i in range(64)}
+    barrier.wait()
+    started = time.perf_counter()
+    acc = 0
+    for i in range(requests * 20):
+        acc += len(table[i & 63]) + (i ^ acc) % 7
+    out.put((requests, started, time.perf_counter()))
+
+
+def _scale(target: Callable[..., None], requests: int) -> tuple[float, float]:
+    """Aggregate rate (units/s) of 1 process, then of 2 processes pinned to different cpus."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
-    results = {}
+    rates = []
     for count in (1, 2):
         queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-        procs = [mp.Process(target=_hotpath, args=(requests, cpus[i], queue)) for i in range(count)]
-        started = time.perf_counter()
+        barrier = mp.Barrier(count)
+        procs = [mp.Process(target=target, args=(requests, cpus[i], barrier, queue)) for i in range(count)]
         for p in procs:
             p.start()
         done = [queue.get() for _ in procs]
         for p in procs:
             p.join()
-        elapsed = time.perf_counter() - started
-        results[f"rate_{count}_workers"] = sum(n for n, _, _ in done) / elapsed
-        results[f"us_per_request_{count}_workers"] = statistics.mean(us for _, _, us in done)
-    results["scaling_1_to_2"] = results["rate_2_workers"] / results["rate_1_workers"]
+        span = max(end for _, _, end in done) - min(start for _, start, _ in done)
+        rates.append(sum(n for n, _, _ in done) / span)
+    return rates[0], rates[1]
+
+
+def scaling(requests: int, rounds: int = 3) -> dict[str, float]:
+    """Medians over interleaved rounds of the data path and the control; `relative` is their ratio."""
+    data, control = [], []
+    one: list[float] = []
+    for _ in range(rounds):
+        r1, r2 = _scale(_hotpath, requests)
+        one.append(r1)
+        data.append(r2 / r1)
+        c1, c2 = _scale(_control, requests)
+        control.append(c2 / c1)
+    results = {
+        "rate_1_worker": statistics.median(one),
+        "us_per_request_1_worker": 1e6 / statistics.median(one),
+        "scaling_1_to_2": statistics.median(data),
+        "control_scaling_1_to_2": statistics.median(control),
+    }
+    results["relative_to_control"] = results["scaling_1_to_2"] / results["control_scaling_1_to_2"]
+    print("rounds, data path:", " ".join(f"x{r:.2f}" for r in data), "| control:", " ".join(f"x{r:.2f}" for r in control))
     return results
 
 
@@ -128,17 +165,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--switches", type=int, default=200)
     parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved scaling rounds (medians)")
+    parser.add_argument("--skip-propagation", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench/results/workers.json"))
     args = parser.parse_args()
-    prop = asyncio.run(propagation(args.switches))
+    prop: dict[str, float] = {}
+    if not args.skip_propagation:
+        prop = asyncio.run(propagation(args.switches))
+        print(
+            f"switch propagation to 2 workers over {prop['switches']} switches: "
+            f"p50 {prop['p50_ms']:.2f} ms, p99 {prop['p99_ms']:.2f} ms, max {prop['max_ms']:.2f} ms"
+        )
+    scale = scaling(args.requests, args.rounds)
     print(
-        f"switch propagation to 2 workers over {prop['switches']} switches: "
-        f"p50 {prop['p50_ms']:.2f} ms, p99 {prop['p99_ms']:.2f} ms, max {prop['max_ms']:.2f} ms"
-    )
-    scale = scaling(args.requests)
-    print(
-        f"data path, 1 process: {scale['rate_1_workers']:.0f} req/s ({scale['us_per_request_1_workers']:.1f} µs/req); "
-        f"2 processes: {scale['rate_2_workers']:.0f} req/s; scaling x{scale['scaling_1_to_2']:.2f}"
+        f"data path, 1 process: {scale['rate_1_worker']:.0f} req/s ({scale['us_per_request_1_worker']:.1f} µs/req); "
+        f"1 -> 2 processes: x{scale['scaling_1_to_2']:.2f}; plain-Python control: "
+        f"x{scale['control_scaling_1_to_2']:.2f}; data path relative to the control: "
+        f"{scale['relative_to_control']:.2f} (medians of {args.rounds} rounds)"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"propagation": prop, "scaling": scale}, indent=2))
