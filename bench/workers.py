@@ -157,7 +157,8 @@ def scaling(requests: int, rounds: int = 3) -> dict[str, float]:
         "control_scaling_1_to_2": statistics.median(control),
     }
     results["relative_to_control"] = results["scaling_1_to_2"] / results["control_scaling_1_to_2"]
-    print("rounds, data path:", " ".join(f"x{r:.2f}" for r in data), "| control:", " ".join(f"x{r:.2f}" for r in control))
+    rounds = " ".join(f"x{r:.2f}" for r in data), " ".join(f"x{r:.2f}" for r in control)
+    print("rounds, data path:", rounds[0], "| control:", rounds[1])
     return results
 
 

@@ -278,6 +278,17 @@ def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
 
 
 async def serve(settings: Settings, config_path: str | Path | None, *, reset_state: bool = False) -> int:
+    # Signal handlers come first: a SIGHUP or SIGTERM during start-up (a supervisor reloading
+    # early) must not kill the process with the default action. A reload asked for while
+    # starting runs once start-up is done; a stop asked for while starting stops right after it.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload_asked = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    soft, hard = raise_nofile()
+    log.info("open-file limit %d (hard %d): at most about %d concurrent connections", soft, hard, soft - 64)
     workers = settings.workers or os.cpu_count() or 1
     try:
         app = Slotswitch(settings, config_path=config_path, workers=workers, reset_state=reset_state)
@@ -285,11 +296,9 @@ async def serve(settings: Settings, config_path: str | Path | None, *, reset_sta
     except (StartupError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, app.reload)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if reload_asked.is_set():
+        app.reload()
     await stop.wait()
     await app.stop()
     return 0
@@ -324,6 +333,4 @@ def run(settings: Settings, config_path: str | Path | None, *, reset_state: bool
     import uvloop
 
     configure_logging(settings.log_level)
-    soft, hard = raise_nofile()
-    log.info("open-file limit %d (hard %d): at most about %d concurrent connections", soft, hard, soft - 64)
     return uvloop.run(serve(settings, config_path, reset_state=reset_state))

@@ -231,6 +231,22 @@ async def test_sighup_invalid_file_is_refused_and_old_config_keeps_serving(
     await stop_cleanly(proc)
 
 
+async def test_sighup_during_start_up_reloads_once_started(
+    spawn: Spawn, upstreams: Upstreams, config_path: Path
+) -> None:
+    """The handlers are in place before start-up work begins (the open-file line is logged after them):
+    a supervisor's early SIGHUP is held until start-up is done, then reloads, instead of killing us."""
+    proc = await spawn(settings_for(upstreams))
+    await proc.expect(r"open-file limit \d+")
+    write_config(config_path, settings_for(upstreams, slot_header="X-Served-By"))
+    proc.signal(signal.SIGHUP)
+    await proc.started()
+    await proc.expect(r"config reloaded from .* \(generation 2\)")
+    resp = await request(proc.proxy_port, GET_ROOT)
+    assert (resp.status, resp.header("X-Served-By")) == (200, "blue"), resp
+    await stop_cleanly(proc)
+
+
 # -- SIGTERM ------------------------------------------------------------------------------------
 
 
