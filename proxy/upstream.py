@@ -50,6 +50,7 @@ class UpstreamPool:
         "conns",
         "down_until",
         "failures",
+        "head_limit",
         "healthy",
         "host",
         "host_line",
@@ -95,11 +96,13 @@ class UpstreamPool:
         self.max_idle = 64
         self.max_connections = 1024
         self.connect_timeout = 5.0
+        self.head_limit = 32768
 
     def configure(self, settings: Settings) -> None:
         self.max_idle = settings.pool.max_idle
         self.max_connections = settings.pool.max_connections
         self.connect_timeout = settings.timeouts.connect
+        self.head_limit = settings.limits.headers
         health = settings.health
         self.passive_connect = health.passive_connect_failures
         self.passive_5xx = health.passive_5xx
@@ -203,6 +206,8 @@ class UpstreamConnection(asyncio.Protocol):
         "conn_close",
         "exchange",
         "has_length",
+        "head_bytes",
+        "head_limit",
         "headers",
         "held",
         "interim",
@@ -225,11 +230,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.tunnel = False
         self.lost_reason = "upstream_reset"
+        self.head_limit = pool.head_limit
         self._reset()
 
     def _reset(self) -> None:
         self.held = b""
         self.headers: list[bytes] = []
+        self.head_bytes = 0
         self.code = 0
         self.interim = False
         self.has_length = False
@@ -348,6 +355,11 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The response head is bounded like a request's (limits.headers): an upstream cannot make
+        # the proxy buffer headers without end (nginx: "upstream sent too big header", 502).
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.head_limit:
+            raise BadResponse(f"response headers larger than {self.head_limit} bytes")
         kind = wire.RESPONSE_SPECIAL.get(name.lower())
         if kind is None:
             self.headers.append(name + b": " + value + wire.CRLF)

@@ -126,6 +126,16 @@ async def test_malformed_upstream_response_gives_502_and_drops_connection(start:
     assert not pool.idle
 
 
+async def test_oversized_upstream_response_head_gives_502(start: Start) -> None:
+    """limits.headers bounds the upstream's head too: 40 x 1 KiB headers > 32 KiB."""
+    big = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1024) for i in range(40))
+    app = await start(lambda head: b"HTTP/1.1 200 OK\r\n" + big + b"Content-Length: 2\r\n\r\nok")
+    resp = await request(app.proxy_port, GET)
+    assert resp.status == 502
+    assert resp.header("X-Filler-0") is None
+    assert app.store.current.routes["blue"].runtime.errors["bad_response"] == 1
+
+
 async def test_upstream_hangs_up_without_answer_gives_502(start: Start) -> None:
     app = await start(lambda head: None)
     resp = await request(app.proxy_port, GET)
