@@ -23,7 +23,18 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.exchange import Exchange
-from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_NONE, DL_SEND, DL_UPSTREAM, RB_PIPELINE, RB_TUNNEL, Reject
+from proxy.wire import (
+    CRLF,
+    DL_BODY,
+    DL_HEADER,
+    DL_IDLE,
+    DL_NONE,
+    DL_SEND,
+    DL_UPSTREAM,
+    RB_PIPELINE,
+    RB_TUNNEL,
+    Reject,
+)
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -173,12 +184,15 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value) + 4
-        limits = self.server.limits
-        if self.header_bytes > limits.headers:
+        if self.header_bytes > self.server.limits.headers:
             raise Reject("headers_too_large")
         ex = self.parsing
         assert ex is not None
-        ex.add_header(name, value)
+        kind = ex.kinds.get(name.lower())
+        if kind is None:  # most headers: copied as they came, without a call into the exchange
+            ex.headers.append(name + b": " + value + CRLF)
+        else:
+            ex.add_header(kind, name, value)
 
     def on_headers_complete(self) -> None:
         ex = self.parsing

@@ -112,11 +112,10 @@ class Exchange:
 
     # -- request head -----------------------------------------------------------------------
 
-    def add_header(self, name: bytes, value: bytes) -> None:
-        kind = self.kinds.get(name.lower())
-        if kind is None:
-            self.headers.append(name + b": " + value + wire.CRLF)
-        elif kind == wire.H_HOST:
+    def add_header(self, kind: int, name: bytes, value: bytes) -> None:
+        """A header whose name needs a decision (`kind`, from `self.kinds`); ClientConnection.on_header
+        copies the others itself."""
+        if kind == wire.H_HOST:
             self.host = value
             self.host_count += 1
             self.headers.append(name + b": " + value + wire.CRLF)
