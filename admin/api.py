@@ -29,7 +29,7 @@ from proxy.control import Conflict, Controller, Invalid, Refused, UnknownSlot
 from proxy.fleet import Fleet, StoreUnavailable
 from proxy.gates import Gates
 from proxy.health import HealthChecker
-from proxy.settings import parse_duration
+from proxy.settings_types import parse_duration
 
 log = logging.getLogger("slotswitch.admin")
 

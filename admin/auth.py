@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Literal
 
 from proxy.paths import resolve
-from proxy.settings import AdminConfig, TokenConfig, is_loopback, parse_listen
+from proxy.settings import AdminConfig, TokenConfig
+from proxy.settings_types import is_loopback, parse_listen
 
 Role = Literal["viewer", "operator"]
 

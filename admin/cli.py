@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import click
 
 from admin import cli_render as render
-from proxy.settings import parse_duration
+from proxy.settings_types import parse_duration
 
 Json = dict[str, Any]
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 
 from proxy.demo_apps import PATTERN, run_demo_apps  # noqa: E402
-from proxy.settings import parse_size  # noqa: E402
+from proxy.settings_types import parse_size  # noqa: E402
 
 MIB = 1024 * 1024
 UPLOAD_CHUNK = 256 * 1024

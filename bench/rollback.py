@@ -46,7 +46,8 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.runtime import Slotswitch
-from proxy.settings import Analysis, parse_settings
+from proxy.settings import parse_settings
+from proxy.settings_rollout import Analysis
 from proxy.state import Snapshot
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 
 from proxy.drain import Drainer
 from proxy.server import ProxyServer
-from proxy.settings import Settings, Upstream
+from proxy.settings import Settings
+from proxy.settings_types import Upstream
 from proxy.state import Conflict, Ramp, Registry, Snapshot, Store, build_snapshot
 
 log = logging.getLogger("slotswitch.control")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from proxy.paths import resolve
-from proxy.settings import Check
+from proxy.settings_rollout import Check
 
 if TYPE_CHECKING:
     from proxy.health import HealthChecker

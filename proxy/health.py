@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from proxy.server import ProxyServer
-from proxy.settings import Check, Health
+from proxy.settings_rollout import Check, Health
 from proxy.state import Snapshot, Store
 from proxy.upstream import UpstreamPool
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proxy.settings import Analysis
+from proxy.settings_rollout import Analysis
 from proxy.stats import Window
 
 MIN_EFFECT = 0.01  # an error-rate difference under one percentage point never fails the comparison

@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from proxy.settings import PromQLCheck
+from proxy.settings_rollout import PromQLCheck
 from proxy.state import Snapshot, Store
 
 log = logging.getLogger("slotswitch.promql")

@@ -4,6 +4,10 @@
 `ConfigError`, which carries *every* problem at once, each prefixed with its YAML path
 (`slots.green.upstreams[0]: not a URL`). Fatal exits happen only at start-up; a reload
 that raises keeps the running configuration.
+
+The schema is in three modules: the value types (durations, sizes, addresses, upstream URLs) in
+proxy/settings_types.py; the sections that judge a slot (health, gates, analysis, promql, alerts) in
+proxy/settings_rollout.py; the other sections, the top level `Settings` and the loader here.
 """
 
 from __future__ import annotations
@@ -13,13 +17,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
@@ -28,11 +29,17 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|mib|gib|kb|mb|gb)?\s*$", re.IGNORECASE)
-_UNIT_BYTES = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
-SLOT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+from proxy.settings_rollout import Alerts, Analysis, Gates, Health, PromQL
+from proxy.settings_types import (
+    SLOT_NAME,
+    ConfigModel,
+    Duration,
+    Size,
+    Upstream,
+    check_listen,
+    check_optional_listen,
+    parse_listen,
+)
 
 
 class ConfigError(ValueError):
@@ -41,92 +48,6 @@ class ConfigError(ValueError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-def parse_duration(value: object) -> float:
-    """`250ms`, `30s`, `2m`, `1h` or a bare number of seconds -> seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 250ms, 30s or 2m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    else:
-        raise ValueError(f"expected a duration like 250ms, 30s or 2m, got {value!r}")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def parse_size(value: object) -> int:
-    """`8192`, `8KiB`, `1MiB` -> bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size like 8192, 8KiB or 1MiB")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (m := _SIZE.match(value)):
-        size = int(m.group(1)) * _UNIT_BYTES[(m.group(2) or "b").lower()]
-    else:
-        raise ValueError(f"expected a size like 8192, 8KiB or 1MiB, got {value!r}")
-    if size < 0:
-        raise ValueError("a size cannot be negative")
-    return size
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected host:port, got {value!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_listen(value: str) -> str:
-    parse_listen(value)
-    return value
-
-
-def _check_optional_listen(value: str) -> str:
-    return _check_listen(value) if value else value
-
-
-class Upstream(_Model):
-    """One upstream URL of a slot: http://host:port with no path."""
-
-    url: str
-    host: str
-    port: int
-
-    @classmethod
-    def from_url(cls, url: str) -> Upstream:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"not a URL of the form http://host:port: {url!r}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"an upstream URL has no path or query: {url!r}")
-        try:
-            port = parts.port or 80
-        except ValueError as exc:
-            raise ValueError(f"bad port in {url!r}") from exc
-        return cls(url=f"http://{parts.netloc}", host=parts.hostname, port=port)
 
 
 def _upstream(value: object) -> object:
@@ -144,7 +65,7 @@ def _non_empty(value: object) -> object:
     return value
 
 
-class SlotConfig(_Model):
+class SlotConfig(ConfigModel):
     upstreams: Annotated[tuple[Annotated[Upstream, BeforeValidator(_upstream)], ...], BeforeValidator(_non_empty)]
 
     @field_serializer("upstreams")
@@ -152,13 +73,13 @@ class SlotConfig(_Model):
         return [u.url for u in upstreams]  # dumps as the config file writes it, so it parses back
 
 
-class Limits(_Model):
+class Limits(ConfigModel):
     request_line: Size = 8192
     headers: Size = 32768
     body: Size = 0  # 0 = no limit (the nginx default would be 1 MiB; a proxy in front of an app should not guess)
 
 
-class Timeouts(_Model):
+class Timeouts(ConfigModel):
     header_read: Duration = 60.0
     body_read: Duration = 60.0
     keepalive: Duration = 75.0
@@ -166,12 +87,12 @@ class Timeouts(_Model):
     upstream_read: Duration = 60.0
 
 
-class Pool(_Model):
+class Pool(ConfigModel):
     max_idle: int = Field(default=64, ge=0, le=100_000)
     max_connections: int = Field(default=1024, ge=1, le=1_000_000)
 
 
-class TokenConfig(_Model):
+class TokenConfig(ConfigModel):
     """An admin API token: its secret comes from an env var or a file, never from this file."""
 
     name: str = Field(min_length=1, max_length=64)
@@ -186,7 +107,7 @@ class TokenConfig(_Model):
         return self
 
 
-class AdminConfig(_Model):
+class AdminConfig(ConfigModel):
     listen: str = "127.0.0.1:9901"
     insecure_loopback: bool = False  # with no token, serve on loopback only if this is true
     tokens: tuple[TokenConfig, ...] = ()
@@ -194,11 +115,11 @@ class AdminConfig(_Model):
     # "" = none; else host:port of a second listener serving only GET /metrics, with no token
     metrics_listen: str = ""
 
-    _v_listen = field_validator("listen")(_check_listen)
-    _v_metrics_listen = field_validator("metrics_listen")(_check_optional_listen)
+    _v_listen = field_validator("listen")(check_listen)
+    _v_metrics_listen = field_validator("metrics_listen")(check_optional_listen)
 
 
-class StateConfig(_Model):
+class StateConfig(ConfigModel):
     """Where the routing state (active slot, upstreams, ramp, generation) is kept."""
 
     backend: Literal["file", "redis"] = "file"
@@ -209,7 +130,7 @@ class StateConfig(_Model):
     fallback_to_config: bool = False  # start from the config's state if the store is unreachable
 
 
-class Sticky(_Model):
+class Sticky(ConfigModel):
     """How a client keeps its slot during a ramp: a hash of this key. A request without the key
     is placed on its own."""
 
@@ -223,7 +144,7 @@ class Sticky(_Model):
         return self
 
 
-class Preview(_Model):
+class Preview(ConfigModel):
     """Requests carrying this header or cookie with the secret go to the idle slot."""
 
     header: str = "X-Slotswitch-Preview"
@@ -232,81 +153,7 @@ class Preview(_Model):
     secret_file: str | None = None
 
 
-class Analysis(_Model):
-    """The rollback judge's policy: absolute guardrails and a comparison with the other slot."""
-
-    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
-    max_p99: Duration = 2.0
-    min_requests: int = Field(default=50, ge=1)
-    window: Duration = 5.0
-    failure_limit: int = Field(default=2, ge=1)
-    compare_to_baseline: bool = True
-    watch_after_switch: Duration = 60.0
-    tick: Duration = 0.25
-    significance: float = Field(default=0.01, gt=0.0, lt=0.5)
-    latency_tolerance: float = Field(default=1.5, ge=1.0)  # candidate p99 may be this many times the baseline's
-    latency_min_delta: Duration = 0.05  # ... and must also be this much slower to count (cold pools add ms)
-
-
-class Check(_Model):
-    """One active health check of an upstream."""
-
-    path: str = "/health"
-    method: str = "GET"
-    expect_status: tuple[int, ...] = (200,)
-    body_contains: str | None = None
-    json_field: str | None = None  # dotted path into a JSON body, e.g. "status" or "db.ok"
-    json_equals: Any = None
-    latency_budget: Duration = 1.0
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("a check path starts with /")
-        return value
-
-    @field_validator("expect_status", mode="before")
-    @classmethod
-    def _statuses(cls, value: object) -> object:
-        return (value,) if isinstance(value, int) else value
-
-
-class Health(_Model):
-    """Active checks (HAProxy-like inter/rise/fall) and passive marking-down from live traffic."""
-
-    interval: Duration = 2.0
-    timeout: Duration = 1.0
-    rise: int = Field(default=2, ge=1)
-    fall: int = Field(default=2, ge=1)
-    checks: dict[str, tuple[Check, ...]] = {}  # per slot name; a slot without any gets a TCP connect check
-    passive_connect_failures: int = Field(default=1, ge=1)
-    passive_5xx: int = Field(default=5, ge=1)
-    passive_backoff: Duration = 10.0
-    failover: bool = False  # send traffic to the other slot when the whole active slot is down
-    gate: bool = True  # refuse a switch or ramp to a slot whose checks do not all pass (unless forced)
-
-
-class Migrations(_Model):
-    files: tuple[str, ...] = ()  # registered migration files: while any has findings, a switch is refused
-    dialect: str | None = None
-
-
-class Warmup(_Model):
-    requests: int = Field(default=0, ge=0, le=100_000)  # 0 = no warm-up
-    paths: tuple[str, ...] = ()  # also recently seen GET paths, when record_recent is on
-    record_recent: int = Field(default=0, ge=0, le=10_000)  # how many recent GET targets to keep
-
-
-class Gates(_Model):
-    """Checks before a switch or ramp step, besides health (see proxy/gates.py)."""
-
-    smoke: tuple[Check, ...] = ()
-    warmup: Warmup = Warmup()
-    migrations: Migrations = Migrations()
-
-
-class Metrics(_Model):
+class Metrics(ConfigModel):
     buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     @field_validator("buckets")
@@ -317,69 +164,7 @@ class Metrics(_Model):
         return value
 
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-
-
-class PromQLCheck(_Model):
-    """One PromQL query judged against [min, max]; `{{slot}}` and `{{window}}` are filled in."""
-
-    name: str = Field(min_length=1, max_length=64)
-    query: str = Field(min_length=1)
-    min: float | None = None
-    max: float | None = None
-
-    @field_validator("query")
-    @classmethod
-    def _placeholders(cls, value: str) -> str:
-        unknown = sorted({m for m in _PLACEHOLDER.findall(value) if m not in ("slot", "window")})
-        if unknown:
-            raise ValueError(f"unknown placeholder {', '.join(unknown)} (known: {{{{slot}}}}, {{{{window}}}})")
-        return value
-
-    @model_validator(mode="after")
-    def _bounds(self) -> PromQLCheck:
-        if self.min is None and self.max is None:
-            raise ValueError("set min, max or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("min is greater than max")
-        return self
-
-
-class PromQL(_Model):
-    """Optional checks against an external Prometheus, polled during ramps and watch windows."""
-
-    url: str = "http://127.0.0.1:9090"
-    interval: Duration = Field(default=5.0, gt=0)
-    timeout: Duration = Field(default=2.0, gt=0)
-    checks: tuple[PromQLCheck, ...] = ()
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http(s) URL like http://127.0.0.1:9090, got {value!r}")
-        return value.rstrip("/")
-
-    @field_validator("checks")
-    @classmethod
-    def _unique(cls, value: tuple[PromQLCheck, ...]) -> tuple[PromQLCheck, ...]:
-        names = [c.name for c in value]
-        if len(set(names)) != len(names):
-            raise ValueError("check names must be unique")
-        return value
-
-
-class Alerts(_Model):
-    """The Alertmanager webhook (POST /v1/alerts): which firing alerts roll back."""
-
-    rollback_label: str = Field(default="slotswitch_rollback", min_length=1)
-    rollback_value: str = "true"
-    dedupe_ttl: Duration = 24 * 3600.0  # how long an alert (fingerprint + startsAt) that acted is remembered
-    dedupe_size: int = Field(default=4096, ge=1, le=1_000_000)
-
-
-class Settings(_Model):
+class Settings(ConfigModel):
     listen: str = "127.0.0.1:8080"
     slots: dict[Annotated[str, StringConstraints(pattern=SLOT_NAME.pattern)], SlotConfig]
     active: str
@@ -403,7 +188,7 @@ class Settings(_Model):
     access_log: bool = False
     log_level: str = "info"
 
-    _v_listen = field_validator("listen")(_check_listen)
+    _v_listen = field_validator("listen")(check_listen)
 
     @field_validator("slots")
     @classmethod

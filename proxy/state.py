@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from proxy.settings import Settings, Upstream
+from proxy.settings import Settings
+from proxy.settings_types import Upstream
 from proxy.stats import SlotStats
 
 if TYPE_CHECKING:

@@ -13,15 +13,8 @@ from typing import Any
 
 import pytest
 
-from proxy.settings import (
-    SLOT_NAME,
-    ConfigError,
-    Settings,
-    load_settings,
-    parse_duration,
-    parse_settings,
-    parse_size,
-)
+from proxy.settings import ConfigError, Settings, load_settings, parse_settings
+from proxy.settings_types import SLOT_NAME, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 SLOT_RULE = f"slot names must match {SLOT_NAME.pattern}"

@@ -38,7 +38,8 @@ import pytest
 import yaml
 
 from proxy.promql import render as render_promql
-from proxy.settings import Settings, load_settings, parse_duration, parse_settings
+from proxy.settings import Settings, load_settings, parse_settings
+from proxy.settings_types import parse_duration
 from tests.procutil import ProxyProcess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent

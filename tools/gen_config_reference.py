@@ -7,7 +7,7 @@
 Pages and their sources:
 - docs/config-reference.md: the config schema, `proxy.settings.Settings` (pydantic `model_fields`,
   nested models, types, defaults, limits). A field's description is its `Field(description=...)`,
-  else its comment in proxy/settings.py (read with `ast` and `tokenize`) together with the comment of
+  else its comment in proxy/settings*.py (read with `ast` and `tokenize`) together with the comment of
   the same key in config/example.yaml (the example's alone when it already says every word of the
   schema's), else none: type and default only. Model docstrings describe sections.
 - docs/admin-api.md: the OpenAPI document of admin/openapi.py, limited to the routes that
@@ -45,6 +45,7 @@ from pydantic import BaseModel  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
 
 from proxy import settings as settings_module  # noqa: E402
+from proxy import settings_rollout, settings_types  # noqa: E402
 
 DOCS = ROOT / "docs"
 EXAMPLE = ROOT / "config" / "example.yaml"
@@ -201,9 +202,9 @@ def _strip_annotated(tp: Any) -> tuple[Any, list[Any]]:
 def _validator_kind(meta: list[Any]) -> str | None:
     for m in meta:
         func = getattr(m, "func", None)
-        if func is settings_module.parse_duration:
+        if func is settings_types.parse_duration:
             return "duration"
-        if func is settings_module.parse_size:
+        if func is settings_types.parse_size:
             return "size"
     return None
 
@@ -224,7 +225,7 @@ def type_name(tp: Any, meta: list[Any] | None = None) -> str:
     kind = _validator_kind(meta)
     if kind:
         return kind
-    if base is settings_module.Upstream:
+    if base is settings_types.Upstream:
         return "URL (http://host:port)"
     if (args := _union_args(base)) is not None:
         return " or ".join(type_name(a) for a in args)
@@ -236,7 +237,7 @@ def type_name(tp: Any, meta: list[Any] | None = None) -> str:
     if origin is dict:
         key, value = typing.get_args(base)
         _, key_meta = _strip_annotated(key)
-        slot_key = any(getattr(m, "pattern", None) == settings_module.SLOT_NAME.pattern for m in key_meta)
+        slot_key = any(getattr(m, "pattern", None) == settings_types.SLOT_NAME.pattern for m in key_meta)
         return f"map of {'slot name' if slot_key else type_name(key)} to {type_name(value)}"
     if _is_model(base):
         return f"`{base.__name__}`"
@@ -327,7 +328,9 @@ def _container(tp: Any) -> tuple[str, Any] | None:
 @functools.cache
 def _comments() -> tuple[dict[tuple[str, str], str], dict[str, str]]:
     example = example_comments(EXAMPLE.read_text(encoding="utf-8")) if EXAMPLE.exists() else {}
-    return source_comments(settings_module), example
+    # Class names are unique across the schema's modules, so one mapping holds them all.
+    schema = {k: v for m in (settings_module, settings_rollout) for k, v in source_comments(m).items()}
+    return schema, example
 
 
 def example_comment(path: str) -> str:
@@ -408,7 +411,7 @@ def config_reference() -> str:
     model = settings_module.Settings
     required = [name for name, f in model.model_fields.items() if f.is_required()]
     out = [
-        banner("proxy/settings.py and config/example.yaml"),
+        banner("proxy/settings*.py and config/example.yaml"),
         "# Configuration reference\n",
         "slotswitch reads one YAML file (`slotswitch run --config FILE`; check it offline with "
         "`slotswitch check-config FILE`). Every key below; only "
@@ -418,8 +421,8 @@ def config_reference() -> str:
         + ("Unknown keys are errors. " if model.model_config.get("extra") == "forbid" else "")
         + "`config/example.yaml` sets every key, with comments.\n",
         "Value formats:\n",
-        f"- duration: {_first_line(settings_module.parse_duration)}",
-        f"- size: {_first_line(settings_module.parse_size)} Units: b, KiB, MiB, GiB (1024-based), kb, mb, gb "
+        f"- duration: {_first_line(settings_types.parse_duration)}",
+        f"- size: {_first_line(settings_types.parse_size)} Units: b, KiB, MiB, GiB (1024-based), kb, mb, gb "
         "(1000-based), any case.",
         "- `<slot>` stands for a slot name; `[]` for the items of a list.\n",
     ]
