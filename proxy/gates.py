@@ -133,7 +133,8 @@ class Gates:
         cached = self._migrations.get(path)
         if cached is not None and cached[0] == mtime:
             return cached[1]
-        from admin.lint_migration import UnparseableSQL, findings_for_file
+        from admin.lint_migration import findings_for_file
+        from admin.migration_rules import UnparseableSQL
 
         try:
             found = findings_for_file(path, dialect)

@@ -14,15 +14,8 @@ from click.testing import CliRunner
 from sqlglot import exp
 
 import admin.lint_migration as lint_module
-from admin.lint_migration import (
-    RULES,
-    Finding,
-    UnparseableSQL,
-    compare_types,
-    findings_for_file,
-    lint,
-    lint_migration_command,
-)
+from admin.lint_migration import findings_for_file, lint, lint_migration_command
+from admin.migration_rules import RULES, Finding, UnparseableSQL, compare_types
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DIALECTS = ("postgres", "mysql", "sqlite")
