@@ -15,7 +15,7 @@ Pages and their sources:
 - docs/cli.md: the `slotswitch` click commands (proxy/cli.py, admin/cli.py), from their params.
 - docs/metrics.md: every metric family admin/metrics.py builds, with its labels, read with `ast`.
 
-tests/test_shipping.py fails when a committed page differs from a fresh generation.
+tests/test_docs.py fails when a committed page differs from a fresh generation.
 """
 
 from __future__ import annotations
