@@ -80,6 +80,10 @@ class Reject(Exception):
 
 
 _STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+# Never removed, whatever Connection nominates: Content-Length frames the body the proxy forwards as
+# it came (without it the body would reach the upstream as a request of its own: smuggling, or the
+# client would read a keep-alive response to the close), and an HTTP/1.1 request needs its Host.
+_NOT_NOMINABLE = _STANDARD_TOKENS | {b"content-length", b"host"}
 
 
 def nominated_names(value: bytes, names: frozenset[bytes] | None) -> frozenset[bytes] | None:
@@ -90,7 +94,7 @@ def nominated_names(value: bytes, names: frozenset[bytes] | None) -> frozenset[b
     lowered = value.lower().strip()
     if lowered in _STANDARD_TOKENS:
         return names
-    found = frozenset(t.strip() for t in lowered.split(b",")) - _STANDARD_TOKENS
+    found = frozenset(t.strip() for t in lowered.split(b",")) - _NOT_NOMINABLE
     if not found:
         return names
     return found if names is None else names | found

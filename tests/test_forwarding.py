@@ -175,3 +175,23 @@ async def test_concurrent_requests_open_bounded_pool(start_proxy: StartProxy, up
         assert await asyncio.gather(*(one() for _ in range(40))) == [200] * 40
         async with s.get(f"{upstreams.blue.url}/admin/connections") as r:
             assert (await r.json())["connections"] <= 4 + 1
+
+
+async def test_connection_cannot_nominate_content_length_or_host(proxy: Slotswitch) -> None:
+    """`Connection: Content-Length` once stripped the length and sent the body on as a request of its
+    own (smuggling); `Connection: Host` sent an HTTP/1.1 request without Host."""
+    client = await RawClient.connect(proxy.proxy_port)
+    await client.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: Content-Length, Host\r\nContent-Length: 35\r\n\r\n"
+        b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    first = await client.read_response()
+    assert first.status == 200
+    echo = json.loads(first.body)
+    assert echo["method"] == "POST"
+    assert echo["body_len"] == 35
+    assert [v for k, v in echo["headers"] if k.lower() == "host"] == ["t"]
+    second = json.loads((await client.read_response()).body)
+    assert second["path_qs"] == "/echo"  # the next request is the client's, not the smuggled one
+    await client.close()

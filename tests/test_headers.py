@@ -8,7 +8,7 @@ import pytest
 
 from proxy.runtime import Slotswitch
 from proxy.settings import parse_settings
-from tests.rawhttp import request
+from tests.rawhttp import RawClient, request
 from tests.rawupstream import Responder, ScriptedUpstream
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -112,6 +112,19 @@ async def test_hop_by_hop_and_nominated_response_headers_are_stripped(scripted: 
     assert resp.header("Keep-Alive") is None
     assert resp.header("X-Public") == "yes"
     assert resp.header("X-Slotswitch-Slot") == "blue"
+
+
+async def test_response_connection_cannot_nominate_content_length(scripted: Start) -> None:
+    """Stripping it would leave a kept-alive response without framing: the client would read to the close."""
+    answer = b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\nok"
+    app, _ = await scripted(lambda head: answer)
+    client = await RawClient.connect(app.proxy_port)
+    for _ in range(2):
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        resp = await client.read_response(timeout=5)
+        assert resp.header("Content-Length") == "2"
+        assert resp.body == b"ok"
+    await client.close()
 
 
 async def test_slot_header_is_configurable(scripted: Start) -> None:
