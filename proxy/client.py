@@ -249,11 +249,14 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None and ex.response_started:
             self.abort()
             return
+        # The answer takes the place of the first unanswered request's (its method is known once its
+        # head is parsed).
+        first = ex if ex is not None else self.parsing
         if ex is not None:
             ex.abort()
             self.current = None
         self.pipeline.clear()
-        self.server.send_error(self.transport, reason, None)
+        self.server.send_error(self.transport, reason, None, first is not None and first.method == b"HEAD")
         self.close()
 
     def start_tunnel(self, conn: UpstreamConnection) -> None:

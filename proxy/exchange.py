@@ -326,7 +326,7 @@ class Exchange:
             self._end()
             return
         self.status = wire.ERRORS[reason].status
-        closes = client.server.send_error(client.transport, reason, route)
+        closes = client.server.send_error(client.transport, reason, route, self.method == b"HEAD")
         self._end()
         # A bodyless request may fail before its message is complete (routing happens at
         # headers-complete); it leaves nothing unread, so the connection can stay open.

@@ -127,12 +127,17 @@ class ProxyServer:
             return False
         return any(addr in net for net in self._trusted_nets)
 
-    def send_error(self, transport: asyncio.Transport, reason: str, route: Route | None) -> bool:
-        """Write ERRORS[reason]; returns True when the client connection must close afterwards."""
+    def send_error(
+        self, transport: asyncio.Transport, reason: str, route: Route | None, head_request: bool = False
+    ) -> bool:
+        """Write ERRORS[reason]; returns True when the client connection must close afterwards.
+
+        The answer to a HEAD request has no body (RFC 9110 §9.3.2): the client would read it as the
+        start of the next response."""
         reply = wire.ERRORS[reason]
         self.error_counts[reason] = self.error_counts.get(reason, 0) + 1
         slot = route.header if route is not None else b""
-        transport.write(b"".join((reply.head, slot, wire.VIA, wire.CRLF, reply.body)))
+        transport.write(b"".join((reply.head, slot, wire.VIA, wire.CRLF, b"" if head_request else reply.body)))
         return reply.closes
 
     async def listen(self, host: str, port: int, *, sock: socket.socket | None = None) -> asyncio.Server:

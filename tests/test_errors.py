@@ -76,6 +76,24 @@ async def test_refused_upstream_gives_502_with_count_and_log(start: Start, caplo
     assert app.store.current.routes["blue"].runtime.in_flight == 0
 
 
+async def test_error_answers_to_head_have_no_body(start: Start) -> None:
+    """A body after an answer to HEAD would be read as the start of the next response."""
+    app = await start(f"http://127.0.0.1:{free_port()}")
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = await client.read_response(head_request=True)
+    assert head.status == 502
+    await client.send(GET)  # the 502 keeps the connection: the next answer must parse
+    assert (await client.read_response()).status in (502, 503)  # 503 once passively marked down
+    await client.close()
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")  # a client error: 400 and close
+    head = await client.read_response(head_request=True)
+    assert head.status == 400
+    assert await client.closed()  # nothing after the head
+    await client.close()
+
+
 async def test_connect_timeout_gives_504(start: Start) -> None:
     # A listener that never accepts, with its backlog already full: further SYNs go unanswered.
     blackhole = socket.socket()
