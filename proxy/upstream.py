@@ -367,6 +367,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.has_length = True
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.R_TE:
+            # The proxy drops Transfer-Encoding and re-frames the body, so only chunked can be relayed
+            # (nginx: "upstream sent unknown Transfer-Encoding"); llhttp would read any other coding
+            # as a close-delimited body.
+            if value.strip().lower() != b"chunked":
+                raise BadResponse(f"unsupported Transfer-Encoding {value[:100]!r}")
             self.te_chunked = True
         elif kind == wire.R_CONNECTION:
             self.nominated = wire.nominated_names(value, self.nominated)
@@ -377,7 +382,9 @@ class UpstreamConnection(asyncio.Protocol):
         assert ex is not None
         code = self.parser.get_status_code()
         self.code = code
-        if code < 200:
+        if not 200 <= code <= 599:
+            if not 100 <= code <= 599:  # llhttp takes any three digits
+                raise BadResponse(f"invalid status code {code}")
             self._interim(ex, code)
             return
         head, self.mode = response_head(self, ex, code)

@@ -132,9 +132,17 @@ async def test_upstream_read_timeout_gives_504(start: Start) -> None:
         b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n",
+        # llhttp takes any three digits; STATUS_LINES has 600 entries
+        b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 000 Odd\r\nContent-Length: 2\r\n\r\nok",
+        # Transfer-Encoding is dropped and the body re-framed: a coding besides chunked would be lost
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     ],
 )
-async def test_malformed_upstream_response_gives_502_and_drops_connection(start: Start, answer: bytes) -> None:
+async def test_malformed_upstream_response_gives_502_and_drops_connection(
+    start: Start, answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     app = await start(lambda head: answer)
     resp = await request(app.proxy_port, GET)
     assert resp.status == 502
@@ -142,6 +150,7 @@ async def test_malformed_upstream_response_gives_502_and_drops_connection(start:
     await asyncio.sleep(0)
     pool = app.store.current.routes["blue"].pools[0]
     assert not pool.idle
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]  # no internal error
 
 
 async def test_oversized_upstream_response_head_gives_502(start: Start) -> None:
