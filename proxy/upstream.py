@@ -7,7 +7,8 @@ Invariants:
 - A connection is in exactly one of: connecting, idle (in `pool.idle`), bound to one exchange,
   or closed. Every open connection is in `pool.conns`, so a drain can cut them all off.
 - A connection goes back to `idle` only when both sides allowed keep-alive, the request was
-  fully sent and the response fully read, and the pool still serves (not retired or draining).
+  fully sent and the response fully read with no byte after it, and the pool still serves (not
+  retired or draining).
 - Response framing to the client is decided once, in on_headers_complete: pass Content-Length
   through, re-chunk a chunked or close-delimited body for HTTP/1.1 clients, or close after the
   body for HTTP/1.0 clients.
@@ -205,6 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
         "code",
         "conn_close",
         "exchange",
+        "finished",
         "has_length",
         "head_bytes",
         "head_limit",
@@ -216,6 +218,7 @@ class UpstreamConnection(asyncio.Protocol):
         "nominated",
         "parser",
         "pool",
+        "reusable",
         "reused",
         "te_chunked",
         "transport",
@@ -227,6 +230,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
+        self.finished: Exchange | None = None  # its response ended in the bytes being parsed
+        self.reusable = False
         self.reused = False
         self.tunnel = False
         self.lost_reason = "upstream_reset"
@@ -322,6 +327,10 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, exc)
             self._broken("bad_response")
+        done = self.finished
+        if done is not None:  # only now, when every byte of this read was parsed (see on_message_complete)
+            self.finished = None
+            done.finish(self.reusable)
 
     def connection_lost(self, exc: Exception | None) -> None:
         pool = self.pool
@@ -353,6 +362,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.send(data)
 
     # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        # A response that starts after the final one (its exchange was let go in on_message_complete)
+        # is bytes the upstream should not have sent: the connection is dropped, not pooled with
+        # them in its parser, where they would become the next exchange's response.
+        if self.exchange is None:
+            raise BadResponse("data after the end of the response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # The response head is bounded like a request's (limits.headers): an upstream cannot make
@@ -439,8 +455,12 @@ class UpstreamConnection(asyncio.Protocol):
                 transport.write(held)
         self.held = b""
         # should_keep_alive() is only reliable inside this callback.
-        reusable = self.parser.should_keep_alive() and not self.conn_close
-        ex.finish(reusable)
+        self.reusable = self.parser.should_keep_alive() and not self.conn_close
+        # The exchange finishes when feed_data returns (data_received): finishing here could hand this
+        # connection to the next exchange before the rest of the read, which belongs to no response,
+        # has been parsed (on_message_begin).
+        self.exchange = None
+        self.finished = ex
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -480,6 +500,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _broken(self, reason: str) -> None:
         ex = self.exchange
         self.exchange = None
+        self.reusable = False
         self.lost_reason = reason
         if self.transport is not None:
             self.transport.abort()

@@ -153,6 +153,37 @@ async def test_malformed_upstream_response_gives_502_and_drops_connection(
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]  # no internal error
 
 
+async def test_bytes_after_a_response_are_never_the_next_response(start: Start) -> None:
+    """A response followed by more bytes in the same read: the connection is dropped before the next
+    (pipelined) request can be given it, so the extra bytes cannot become that request's answer."""
+
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"GET /first "):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
+
+    app = await start(answer)
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (await client.read_response()).body == b"ok"
+    assert (await client.read_response()).body == b"second"
+    await client.close()
+
+
+async def test_partial_bytes_after_a_response_drop_the_connection(start: Start) -> None:
+    """Even the start of a response ("H") is not left in a pooled connection's parser: the next request
+    gets a fresh connection and its own answer, not a 502."""
+
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"GET /first "):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokH"
+        return OK
+
+    app = await start(answer)
+    assert (await request(app.proxy_port, b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n")).body == b"ok"
+    assert (await request(app.proxy_port, GET)).status == 200
+
+
 async def test_oversized_upstream_response_head_gives_502(start: Start) -> None:
     """limits.headers bounds the upstream's head too: 40 x 1 KiB headers > 32 KiB."""
     big = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1024) for i in range(40))
