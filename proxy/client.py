@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("slotswitch.client")
 
+# `header_bytes` from headers-complete on: what on_header gets after that are the trailers of a
+# chunked body, which take the limit check's slow path at no cost to ordinary headers.
+TRAILERS = 1 << 62
+
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
@@ -185,7 +189,11 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.server.limits.headers:
-            raise Reject("headers_too_large")
+            if self.header_bytes < TRAILERS or self.header_bytes - TRAILERS > self.server.limits.headers:
+                raise Reject("headers_too_large")
+            # A trailer: never forwarded (the body ends with a bare last chunk), and it must not join
+            # the headers of a pipelined request whose head is built only when it starts.
+            return
         ex = self.parsing
         assert ex is not None
         kind = ex.kinds.get(name.lower())
@@ -195,6 +203,7 @@ class ClientConnection(asyncio.Protocol):
             ex.add_header(kind, name, value)
 
     def on_headers_complete(self) -> None:
+        self.header_bytes = TRAILERS
         ex = self.parsing
         assert ex is not None
         parser = self.parser

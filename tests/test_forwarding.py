@@ -195,3 +195,21 @@ async def test_connection_cannot_nominate_content_length_or_host(proxy: Slotswit
     second = json.loads((await client.read_response()).body)
     assert second["path_qs"] == "/echo"  # the next request is the client's, not the smuggled one
     await client.close()
+
+
+async def test_request_trailers_are_not_forwarded_as_headers(proxy: Slotswitch) -> None:
+    """A pipelined request's head is built when it starts, after its chunked body and trailers were
+    parsed: its trailers once joined its headers (a second Host among them)."""
+    client = await RawClient.connect(proxy.proxy_port)
+    await client.send(
+        b"GET /slow?ms=50 HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nHost: evil\r\n\r\n"
+    )
+    assert (await client.read_response()).status == 200
+    echo = json.loads((await client.read_response()).body)
+    assert echo["body_len"] == 3
+    names = [k.lower() for k, _ in echo["headers"]]
+    assert "x-trailer" not in names
+    assert [v for k, v in echo["headers"] if k.lower() == "host"] == ["t"]
+    await client.close()
