@@ -346,6 +346,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _upgrade(self, rest: bytes) -> None:
         """llhttp stopped after a request that asked for an Upgrade."""
+        last = self.pipeline[-1] if self.pipeline else self.current
+        if last is not None and (last.content_length > 0 or last.chunked):
+            # llhttp does not read the body of an upgrade request: its head went (or goes) upstream
+            # with a length whose bytes would never follow, and they would be parsed as a request.
+            self.reject("bad_request")
+            return
         ex = self.current if self.current is not None and self.current.ws else None
         if ex is not None and not self.pipeline:
             # A WebSocket handshake: hold any early bytes until the upstream answers 101.
