@@ -264,6 +264,8 @@ class Exchange:
         conn = self.conn
         self.conn = None
         if conn is not None:
+            if self.client.write_paused:  # its reading was paused for this client (pause_writing)
+                conn.resume_reading()  # the pool's next exchange will not be the one to resume it
             conn.release(reusable and self.request_done)
         keep = self.keep_alive and self.request_done and not self.ws
         self._end()

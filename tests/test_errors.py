@@ -299,3 +299,38 @@ async def test_slowloris_connections_do_not_block_others(start: Start) -> None:
     assert (await request(app.proxy_port, GET)).status == 200
     for c in slow:
         await c.close()
+
+
+async def test_upstream_connection_paused_for_a_slow_client_reads_again_when_pooled(start: Start) -> None:
+    """The last body write filled a slow client's buffer, which paused reading from the upstream; the
+    connection went back to the pool still paused, and the next request given it timed out (504)."""
+    body = b"x" * 50000
+    app = await start(
+        lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 50000\r\n\r\n" + body, timeouts={"upstream_read": "1s"}
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", app.proxy_port))
+    sock.setblocking(False)
+    client = RawClient(*await asyncio.open_connection(sock=sock))
+    try:
+        for _ in range(500):  # bounded poll: the accept has no event to await
+            if app.server.connections:
+                break
+            await asyncio.sleep(0.01)
+        # Make the proxy buffer (and so pause_writing) as soon as the kernel does not take a write whole.
+        slow = next(iter(app.server.connections))
+        assert slow.transport is not None
+        slow.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        slow.transport.set_write_buffer_limits(high=1024)
+        await client.send(GET)
+        pool = app.store.current.routes["blue"].pools[0]
+        for _ in range(500):  # the response is complete at the proxy before the client reads any of it
+            if pool.idle:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.idle
+        assert (await request(app.proxy_port, GET)).status == 200
+        assert (await client.read_response()).body == body
+    finally:
+        await client.close()
