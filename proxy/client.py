@@ -56,6 +56,7 @@ class ClientConnection(asyncio.Protocol):
         "eof",
         "fwd_block",
         "fwd_host",
+        "head_raw",
         "header_bytes",
         "loop",
         "parser",
@@ -100,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         # Per-request state
         self.parsing: Exchange | None = None
         self.header_bytes = 0
+        self.head_raw = 0  # bytes of the reads that continued a head and did not complete it
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.send(data)
             return
+        ex = self.parsing
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -131,6 +134,15 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             log.info("malformed request from %s: %s", self.peer.decode(), exc)
             self.reject("bad_request")
+        else:
+            if ex is not None and ex is self.parsing and not ex.method:
+                # This whole read continued a head and did not end it. httptools holds a header until
+                # it ends (on_header checks the limit only then), growing it by one copy per read:
+                # an endless header would take memory and, quadratically, CPU until header_read.
+                self.head_raw += len(data)
+                limits = self.server.limits
+                if self.head_raw > limits.request_line + limits.headers:
+                    self.reject("headers_too_large")
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still read the answer to a request it already sent.
@@ -178,6 +190,7 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             ex = self.parsing = Exchange(self)
             self.header_bytes = 0
+            self.head_raw = 0
             if self.deadline_kind == DL_IDLE:
                 # The next request on a kept-alive connection: its head must arrive by the idle
                 # deadline already armed (no new timer, no clock read); expiry now answers 408.

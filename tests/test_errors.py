@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -251,6 +252,26 @@ async def test_bad_requests_get_4xx_and_close(start: Start, raw: bytes, status: 
     assert await client.closed()
     await client.close()
     await still_serves(app)
+
+
+async def test_endless_header_gets_431_without_waiting_for_its_end(start: Start) -> None:
+    """httptools holds a header until it ends, copying it once per read: a header that never ends
+    was buffered (and copied, quadratically) until header_read; it is cut at the head limits."""
+    app = await start(timeouts={"header_read": "30s"})
+    client = await RawClient.connect(app.proxy_port)
+    answer = asyncio.ensure_future(client.read_response(timeout=10))
+    try:
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-Endless: ")
+        with contextlib.suppress(OSError):  # the proxy closes once it has answered
+            for _ in range(1000):  # 16 MiB at most, in reads the proxy sees one by one
+                if answer.done():
+                    break
+                await client.send(b"a" * 16384)
+                await asyncio.sleep(0)  # let the proxy read
+        resp = await answer
+    finally:
+        await client.close()
+    assert resp.status == 431
 
 
 async def test_chunked_body_over_limit_gets_413(start: Start) -> None:
