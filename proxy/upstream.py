@@ -502,6 +502,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.reusable = False
         self.lost_reason = reason
+        if self.held and ex is not None:
+            # The head was held for the first body bytes (on_headers_complete): nothing of this
+            # response reached the client, which can still get a 502 instead of a cut connection.
+            self.held = b""
+            ex.response_started = False
         if self.transport is not None:
             self.transport.abort()
         if ex is not None:

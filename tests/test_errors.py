@@ -139,6 +139,8 @@ async def test_upstream_read_timeout_gives_504(start: Start) -> None:
         # Transfer-Encoding is dropped and the body re-framed: a coding besides chunked would be lost
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        # broken before its first body byte, while the proxy still held the head: a 502, not a cut
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ],
 )
 async def test_malformed_upstream_response_gives_502_and_drops_connection(
