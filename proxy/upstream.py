@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("slotswitch.upstream")
 
+INTERIM = frozenset({100, 101, 102, 103})  # the 1xx statuses llhttp ends at their head
 SMALL_BODY = 16384  # up to this size the held head and the body are joined into one buffer
 
 
@@ -399,7 +400,9 @@ class UpstreamConnection(asyncio.Protocol):
         code = self.parser.get_status_code()
         self.code = code
         if not 200 <= code <= 599:
-            if not 100 <= code <= 599:  # llhttp takes any three digits
+            # llhttp takes any three digits, and reads a 1xx other than 100-103 as a final response
+            # (with a body, or up to the close without framing): those cannot be relayed.
+            if code not in INTERIM:
                 raise BadResponse(f"invalid status code {code}")
             self._interim(ex, code)
             return
