@@ -271,14 +271,16 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None and ex.response_started:
             self.abort()
             return
-        # The answer takes the place of the first unanswered request's (its method is known once its
-        # head is parsed).
-        first = ex if ex is not None else self.parsing
+        # The answer takes the place of the first unanswered request's: the current one, else the one
+        # being parsed, whose method llhttp knows from on_url on.
         if ex is not None:
+            head_request = ex.method == b"HEAD"
             ex.abort()
             self.current = None
+        else:
+            head_request = self.parsing is not None and self.parser.get_method() == b"HEAD"
         self.pipeline.clear()
-        self.server.send_error(self.transport, reason, None, first is not None and first.method == b"HEAD")
+        self.server.send_error(self.transport, reason, None, head_request)
         self.close()
 
     def start_tunnel(self, conn: UpstreamConnection) -> None:

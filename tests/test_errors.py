@@ -87,12 +87,16 @@ async def test_error_answers_to_head_have_no_body(start: Start) -> None:
     await client.send(GET)  # the 502 keeps the connection: the next answer must parse
     assert (await client.read_response()).status in (502, 503)  # 503 once passively marked down
     await client.close()
-    client = await RawClient.connect(app.proxy_port)
-    await client.send(b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")  # a client error: 400 and close
-    head = await client.read_response(head_request=True)
-    assert head.status == 400
-    assert await client.closed()  # nothing after the head
-    await client.close()
+    for raw, status in (
+        (b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # a client error: 4xx and close
+        (b"HEAD /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),  # refused before its head ends
+    ):
+        client = await RawClient.connect(app.proxy_port)
+        await client.send(raw)
+        head = await client.read_response(head_request=True)
+        assert head.status == status
+        assert await client.closed()  # nothing after the head
+        await client.close()
 
 
 async def test_connect_timeout_gives_504(start: Start) -> None:
