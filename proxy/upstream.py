@@ -206,6 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "code",
         "conn_close",
+        "eof",
         "exchange",
         "finished",
         "has_length",
@@ -235,6 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.reused = False
         self.tunnel = False
+        self.eof = False
         self.lost_reason = "upstream_reset"
         self.head_limit = pool.head_limit
         self._reset()
@@ -345,11 +347,17 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.tunnel:
             ex.client.close()
-        elif self.mode != MODE_PASS and self.code and not self.has_length and not self.te_chunked:
+        elif self.eof and self.mode != MODE_PASS and self.code and not self.has_length and not self.te_chunked:
             self._end_body(ex)  # a close-delimited body ends here
             ex.finish(False)
         else:
             ex.upstream_lost(self.lost_reason, self.reused)
+
+    def eof_received(self) -> bool | None:
+        # The upstream's close: the only end of a close-delimited body. A reset, or the proxy's own
+        # cut-off (a drain), leaves it truncated, and the client must see it cut.
+        self.eof = True
+        return None
 
     def pause_writing(self) -> None:
         if self.exchange is not None:

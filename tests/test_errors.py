@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -227,6 +228,41 @@ async def test_upstream_dies_mid_body_cuts_the_client(start: Start) -> None:
     rest = await asyncio.wait_for(client.reader.read(), 5)
     assert len(rest) < 100 + 50  # truncated: the client sees the connection end early
     await client.close()
+
+
+async def test_close_delimited_body_cut_by_a_reset_or_a_cut_off_is_not_completed(start: Start) -> None:
+    """Only the upstream's close (FIN) ends a close-delimited body: after a reset, or the proxy's own
+    drain cut-off, the re-chunked response once got its last chunk and looked complete."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, not a close
+
+    resetting = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        app = await start(f"http://127.0.0.1:{resetting.sockets[0].getsockname()[1]}")
+        for cut_off in (False, True):
+            if cut_off:  # an upstream that stays open, cut off by the proxy (a drain timeout)
+                app = await start(lambda head: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+            client = await RawClient.connect(app.proxy_port)
+            await client.send(GET)
+            head = await asyncio.wait_for(client.reader.readuntil(b"partial\r\n"), 5)
+            assert b"Transfer-Encoding: chunked" in head
+            if cut_off:
+                app.store.current.routes["blue"].pools[0].cut_off()
+            try:
+                rest = await asyncio.wait_for(client.reader.read(), 5)
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b"", rest  # no last chunk: the client sees the body cut
+            await client.close()
+    finally:
+        resetting.close()
+        await resetting.wait_closed()
 
 
 @pytest.mark.parametrize(

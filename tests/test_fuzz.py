@@ -34,6 +34,8 @@ import hashlib
 import logging
 import random
 import re
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -408,6 +410,7 @@ class UpCase:
     response: bytes
     close_after: bool  # the upstream closes the connection once it has written the response
     must_drop: bool  # the proxy must not reuse this upstream connection
+    reset: bool = False  # ... with a reset (RST), not a FIN
 
 
 class CaseUpstream:
@@ -437,6 +440,10 @@ class CaseUpstream:
                 writer.write(case.response)
                 await writer.drain()
                 if case.close_after:
+                    if case.reset:
+                        sock = writer.get_extra_info("socket")
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        writer.transport.abort()
                     return
                 if case.must_drop:
                     self.pending_drop += 1
@@ -882,7 +889,7 @@ class Expect:
     clean: bool = False  # the upstream connection may be reused
 
 
-def expect_for(response: bytes, head_request: bool, close_after: bool) -> Expect:
+def expect_for(response: bytes, head_request: bool, close_after: bool, reset: bool = False) -> Expect:
     """What the client must see for `response`, from a reference llhttp parse and the proxy's rules."""
     sink = _ResponseSink(head_request)
     error = False
@@ -910,7 +917,7 @@ def expect_for(response: bytes, head_request: bool, close_after: bool) -> Expect
         return Expect("complete", sink.status)
     bodiless = sink.status in (204, 304)
     delimited = not bodiless and b"content-length" not in names and not te
-    if sink.done or (delimited and close_after and not error):
+    if sink.done or (delimited and close_after and not reset and not error):  # a reset is no end
         reusable = sink.done and sink.keep_alive and not sink.extra and not error
         return Expect("complete", sink.status, sink.body, clean=reusable and not close_after)
     return Expect("truncated", sink.status, sink.body)
@@ -938,12 +945,13 @@ def upstream_cases(seed: int) -> list[UpstreamFuzzCase]:
                 response = mutate_response(rng, response)
         # A clean keep-alive response is left open: closing it would only test the retry on a stale
         # pooled connection. Anything else is closed after the response, or left hanging.
-        close_after = False
+        close_after = reset = False
         if not expect_for(response, head_request, False).clean:
             close_after = rng.random() < 0.6
-        expect = expect_for(response, head_request, close_after)
+            reset = close_after and rng.random() < 0.3
+        expect = expect_for(response, head_request, close_after, reset)
         must_drop = not expect.clean and not close_after
-        up = UpCase(response, close_after, must_drop)
+        up = UpCase(response, close_after, must_drop, reset)
         out.append(UpstreamFuzzCase(n, up, head_request, expect, rng.random() < 0.5))
     return out
 
@@ -956,8 +964,8 @@ def check_upstream_case(case: UpstreamFuzzCase, received: bytes, reset: bool) ->
     expect = case.expect
     method = "HEAD" if case.head_request else "GET"
     where = (
-        f"case {case.n} ({method}, upstream closes after: {case.up.close_after}, pipelined: {case.pipelined}) "
-        f"answered {case.up.response[:600]!r}"
+        f"case {case.n} ({method}, upstream closes after: {case.up.close_after}, with a reset: {case.up.reset}, "
+        f"pipelined: {case.pipelined}) answered {case.up.response[:600]!r}"
     )
     responses, error = split_responses(received, lambda i: i == 0 and case.head_request, eof=not reset)
     assert not error, f"{where}: {error}; client got {received[:600]!r}"
