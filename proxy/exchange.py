@@ -158,6 +158,10 @@ class Exchange:
         self.method = method
         self.version = version
         self.keep_alive = keep_alive
+        if version != "1.1" and version != "1.0":
+            # llhttp also takes 0.9 (a request line without a version) and 2.0 in HTTP/1 syntax:
+            # neither can be forwarded as HTTP/1.1 nor answered in a form its client would read.
+            raise wire.Reject("bad_request")
         if method == b"CONNECT":
             raise wire.Reject("method_not_allowed")
         if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):

@@ -275,6 +275,9 @@ async def test_close_delimited_body_cut_by_a_reset_or_a_cut_off_is_not_completed
         (b"GET / HTTP/1.1\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", 405),
+        # versions llhttp takes but the proxy cannot forward: once sent upstream as HTTP/1.1 requests
+        (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 400),
+        (b"PRI /x\r\nAccept: */*\r\n\r\n", 400),  # HTTP/0.9: no version
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
         (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 40000 + b"\r\n\r\n", 431),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n", 413),

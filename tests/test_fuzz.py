@@ -288,7 +288,7 @@ def split_responses(data: bytes, head_request: Callable[[int], bool], eof: bool)
                 pos += size + 2
             resp.body = bytes(body)
         elif cl:
-            if len(cl) != 1 or not cl[0].isdigit():
+            if len(cl) != 1 or not cl[0].strip(b" \t").isdigit():  # relayed as it came, OWS included
                 return out, f"bad Content-Length: {cl!r}"
             n = int(cl[0])
             resp.body = data[pos : pos + n]
@@ -738,7 +738,8 @@ def proxy_serves(msg: Message) -> bool:
     hosts = sum(1 for name, _ in msg.headers if name.lower() == b"host")
     head = sum(len(n) + len(v) + 4 for n, v in msg.headers)
     return (
-        msg.method != b"CONNECT"
+        msg.version in ("1.0", "1.1")
+        and msg.method != b"CONNECT"
         and (hosts == 1 if msg.version == "1.1" else hosts <= 1)
         and len(msg.target) <= LINE_LIMIT
         and head <= HEAD_LIMIT
