@@ -132,7 +132,7 @@ def parse_requests(data: bytes) -> tuple[list[Message], str]:
             last = messages[-1]
             headers = {name.lower(): value.strip().lower() for name, value in last.headers}
             body = int(headers.get(b"content-length") or 0) > 0 or b"transfer-encoding" in headers
-            if headers.get(b"upgrade") == b"websocket" or body:
+            if (headers.get(b"upgrade") == b"websocket" and last.method == b"GET") or body:
                 return messages, "upgrade"  # a tunnel, or refused (llhttp did not read its body)
             data = data[upgrade.args[0] :]
             continue
