@@ -123,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0] :])
+            rest = data[upgrade.args[0] :]
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, Reject):
@@ -131,9 +131,11 @@ class ClientConnection(asyncio.Protocol):
             else:
                 log.error("internal error on %s", self.peer.decode(), exc_info=cause)
                 self.reject("internal_error")
+            return
         except httptools.HttpParserError as exc:
             log.info("malformed request from %s: %s", self.peer.decode(), exc)
             self.reject("bad_request")
+            return
         else:
             if ex is not None and ex is self.parsing and not ex.method:
                 # This whole read continued a head and did not end it. httptools holds a header until
@@ -143,6 +145,11 @@ class ClientConnection(asyncio.Protocol):
                 limits = self.server.limits
                 if self.head_raw > limits.request_line + limits.headers:
                     self.reject("headers_too_large")
+            return
+        # Outside the handler: what follows the upgrade request is parsed again, and an exception
+        # raised inside an except block would be chained to the one handled there, replacing the
+        # __context__ httptools sets to the callback's own exception (a Reject became a 500).
+        self._upgrade(rest)
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still read the answer to a request it already sent.

@@ -278,6 +278,12 @@ async def test_close_delimited_body_cut_by_a_reset_or_a_cut_off_is_not_completed
         # versions llhttp takes but the proxy cannot forward: once sent upstream as HTTP/1.1 requests
         (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 400),
         (b"PRI /x\r\nAccept: */*\r\n\r\n", 400),  # HTTP/0.9: no version
+        # a refusal in what follows an (ignored) h2c upgrade was once chained to the upgrade: a 500
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+            b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+            414,
+        ),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
         (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 40000 + b"\r\n\r\n", 431),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n", 413),
