@@ -317,6 +317,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed_data(data)
             if self.held:  # the head arrived without its body: send it now
                 self._flush_held()
+            elif not self.code:  # the head is still incomplete after this read
+                # llhttp holds a header until its line ends, so on_header's count alone cannot
+                # bound one endless header line: count what arrived while no head was complete.
+                self.head_bytes += len(data)
+                if self.head_bytes > self.head_limit:
+                    raise BadResponse(f"response headers larger than {self.head_limit} bytes")
+        except BadResponse as exc:
+            log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, exc)
+            self._broken("bad_response")
         except httptools.HttpParserUpgrade as upgrade:
             self._start_tunnel(ex, data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:

@@ -206,6 +206,14 @@ async def test_oversized_upstream_response_head_gives_502(start: Start) -> None:
     assert app.store.current.routes["blue"].runtime.errors["bad_response"] == 1
 
 
+async def test_endless_upstream_header_line_gives_502_at_the_limit(start: Start) -> None:
+    """One header line that never ends is cut at limits.headers, not buffered until upstream_read."""
+    app = await start(lambda head: b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * 200_000, limits={"headers": "16KiB"})
+    resp = await request(app.proxy_port, GET)
+    assert resp.status == 502
+    assert app.store.current.routes["blue"].runtime.errors["bad_response"] == 1
+
+
 async def test_upstream_hangs_up_without_answer_gives_502(start: Start) -> None:
     app = await start(lambda head: None)
     resp = await request(app.proxy_port, GET)
