@@ -16,10 +16,11 @@ from typing import Any
 
 import uvloop
 
+from proxy.pool import UpstreamPool
 from proxy.server import ProxyServer
 from proxy.settings import parse_settings
 from proxy.state import Registry, Store, build_snapshot
-from proxy.upstream import UpstreamConnection, UpstreamPool
+from proxy.upstream import UpstreamConnection
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 RESPONSE = (

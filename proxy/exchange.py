@@ -24,8 +24,9 @@ from proxy.relay import drop_nominated
 
 if TYPE_CHECKING:
     from proxy.client import ClientConnection
+    from proxy.pool import UpstreamPool
     from proxy.state import Route
-    from proxy.upstream import UpstreamConnection, UpstreamPool
+    from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("slotswitch.exchange")
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import aiohttp
 
+from proxy.pool import UpstreamPool
 from proxy.server import ProxyServer
 from proxy.settings_rollout import Check, Health
 from proxy.state import Snapshot, Store
-from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("slotswitch.health")
 

@@ -30,12 +30,12 @@ from proxy.gates import Gates
 from proxy.health import HealthChecker
 from proxy.paths import beside_config
 from proxy.persist import StateError, StateStore, initial_snapshot, open_store, persisting
+from proxy.pool import UpstreamPool
 from proxy.promql import PromQLPoller
 from proxy.server import ProxyServer
 from proxy.settings import ConfigError, Settings, load_settings
 from proxy.settings_types import parse_listen
 from proxy.state import Registry, Snapshot, Store
-from proxy.upstream import UpstreamPool
 from proxy.workers import WorkerSet
 
 log = logging.getLogger("slotswitch")

@@ -24,8 +24,8 @@ from proxy.settings import Limits, Settings
 from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 
 if TYPE_CHECKING:
+    from proxy.pool import UpstreamPool
     from proxy.state import Route, Snapshot, Store
-    from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("slotswitch.server")
 

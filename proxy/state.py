@@ -26,7 +26,7 @@ from proxy.settings_types import Upstream
 from proxy.stats import SlotStats
 
 if TYPE_CHECKING:
-    from proxy.upstream import UpstreamPool
+    from proxy.pool import UpstreamPool
 
 Listener = Callable[["Snapshot", "Snapshot"], None]
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from proxy.drain import Drainer
+from proxy.pool import UpstreamPool
 from proxy.runtime import configure_logging, reuseport_socket
 from proxy.server import ProxyServer
 from proxy.settings import Settings, parse_settings
 from proxy.state import Registry, Snapshot, Store, build_snapshot, routing_fields
-from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("slotswitch.worker")
 
