@@ -356,10 +356,15 @@ class Exchange:
         if route is not None:
             rt = route.runtime
             # 499 (nginx's "client closed request") when the client left before any answer.
-            rt.stats.record(self.status or 499, self.client.loop.time() - self.started)
+            status = self.status or 499
+            elapsed = self.client.loop.time() - self.started
+            rt.stats.record(status, elapsed)
             rt.in_flight -= 1
             if rt.in_flight == 0 and rt.on_idle is not None:
                 rt.on_idle()
+            access = self.client.server.access
+            if access is not None:  # off by default: no per-request logging work at all
+                access.record(self, status, elapsed)
 
     def _count(self, reason: str) -> None:
         if self.route is not None:

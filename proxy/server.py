@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy import wire
+from proxy.accesslog import AccessLog
 from proxy.client import ClientConnection
 from proxy.paths import resolve
 from proxy.settings import Limits, Settings
@@ -62,6 +63,7 @@ class ProxyServer:
         self.sticky_name = b""
         self.failover = False
         self.recent: deque[str] | None = None  # recent GET targets for warm-up (off unless configured)
+        self.access: AccessLog | None = None  # the access log, when `access_log: true`
         self.failing_over: str | None = None  # the slot traffic failed over from, while it lasts
         self.events: list[Callable[[str, dict[str, object]], None]] = []  # audit hooks
         self.timeout_for: list[float] = [0.0] * 6
@@ -72,6 +74,11 @@ class ProxyServer:
 
     def apply(self, settings: Settings) -> None:
         self.limits = settings.limits
+        if not settings.access_log and self.access is not None:
+            self.access.flush()
+            self.access = None
+        elif settings.access_log and self.access is None:
+            self.access = AccessLog(self.loop)
         self.failover = settings.health.failover
         keep = settings.gates.warmup.record_recent
         if not keep:
@@ -184,4 +191,6 @@ class ProxyServer:
                 conn.abort()
         if cut:
             log.warning("shutdown: %d connections cut off after %.1fs", cut, timeout)
+        if self.access is not None:
+            self.access.flush()
         return cut

@@ -185,7 +185,7 @@ class Settings(ConfigModel):
     metrics: Metrics = Metrics()
     promql: PromQL = PromQL()
     alerts: Alerts = Alerts()
-    access_log: bool = False
+    access_log: bool = False  # one JSON line per request on stdout, buffered; off: nothing logged per request
     log_level: str = "info"
 
     _v_listen = field_validator("listen")(check_listen)
