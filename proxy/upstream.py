@@ -51,6 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
         "has_length",
         "head_bytes",
         "head_limit",
+        "head_raw",
         "headers",
         "held",
         "interim",
@@ -83,7 +84,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self) -> None:
         self.held = b""
         self.headers: list[bytes] = []
-        self.head_bytes = 0
+        self.head_bytes = 0  # sizes of the header lines parsed (on_header)
+        self.head_raw = 0  # bytes of the reads that ended with the head still incomplete
         self.code = 0
         self.interim = False
         self.has_length = False
@@ -159,8 +161,8 @@ class UpstreamConnection(asyncio.Protocol):
             elif not self.code:  # the head is still incomplete after this read
                 # llhttp holds a header until its line ends, so on_header's count alone cannot
                 # bound one endless header line: count what arrived while no head was complete.
-                self.head_bytes += len(data)
-                if self.head_bytes > self.head_limit:
+                self.head_raw += len(data)
+                if self.head_raw > self.head_limit:
                     raise BadResponse(f"response headers larger than {self.head_limit} bytes")
         except BadResponse as exc:
             log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, exc)

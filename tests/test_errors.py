@@ -214,6 +214,35 @@ async def test_endless_upstream_header_line_gives_502_at_the_limit(start: Start)
     assert app.store.current.routes["blue"].runtime.errors["bad_response"] == 1
 
 
+async def test_large_upstream_head_in_many_reads_is_within_the_limit(start: Start) -> None:
+    """A 12 KiB head under a 16 KiB limit, arriving in 12 reads: the two bounds (parsed header lines,
+    and raw bytes of reads that end mid-head) are counted apart, so neither is charged twice."""
+    lines = [b"X-Part-%02d: %s\r\n" % (i, b"p" * 1000) for i in range(12)]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            for line in lines:  # one read each at the proxy: the gap outlasts a loopback delivery
+                writer.write(line)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.write(b"Content-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        app = await start(f"http://127.0.0.1:{port}", limits={"headers": "16KiB"})
+        resp = await request(app.proxy_port, GET)
+        assert (resp.status, resp.body) == (200, b"ok")
+        assert resp.header("X-Part-11") == "p" * 1000
+    finally:
+        server.close()
+
+
 async def test_upstream_hangs_up_without_answer_gives_502(start: Start) -> None:
     app = await start(lambda head: None)
     resp = await request(app.proxy_port, GET)
