@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from admin.api import Handler, as_api_error
+from proxy import native
 from proxy.control import Controller
 
 TRIGGERS = ("api", "rollback", "judge", "alert", "reload", "ramp")
@@ -138,8 +139,12 @@ class SlotswitchCollector(Collector):
         store_up = GaugeMetricFamily("slotswitch_state_store_up", "1 when the state store is reachable.")
         store_up.add_metric([], 0.0 if self.store_up is not None and not self.store_up() else 1.0)
         yield store_up
-        info = GaugeMetricFamily("slotswitch_build_info", "Build information.", labels=["version"])
-        info.add_metric([_version()], 1.0)
+        info = GaugeMetricFamily(
+            "slotswitch_build_info",
+            "Build information; data_path is compiled (mypyc) or python.",
+            labels=["version", "data_path"],
+        )
+        info.add_metric([_version(), native.mode], 1.0)
         yield info
 
 

@@ -132,8 +132,8 @@ class ClientConnection(asyncio.Protocol):
                 log.error("internal error on %s", self.peer.decode(), exc_info=cause)
                 self.reject("internal_error")
             return
-        except httptools.HttpParserError as exc:
-            log.info("malformed request from %s: %s", self.peer.decode(), exc)
+        except httptools.HttpParserError as err:  # its own name: compiled, one name has one type
+            log.info("malformed request from %s: %s", self.peer.decode(), err)
             self.reject("bad_request")
             return
         else:

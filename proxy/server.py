@@ -15,7 +15,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy import wire
 from proxy.accesslog import AccessLog
@@ -158,8 +158,11 @@ class ProxyServer:
         return server
 
     def bound_port(self) -> int:
-        assert self._listener is not None
-        return int(self._listener.sockets[0].getsockname()[1])
+        # Any, not typeshed's asyncio.Server: uvloop's `sockets` is a list, not the tuple typeshed
+        # declares, and the compiled module checks declared types.
+        listener: Any = self._listener
+        assert listener is not None
+        return int(listener.sockets[0].getsockname()[1])
 
     def close_listener(self) -> None:
         """Stop accepting new connections; existing ones finish their current request and close."""

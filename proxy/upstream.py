@@ -164,8 +164,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.head_raw += len(data)
                 if self.head_raw > self.head_limit:
                     raise BadResponse(f"response headers larger than {self.head_limit} bytes")
-        except BadResponse as exc:
-            log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, exc)
+        except BadResponse as bad:  # each clause names its own variable: compiled, one name has one type
+            log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, bad)
             self._broken("bad_response")
         except httptools.HttpParserUpgrade as upgrade:
             self._start_tunnel(ex, data[upgrade.args[0] :])
@@ -177,8 +177,8 @@ class UpstreamConnection(asyncio.Protocol):
             elif not isinstance(cause, _HeadDone):
                 log.error("internal error relaying from %s", self.pool.url, exc_info=cause)
                 self._broken("bad_response")
-        except httptools.HttpParserError as exc:
-            log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, exc)
+        except httptools.HttpParserError as err:
+            log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, err)
             self._broken("bad_response")
         done = self.finished
         if done is not None:  # only now, when every byte of this read was parsed (see on_message_complete)

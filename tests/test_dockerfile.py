@@ -30,6 +30,7 @@ def test_dockerfile_multi_stage_slim_non_root() -> None:
     runs = " ".join(instruction("RUN"))
     assert "pip install ." in runs and "[dev]" not in runs, "runtime dependencies only"
     assert "tini" in runs
+    assert "n.mode != 'compiled'" in runs, "the build stops if the data path did not compile"
     (user,) = instruction("USER")
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, "a numeric non-root user (Kubernetes runAsNonRoot can check it)"
@@ -92,5 +93,7 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_else() -> None:
         "bench/compare.py",
         "deploy/compose/docker-compose.yml",
         "proxy/__pycache__/cli.cpython-311.pyc",
+        "proxy/client.cpython-311-x86_64-linux-gnu.so",
+        "proxy/_native_stamp.json",
     ):
         assert dockerignored(unwanted, patterns), unwanted

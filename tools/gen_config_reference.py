@@ -730,6 +730,8 @@ def metrics_page() -> str:
         "code": "HTTP status code of the response",
         "upstream": "an upstream URL of the slot",
         "version": "the installed slotswitch version",
+        "data_path": "`compiled` (the data path runs as mypyc-compiled modules) or `python` (from source: "
+        "built with `SLOTSWITCH_PURE_PYTHON=1`, or its source changed since; the start-up log says which)",
         "trigger": "what changed the routing: " + ", ".join(f"`{t}`" for t in metrics.TRIGGERS),
         "le": "histogram bucket upper bound",
     }

@@ -1,0 +1,94 @@
+"""Which build of the data path runs (proxy/native.py): compiled, or the source when asked or stale.
+
+Each case imports the package in a fresh interpreter, from the checkout or from a copy of it made
+under tmp_path, and reports where proxy.client came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy import native
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPILED = native._compiled_present(native.PACKAGE_DIR)
+needs_build = pytest.mark.skipif(not COMPILED, reason="installed without compiling (SLOTSWITCH_PURE_PYTHON=1)")
+
+PROBE = """
+import json, proxy.client, proxy.native, proxy.server
+print(json.dumps({"mode": proxy.native.mode, "reason": proxy.native.reason, "client": proxy.client.__file__,
+                  "server": proxy.server.__file__, "line": proxy.native.describe()}))
+"""
+
+
+def probe(root: Path, **env: str) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    environ.update(env, PYTHONPATH=str(root))
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=root, env=environ, capture_output=True, text=True, timeout=60, check=True
+    )
+    result: dict[str, str] = json.loads(out.stdout)
+    return result
+
+
+def copy_build(dst: Path) -> Path:
+    """The package and its compiled files (mypyc's shared library sits beside the package)."""
+    shutil.copytree(ROOT / "proxy", dst / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "admin", dst / "admin", ignore=shutil.ignore_patterns("__pycache__"))
+    for lib in ROOT.glob("*__mypyc*"):
+        shutil.copy2(lib, dst / lib.name)
+    return dst
+
+
+@needs_build
+def test_a_compiled_install_runs_compiled() -> None:
+    got = probe(ROOT)
+    assert got["mode"] == "compiled", got
+    assert not got["client"].endswith(".py") and not got["server"].endswith(".py")
+    assert got["line"] == "data path: compiled (mypyc)"
+
+
+def test_the_environment_variable_runs_the_source() -> None:
+    got = probe(ROOT, SLOTSWITCH_PURE_PYTHON="1")
+    assert got["mode"] == "python"
+    assert got["client"] == str(ROOT / "proxy" / "client.py")
+    assert got["server"] == str(ROOT / "proxy" / "server.py")
+    assert "SLOTSWITCH_PURE_PYTHON is set" in got["line"]
+
+
+@needs_build
+def test_an_edited_source_runs_from_source_not_from_its_stale_build(tmp_path: Path) -> None:
+    root = copy_build(tmp_path)
+    assert probe(root)["mode"] == "compiled"  # the copy alone changes nothing
+    with (root / "proxy" / "relay.py").open("a") as f:
+        f.write("\n# edited after the build\n")
+    got = probe(root)
+    assert got["mode"] == "python"
+    assert "changed since compiled: relay.py" in got["reason"]
+    # All of them from source, the unedited ones too: compiled and source modules cannot mix.
+    assert got["client"] == str(root / "proxy" / "client.py")
+    assert got["server"] == str(root / "proxy" / "server.py")
+
+
+@needs_build
+def test_a_build_without_its_stamp_runs_from_source(tmp_path: Path) -> None:
+    root = copy_build(tmp_path)
+    (root / "proxy" / native.STAMP).unlink()
+    got = probe(root)
+    assert got["mode"] == "python"
+    assert native.STAMP in got["reason"]
+
+
+def test_the_stamp_lists_every_compiled_module(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "proxy", tmp_path / "proxy", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    native.write_stamp(tmp_path / "proxy")
+    stamp = json.loads((tmp_path / "proxy" / native.STAMP).read_text())
+    assert sorted(stamp) == sorted(native.COMPILED)
+    assert stamp == native.source_hashes(tmp_path / "proxy")
