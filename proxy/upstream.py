@@ -372,3 +372,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
         if ex is not None:
             ex.upstream_lost(reason, False)
+        elif self.finished is not None and self.finished.route is not None:
+            # Bytes after a complete response (on_message_begin): that response still goes to its
+            # client, but the upstream misbehaved, and the slot's bad_response count says so.
+            self.finished.route.runtime.count_error(reason)

@@ -180,6 +180,7 @@ async def test_bytes_after_a_response_are_never_the_next_response(start: Start) 
     assert (await client.read_response()).body == b"ok"
     assert (await client.read_response()).body == b"second"
     await client.close()
+    assert app.store.current.routes["blue"].runtime.errors["bad_response"] == 1  # counted, though answered
 
 
 async def test_partial_bytes_after_a_response_drop_the_connection(start: Start) -> None:
