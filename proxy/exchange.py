@@ -121,8 +121,11 @@ class Exchange:
             self.host_count += 1
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_CONTENT_LENGTH:
-            self.content_length = int(value)  # llhttp has validated it
-            self.headers.append(name + b": " + value + wire.CRLF)
+            # llhttp has validated it, but lets through what another parser may read otherwise (leading
+            # zeros, trailing whitespace): the upstream gets the number the proxy framed the body by, as
+            # nginx sends it.
+            self.content_length = int(value)
+            self.headers.append(b"%s: %d\r\n" % (name, self.content_length))
         elif kind == wire.H_CONNECTION:
             self.nominated = wire.nominated_names(value, self.nominated)
             self.conn_upgrade = self.conn_upgrade or b"upgrade" in value.lower()
@@ -172,7 +175,20 @@ class Exchange:
             raise wire.Reject("body_too_large")
         self.ws = self.conn_upgrade and self.upgrade == b"websocket" and method == b"GET"
         if self.nominated is not None:
-            self.headers = drop_nominated(self.headers, self.nominated)
+            self._drop_nominated(self.nominated)
+
+    def _drop_nominated(self, nominated: frozenset[bytes]) -> None:
+        """Headers the client's Connection names are for this hop only: not forwarded, and not read
+        either (a trusted proxy's X-Forwarded-* among them); a nominated X-Request-ID gets a new one."""
+        self.headers = drop_nominated(self.headers, nominated)
+        if b"x-request-id" in nominated:
+            self.request_id = False
+        if b"x-forwarded-for" in nominated:
+            self.xff = None
+        if b"x-forwarded-host" in nominated:
+            self.xfh = b""
+        if b"x-forwarded-proto" in nominated:
+            self.xfp = b""
 
     # -- routing ----------------------------------------------------------------------------
 

@@ -100,6 +100,31 @@ async def test_hop_by_hop_and_nominated_request_headers_are_stripped(scripted: S
     assert values(up.heads[0], "x-forwarded-for") == ["127.0.0.1"]
 
 
+async def test_nominated_request_id_and_forwarding_headers_are_neither_forwarded_nor_trusted(scripted: Start) -> None:
+    """Connection may name X-Request-ID or a trusted proxy's X-Forwarded-*: this hop's alone, so they are
+    dropped as if never sent; the request still gets an ID and the proxy's own forwarding headers."""
+    app, up = await scripted(trusted_proxies=["127.0.0.0/8"])
+    await request(
+        app.proxy_port,
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Request-ID, X-Forwarded-For, X-Forwarded-Proto\r\n"
+        b"X-Request-ID: abc\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\r\n",
+    )
+    head = up.heads[0]
+    ids = values(head, "x-request-id")
+    assert len(ids) == 1 and ids[0] != "abc"
+    assert values(head, "x-forwarded-for") == ["127.0.0.1"]
+    assert values(head, "x-forwarded-proto") == ["http"]
+
+
+@pytest.mark.parametrize("sent", [b"005", b"5 ", b"5\t"])
+async def test_request_content_length_goes_upstream_as_the_number_it_was_read_as(scripted: Start, sent: bytes) -> None:
+    app, up = await scripted()
+    resp = await request(app.proxy_port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: " + sent + b"\r\n\r\nhello")
+    assert resp.status == 200
+    assert values(up.heads[0], "content-length") == ["5"]
+    assert b"\r\nContent-Length: 5\r\n" in up.heads[0]
+
+
 async def test_hop_by_hop_and_nominated_response_headers_are_stripped(scripted: Start) -> None:
     answer = (
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Internal\r\nX-Internal: secret\r\n"
