@@ -30,7 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 PROXY_CPU, LOAD_CPU = "0", "1"
 PATHS = ("/small", "/16k")
-TARGETS = ("direct", "nginx", "slotswitch")
+TARGETS = ("direct", "nginx", "slotswitch", "slotswitch-source")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LATENCY_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 SOAK_WARMUP_REQUESTS = 50_000
@@ -112,9 +112,9 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.procs.append(proc)
         return proc
 
@@ -212,8 +212,10 @@ def start_slotswitch(
     cpu: str | None = PROXY_CPU,
     name: str = "slotswitch",
     prefix: tuple[str, ...] = (),
+    source: bool = False,
 ) -> tuple[int, int]:
-    """Returns (port, pid). `cpu` None: not pinned; `prefix` goes before the command (e.g. prlimit)."""
+    """Returns (port, pid). `cpu` None: not pinned; `prefix` goes before the command (e.g. prlimit);
+    `source`: the data path from its Python source, not the compiled build (SLOTSWITCH_PURE_PYTHON=1)."""
     if not exe.exists():
         raise BenchError(f"{exe} does not exist (install the project: .venv/bin/pip install -e .)")
     port, admin = pick_port(19020, ports), pick_port(19021, ports)
@@ -228,7 +230,8 @@ def start_slotswitch(
     )
     log = tmp / f"{name}.log"
     pin = ["taskset", "-c", cpu] if cpu is not None else []
-    proc = procs.start([*prefix, *pin, str(exe), "run", "--config", str(conf)], log)
+    env = {**os.environ, "SLOTSWITCH_PURE_PYTHON": "1"} if source else None
+    proc = procs.start([*prefix, *pin, str(exe), "run", "--config", str(conf)], log, env)
     wait_ready(proc, port, log)
     return port, proc.pid
 
@@ -334,6 +337,10 @@ def start_targets(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str
     targets["nginx"] = (nginx_port, nginx_pid)
     try:
         targets["slotswitch"] = start_slotswitch(procs, tmp, up, ports, Path(args.slotswitch))
+        if getattr(args, "source", False):  # compare.py only (latency.py and idle.py share this)
+            targets["slotswitch-source"] = start_slotswitch(
+                procs, tmp, up, ports, Path(args.slotswitch), name="slotswitch-source", source=True
+            )
     except BenchError as exc:
         print(f"*** slotswitch NOT benchmarked: {exc}\n*** continuing with direct and nginx only.\n", flush=True)
     return targets
@@ -621,6 +628,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured wrk per target/path (0=off)")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON output file (soak: results/soak.json)")
     p.add_argument("--slotswitch", default=str(REPO_DIR / ".venv" / "bin" / "slotswitch"), help="executable")
+    p.add_argument(
+        "--source", action="store_true", help="also measure slotswitch running its data path from source (not compiled)"
+    )
     p.add_argument("--soak", type=int, metavar="N", help="soak mode: drive N requests to /small, sample RSS")
     p.add_argument("--soak-target", choices=("slotswitch", "nginx"), default="slotswitch", help="soak this proxy")
     p.add_argument(
