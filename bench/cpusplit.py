@@ -8,6 +8,7 @@ that slotswitch adds (user) and the kernel work around it (system).
 
     .venv/bin/python bench/cpusplit.py                 # /small, 3 rounds x 3 s
     .venv/bin/python bench/cpusplit.py --path /16k --rounds 2
+    .venv/bin/python bench/cpusplit.py --spin-us 15 --spin-us 30   # also the relay with N µs of busy loop
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def main() -> int:
     parser.add_argument("--path", default="/small", choices=("/small", "/16k"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument(
+        "--spin-us", type=float, action="append", default=[], help="also a relay burning N µs per request (repeatable)"
+    )
     args = parser.parse_args()
     procs = c.Procs()
     tmp = Path(tempfile.mkdtemp(prefix="cpusplit-"))
@@ -55,16 +59,16 @@ def main() -> int:
                 c.start_nginx(procs, tmp, "proxy", "proxy.conf", c.PROXY_CPU, PORT=nginx, UPSTREAM_PORT=up["blue"]),
             )
         }
-        raw = c.pick_port(19030, ports)
-        relay = procs.start(
-            ["taskset", "-c", c.PROXY_CPU, sys.executable, str(BENCH / "rawrelay.py"), str(raw), str(up["blue"])],
-            tmp / "raw.log",
-        )
-        c.wait_ready(relay, raw, tmp / "raw.log")
-        targets["raw relay"] = (raw, relay.pid)
+        for spin in (0.0, *args.spin_us):
+            raw = c.pick_port(19030, ports)
+            log = tmp / f"raw-{spin:g}.log"
+            argv = [sys.executable, str(BENCH / "rawrelay.py"), str(raw), str(up["blue"]), "--spin-us", str(spin)]
+            relay = procs.start(["taskset", "-c", c.PROXY_CPU, *argv], log)
+            c.wait_ready(relay, raw, log)
+            targets["raw relay" if not spin else f"relay+{spin:g}us"] = (raw, relay.pid)
         targets["slotswitch"] = c.start_slotswitch(procs, tmp, up, ports, BENCH.parent / ".venv" / "bin" / "slotswitch")
         print(
-            f"{'target':<11} {'path':<7} {'user µs':>8} {'sys µs':>7} {'total':>6} {'faults/req':>10} {'ctxsw/req':>9}"
+            f"{'target':<13} {'path':<7} {'user µs':>8} {'sys µs':>7} {'total':>6} {'faults/req':>10} {'ctxsw/req':>9}"
         )
         for _ in range(args.rounds):
             for name, (port, pid) in targets.items():
@@ -78,7 +82,7 @@ def main() -> int:
                 n = c.parse_wrk(out.stdout).requests
                 user, system = (after[0] - before[0]) / n * 1e6, (after[1] - before[1]) / n * 1e6
                 print(
-                    f"{name:<11} {args.path:<7} {user:8.1f} {system:7.1f} {user + system:6.1f} "
+                    f"{name:<13} {args.path:<7} {user:8.1f} {system:7.1f} {user + system:6.1f} "
                     f"{(after[2] - before[2]) / n:10.3f} {(after[3] - before[3]) / n:9.3f}"
                 )
     finally:

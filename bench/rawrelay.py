@@ -7,12 +7,18 @@ connection, bytes copied both ways unchanged (GET without bodies only: enough fo
 parser and the kernel, which is what every feature of slotswitch is added to. Loopback only.
 
     taskset -c 0 .venv/bin/python bench/rawrelay.py 19030 19001   # listen port, upstream port
+    taskset -c 0 .venv/bin/python bench/rawrelay.py 19030 19001 --spin-us 15
+
+--spin-us N burns N µs of CPU per request in user space (a busy loop), standing in for a proxy's own work:
+bench/cpusplit.py --spin-us uses it to show how much of a slower proxy's extra system time comes from
+being slower alone (its peers sleep more between its writes, and waking them costs the writer).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 
 import httptools
 import uvloop
@@ -35,6 +41,7 @@ class Upstream(asyncio.Protocol):
 
 class Client(asyncio.Protocol):
     upstream_port = 0
+    spin = 0.0  # seconds of busy loop per request
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -56,14 +63,19 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
+        if self.spin:
+            end = time.perf_counter() + self.spin * data.count(b"\r\n\r\n")  # one head per request (GET)
+            while time.perf_counter() < end:
+                pass
         if self.pending is not None:
             self.pending.append(data)
         elif self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.write(data)
 
 
-async def main(port: int, upstream_port: int) -> None:
+async def main(port: int, upstream_port: int, spin_us: float) -> None:
     Client.upstream_port = upstream_port
+    Client.spin = spin_us / 1e6
     server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port)
     print(f"raw relay on 127.0.0.1:{port} -> 127.0.0.1:{upstream_port}", flush=True)
     async with server:
@@ -74,5 +86,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("port", type=int)
     parser.add_argument("upstream_port", type=int)
+    parser.add_argument("--spin-us", type=float, default=0.0, help="busy-loop µs per request (default 0)")
     args = parser.parse_args()
-    uvloop.run(main(args.port, args.upstream_port))
+    uvloop.run(main(args.port, args.upstream_port, args.spin_us))
