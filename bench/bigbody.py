@@ -181,7 +181,7 @@ def start_proxy(binary: str, workdir: Path, blue: int, green: int) -> tuple[subp
             "green": {"upstreams": [f"http://127.0.0.1:{green}"]},
         },
         "active": "blue",
-        "admin": {"listen": f"127.0.0.1:{admin}"},
+        "admin": {"listen": f"127.0.0.1:{admin}", "insecure_loopback": True},
         "log_level": "warning",
     }
     path = workdir / "slotswitch.yaml"
