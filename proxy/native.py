@@ -79,7 +79,7 @@ def _check(package_dir: Path) -> str:
     if pure_requested():
         return f"{PURE_ENV} is set"
     if not _compiled_present(package_dir):
-        return f"not compiled (installed with {PURE_ENV}=1, or without mypyc)"
+        return f"not compiled (installed with {PURE_ENV}=1, or the C compiler failed at install)"
     try:
         stamp = json.loads((package_dir / STAMP).read_text())
     except (OSError, ValueError):

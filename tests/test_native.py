@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,29 @@ def test_the_stamp_lists_every_compiled_module(tmp_path: Path) -> None:
     stamp = json.loads((tmp_path / "proxy" / native.STAMP).read_text())
     assert sorted(stamp) == sorted(native.COMPILED)
     assert stamp == native.source_hashes(tmp_path / "proxy")
+
+
+def test_a_machine_whose_c_compiler_fails_gets_a_working_source_install(tmp_path: Path) -> None:
+    """setup.py: the wheel builds with the data path as source, and says why; no half-compiled set."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for package in ("proxy", "admin"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.json"))
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    env["CC"] = "false"  # distutils compiles with $CC: a compiler that fails every time
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path / "dist"), str(src)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "the data path could not be compiled" in done.stdout + done.stderr
+    (wheel,) = (tmp_path / "dist").glob("slotswitch-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert "proxy/client.py" in names and "proxy/native.py" in names
+    assert not [n for n in names if n.endswith(".so")], names
