@@ -154,7 +154,14 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A half-closed client may still read the answer to a request it already sent.
         self.eof = True
-        return self.current is not None
+        ex = self.current
+        if ex is not None and not ex.request_done and not ex.response_started and self.tunnel is None:
+            # ...but a request whose body the close cut can never end: answer it now, rather than hold
+            # its upstream connection until body_read expires (nginx: "client prematurely closed").
+            log.info("client %s closed its side in the middle of a request body", self.peer.decode())
+            self.reject("bad_request")
+            return False
+        return ex is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)

@@ -396,6 +396,21 @@ async def test_body_read_timeout_gives_408(start: Start) -> None:
     await client.close()
 
 
+async def test_body_cut_by_a_half_close_is_answered_at_once(start: Start) -> None:
+    """A client that shuts its side mid-body can never finish the request: 400 now, not 408 when body_read
+    (here far longer than the test's bounded read) expires, and its upstream connection is let go."""
+    app = await start(timeouts={"body_read": "60s"})
+    client = await RawClient.connect(app.proxy_port)
+    await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+    client.writer.write_eof()
+    resp = await client.read_response(timeout=10)
+    assert resp.status == 400
+    assert resp.header("Connection") == "close"
+    assert await client.closed()
+    await client.close()
+    assert app.store.current.routes["blue"].runtime.in_flight == 0
+
+
 async def test_idle_keepalive_connection_is_closed(start: Start) -> None:
     app = await start(timeouts={"keepalive": "200ms"})
     client = await RawClient.connect(app.proxy_port)
