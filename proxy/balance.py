@@ -14,17 +14,17 @@ from __future__ import annotations
 import hmac
 import itertools
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.state import Route, Snapshot
 
-BUCKETS = 10000
+BUCKETS: Final = 10000
 # Keyless requests: a golden-ratio sequence spreads them evenly, so the share matches the weight
 # closely even over few requests.
-_sequence = itertools.count()
-_GOLDEN = 6180
+_sequence: Final = itertools.count()
+_GOLDEN: Final = 6180
 
 
 def cookie_value(cookies: bytes, name: bytes) -> bytes:

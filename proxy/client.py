@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -31,6 +31,7 @@ from proxy.wire import (
     DL_NONE,
     DL_SEND,
     DL_UPSTREAM,
+    ORDINARY,
     RB_PIPELINE,
     RB_TUNNEL,
     Reject,
@@ -44,7 +45,7 @@ log = logging.getLogger("slotswitch.client")
 
 # `header_bytes` from headers-complete on: what on_header gets after that are the trailers of a
 # chunked body, which take the limit check's slow path at no cost to ordinary headers.
-TRAILERS = 1 << 62
+TRAILERS: Final = 1 << 62
 
 
 class ClientConnection(asyncio.Protocol):
@@ -142,8 +143,8 @@ class ClientConnection(asyncio.Protocol):
                 # it ends (on_header checks the limit only then), growing it by one copy per read:
                 # an endless header would take memory and, quadratically, CPU until header_read.
                 self.head_raw += len(data)
-                limits = self.server.limits
-                if self.head_raw > limits.request_line + limits.headers:
+                server = self.server
+                if self.head_raw > server.max_line + server.max_headers:
                     self.reject("headers_too_large")
             return
         # Outside the handler: what follows the upgrade request is parsed again, and an exception
@@ -210,21 +211,24 @@ class ClientConnection(asyncio.Protocol):
                 # deadline already armed (no new timer, no clock read); expiry now answers 408.
                 self.deadline_kind = DL_HEADER
         ex.target += url
-        if len(ex.target) > self.server.limits.request_line:
+        if len(ex.target) > self.server.max_line:
             raise Reject("uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.server.limits.headers:
-            if self.header_bytes < TRAILERS or self.header_bytes - TRAILERS > self.server.limits.headers:
+        if self.header_bytes > self.server.max_headers:
+            if self.header_bytes < TRAILERS or self.header_bytes - TRAILERS > self.server.max_headers:
                 raise Reject("headers_too_large")
             # A trailer: never forwarded (the body ends with a bare last chunk), and it must not join
             # the headers of a pipelined request whose head is built only when it starts.
             return
         ex = self.parsing
         assert ex is not None
-        kind = ex.kinds.get(name.lower())
-        if kind is None:  # most headers: copied as they came, without a call into the exchange
+        kinds = ex.kinds
+        kind = kinds.get(name)  # the usual spellings first (wire.COMMON_NAMES)
+        if kind is None:
+            kind = kinds.get(name.lower(), ORDINARY)
+        if kind == ORDINARY:  # most headers: copied as they came, without a call into the exchange
             ex.headers.append(name + b": " + value + CRLF)
         else:
             ex.add_header(kind, name, value)

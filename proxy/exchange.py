@@ -15,7 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy import wire
 from proxy.balance import choose, drop_cookie
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("slotswitch.exchange")
 
-MAX_ATTEMPTS = 3
-BUFFER_LIMIT = 65536  # request body bytes held before an upstream is attached
+MAX_ATTEMPTS: Final = 3
+BUFFER_LIMIT: Final = 65536  # request body bytes held before an upstream is attached
 
 
 class Exchange:
@@ -170,7 +170,7 @@ class Exchange:
             raise wire.Reject("method_not_allowed")
         if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
             raise wire.Reject("bad_host")
-        limit = self.client.server.limits.body
+        limit = self.client.server.max_body
         if limit and self.content_length > limit:
             raise wire.Reject("body_too_large")
         self.ws = self.conn_upgrade and self.upgrade == b"websocket" and method == b"GET"
@@ -251,7 +251,7 @@ class Exchange:
 
     def client_body(self, chunk: bytes) -> None:
         self.body_seen += len(chunk)
-        limit = self.client.server.limits.body
+        limit = self.client.server.max_body
         if limit and self.body_seen > limit:
             raise wire.Reject("body_too_large")
         conn = self.conn

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy import wire
 
@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 
 # X-Request-ID for requests without one: a per-process random prefix and a counter, which is
 # unique without a syscall per request.
-_ID_PREFIX = b"X-Request-ID: " + os.urandom(6).hex().encode() + b"-"
-_ids = itertools.count(1)
-XFP_HTTP = b"X-Forwarded-Proto: http\r\n"
-HTTP11 = b" HTTP/1.1\r\n"
-TAIL = wire.VIA + wire.CRLF
+_ID_PREFIX: Final = b"X-Request-ID: " + os.urandom(6).hex().encode() + b"-"
+_ids: Final = itertools.count(1)
+XFP_HTTP: Final = b"X-Forwarded-Proto: http\r\n"
+HTTP11: Final = b" HTTP/1.1\r\n"
+TAIL: Final = wire.VIA + wire.CRLF
 
 
 def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> bytes:

@@ -53,7 +53,10 @@ class ProxyServer:
         self.stopping = False
         self.error_counts: dict[str, int] = {}
         self.limits = Limits()
-        self.header_kinds: dict[bytes, int] = dict(wire.REQUEST_SPECIAL)
+        # limits' fields as plain ints, read per request and per header (a settings model attribute
+        # is a dict lookup; these are fields of this compiled class). Set with limits, in apply().
+        self.max_line = self.max_headers = self.max_body = 0
+        self.header_kinds: dict[bytes, int] = wire.with_spellings(wire.REQUEST_SPECIAL)
         self.preview_secret = b""
         self.preview_cookie = b""
         # The proxy's own preview secret, for smoke and warm-up requests it sends to the idle
@@ -73,7 +76,8 @@ class ProxyServer:
         self.apply(store.current.settings)
 
     def apply(self, settings: Settings) -> None:
-        self.limits = settings.limits
+        self.limits = limits = settings.limits
+        self.max_line, self.max_headers, self.max_body = limits.request_line, limits.headers, limits.body
         if not settings.access_log and self.access is not None:
             self.access.flush()
             self.access = None
@@ -97,7 +101,9 @@ class ProxyServer:
         # The preview header is never forwarded, whether a secret is configured or not.
         kinds[settings.preview.header.lower().encode("latin-1")] = wire.H_PREVIEW
         self.preview_cookie = settings.preview.cookie.encode("latin-1") if secret else b""
-        self.header_kinds = kinds
+        configured: tuple[bytes, ...] = (self.sticky_name,) if settings.sticky.by == "header" else ()
+        configured += (settings.preview.header.encode("latin-1"),)  # also as written in the config
+        self.header_kinds = wire.with_spellings(kinds, wire.COMMON_NAMES + configured)
         t = settings.timeouts
         timeouts = [0.0] * 6
         timeouts[DL_IDLE] = t.keepalive

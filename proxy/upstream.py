@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("slotswitch.upstream")
 
-INTERIM = frozenset({100, 101, 102, 103})  # the 1xx statuses llhttp ends at their head
-SMALL_BODY = 16384  # up to this size the held head and the body are joined into one buffer
+INTERIM: Final = frozenset({100, 101, 102, 103})  # the 1xx statuses llhttp ends at their head
+SMALL_BODY: Final = 16384  # up to this size the held head and the body are joined into one buffer
 
 
 class BadResponse(Exception):
@@ -235,8 +235,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > self.head_limit:
             raise BadResponse(f"response headers larger than {self.head_limit} bytes")
-        kind = wire.RESPONSE_SPECIAL.get(name.lower())
+        kind = wire.RESPONSE_KINDS.get(name)  # the usual spellings first (wire.COMMON_NAMES)
         if kind is None:
+            kind = wire.RESPONSE_KINDS.get(name.lower(), wire.ORDINARY)
+        if kind == wire.ORDINARY:
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.R_CONTENT_LENGTH:
             self.has_length = True

@@ -7,10 +7,10 @@ the metric label and the log word. That table is the one place where a failure b
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 # Header names are compared lower-cased. Hop-by-hop per RFC 9110 §7.6.1, plus Proxy-Connection.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -25,9 +25,22 @@ HOP_BY_HOP = frozenset(
 )
 
 # What the request rewriter needs to look at; everything else is copied byte for byte.
-(H_HOP, H_CONNECTION, H_HOST, H_XFF, H_XFH, H_XFP, H_REQUEST_ID, H_UPGRADE, H_TE, H_CONTENT_LENGTH) = range(10)
-(H_COOKIE, H_STICKY, H_PREVIEW) = range(10, 13)  # the last two have configured names (ProxyServer.apply)
-REQUEST_SPECIAL: dict[bytes, int] = {name: H_HOP for name in HOP_BY_HOP}
+# Constants are Final: the compiled data path (proxy/native.py) reads Final module constants as C
+# constants or static globals, and every other one by a dict lookup in the module's namespace.
+H_HOP: Final = 0
+H_CONNECTION: Final = 1
+H_HOST: Final = 2
+H_XFF: Final = 3
+H_XFH: Final = 4
+H_XFP: Final = 5
+H_REQUEST_ID: Final = 6
+H_UPGRADE: Final = 7
+H_TE: Final = 8
+H_CONTENT_LENGTH: Final = 9
+H_COOKIE: Final = 10
+H_STICKY: Final = 11  # this one and the next have configured names (ProxyServer.apply)
+H_PREVIEW: Final = 12
+REQUEST_SPECIAL: Final[dict[bytes, int]] = {name: H_HOP for name in HOP_BY_HOP}
 REQUEST_SPECIAL.update(
     {
         b"connection": H_CONNECTION,
@@ -44,31 +57,73 @@ REQUEST_SPECIAL.update(
 )
 
 # Response headers that need a decision; the response side treats Content-Length specially too.
-R_HOP, R_CONNECTION, R_CONTENT_LENGTH, R_TE = range(4)
-RESPONSE_SPECIAL: dict[bytes, int] = {name: R_HOP for name in HOP_BY_HOP}
+R_HOP: Final = 0
+R_CONNECTION: Final = 1
+R_CONTENT_LENGTH: Final = 2
+R_TE: Final = 3
+RESPONSE_SPECIAL: Final[dict[bytes, int]] = {name: R_HOP for name in HOP_BY_HOP}
 RESPONSE_SPECIAL.update({b"connection": R_CONNECTION, b"content-length": R_CONTENT_LENGTH, b"transfer-encoding": R_TE})
 
+# Header names as clients and servers usually spell them. The kind tables below also hold these spellings,
+# each mapped to what its lower-case form maps to (ORDINARY if nothing), so a header spelled the usual way
+# is classified by one lookup, without lower() and a second hash; any other spelling takes both.
+ORDINARY: Final = -1
+COMMON_NAMES: Final = (
+    b"Host", b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Accept-Charset",
+    b"Authorization", b"Cache-Control", b"Connection", b"Content-Length", b"Content-Type",
+    b"Content-Encoding", b"Content-Language", b"Content-Disposition", b"Content-Range", b"Cookie",
+    b"Set-Cookie", b"Date", b"ETag", b"Expires", b"If-Match", b"If-None-Match", b"If-Modified-Since",
+    b"If-Unmodified-Since", b"If-Range", b"Keep-Alive", b"Last-Modified", b"Location", b"Origin", b"Pragma",
+    b"Range", b"Accept-Ranges", b"Referer", b"Server", b"Transfer-Encoding", b"TE", b"Trailer", b"Upgrade",
+    b"Vary", b"Via", b"Age", b"Allow", b"Link", b"Retry-After", b"WWW-Authenticate", b"Proxy-Authenticate",
+    b"Proxy-Authorization", b"Proxy-Connection", b"Strict-Transport-Security", b"X-Forwarded-For",
+    b"X-Forwarded-Host", b"X-Forwarded-Proto", b"X-Request-ID", b"X-Request-Id", b"X-Real-IP",
+    b"X-Content-Type-Options", b"X-Frame-Options", b"Sec-WebSocket-Key", b"Sec-WebSocket-Version",
+    b"Sec-WebSocket-Accept", b"Sec-WebSocket-Extensions", b"Sec-WebSocket-Protocol",
+    b"Access-Control-Allow-Origin", b"Sec-Fetch-Mode", b"Sec-Fetch-Site", b"Sec-Fetch-Dest",
+    b"Upgrade-Insecure-Requests", b"Content-Security-Policy", b"Alt-Svc", b"Expect",
+)  # fmt: skip
+
+
+def with_spellings(kinds: dict[bytes, int], names: tuple[bytes, ...] = COMMON_NAMES) -> dict[bytes, int]:
+    """`kinds` (lower-case names) plus `names` as spelled, each classified as its lower-case form is."""
+    return {**kinds, **{name: kinds.get(name.lower(), ORDINARY) for name in names}}
+
+
+RESPONSE_KINDS: Final = with_spellings(RESPONSE_SPECIAL)
+
 # How a response body goes to the client (decided in relay.response_head).
-MODE_PASS, MODE_CHUNK, MODE_RAW_CLOSE, MODE_NONE = range(4)
+MODE_PASS: Final = 0
+MODE_CHUNK: Final = 1
+MODE_RAW_CLOSE: Final = 2
+MODE_NONE: Final = 3
 
 # Client connection deadline kinds (ClientConnection.set_deadline) and read_block bits.
-DL_NONE, DL_IDLE, DL_HEADER, DL_BODY, DL_UPSTREAM, DL_SEND = range(6)
-RB_UPLOAD, RB_PIPELINE, RB_BUFFER, RB_TUNNEL = 1, 2, 4, 8
+DL_NONE: Final = 0
+DL_IDLE: Final = 1
+DL_HEADER: Final = 2
+DL_BODY: Final = 3
+DL_UPSTREAM: Final = 4
+DL_SEND: Final = 5
+RB_UPLOAD: Final = 1
+RB_PIPELINE: Final = 2
+RB_BUFFER: Final = 4
+RB_TUNNEL: Final = 8
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
-VIA = b"Via: 1.1 slotswitch\r\n"
-CRLF = b"\r\n"
-CHUNKED = b"Transfer-Encoding: chunked\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
-CONN_CLOSE = b"Connection: close\r\n"
-CONN_KEEP_ALIVE = b"Connection: keep-alive\r\n"
-CONN_UPGRADE = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+VIA: Final = b"Via: 1.1 slotswitch\r\n"
+CRLF: Final = b"\r\n"
+CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CONN_CLOSE: Final = b"Connection: close\r\n"
+CONN_KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
+CONN_UPGRADE: Final = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # WebSocket close frames (RFC 6455 §5.5.1) with code 1001 "going away", used when a drain cuts a tunnel.
-WS_CLOSE_1001_TO_CLIENT = b"\x88\x02\x03\xe9"  # server frames are unmasked
-WS_CLOSE_1001_TO_UPSTREAM = b"\x88\x82\x00\x00\x00\x00\x03\xe9"  # client frames are masked (zero mask)
+WS_CLOSE_1001_TO_CLIENT: Final = b"\x88\x02\x03\xe9"  # server frames are unmasked
+WS_CLOSE_1001_TO_UPSTREAM: Final = b"\x88\x82\x00\x00\x00\x00\x03\xe9"  # client frames are masked (zero mask)
 
 
 class Reject(Exception):
@@ -79,11 +134,11 @@ class Reject(Exception):
         self.reason = reason
 
 
-_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+_STANDARD_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 # Never removed, whatever Connection nominates: Content-Length frames the body the proxy forwards as
 # it came (without it the body would reach the upstream as a request of its own: smuggling, or the
 # client would read a keep-alive response to the close), and an HTTP/1.1 request needs its Host.
-_NOT_NOMINABLE = _STANDARD_TOKENS | {b"content-length", b"host"}
+_NOT_NOMINABLE: Final = _STANDARD_TOKENS | {b"content-length", b"host"}
 
 
 def nominated_names(value: bytes, names: frozenset[bytes] | None) -> frozenset[bytes] | None:
@@ -111,7 +166,7 @@ def status_line(code: int, reason: bytes = b"") -> bytes:
 
 # Status lines for every code, built at import (as uvicorn does). Reason phrases are the standard
 # ones: RFC 9112 §4 lets a client ignore them, and not parsing the upstream's saves a callback.
-STATUS_LINES = [status_line(code) for code in range(600)]
+STATUS_LINES: Final = [status_line(code) for code in range(600)]
 
 
 class ErrorReply(NamedTuple):
@@ -130,7 +185,7 @@ def _error(status: int, message: str, closes: bool) -> ErrorReply:
 
 
 # reason -> reply. Client-side errors close the connection: the request stream can no longer be trusted.
-ERRORS: dict[str, ErrorReply] = {
+ERRORS: Final[dict[str, ErrorReply]] = {
     "bad_request": _error(400, "malformed request", True),
     "internal_error": _error(500, "internal proxy error", True),
     "bad_host": _error(400, "missing or repeated Host header", True),
