@@ -50,11 +50,13 @@ TRAILERS: Final = 1 << 62
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
+        "clock",
         "current",
         "deadline",
         "deadline_kind",
         "early",
         "eof",
+        "feed",
         "fwd_block",
         "fwd_host",
         "head_raw",
@@ -79,9 +81,11 @@ class ClientConnection(asyncio.Protocol):
         # Global state
         self.server = server
         self.loop = server.loop
+        self.clock = server.clock
         # Per-connection state
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self.feed = self.parser.feed_data  # bound once: a method call on the parser looks it up each time
         self.peer = b""
         self.trusted = False
         self.xff_line = b""
@@ -122,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
             return
         ex = self.parsing
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
         except httptools.HttpParserCallbackError as exc:
@@ -292,7 +296,7 @@ class ClientConnection(asyncio.Protocol):
         # The answer takes the place of the first unanswered request's: the current one, else the one
         # being parsed, whose method llhttp knows from on_url on.
         if ex is not None:
-            head_request = ex.method == b"HEAD"
+            head_request = ex.is_head
             ex.abort()
             self.current = None
         else:
@@ -334,7 +338,7 @@ class ClientConnection(asyncio.Protocol):
         """Arm the one deadline this phase needs; the timer is rescheduled only when it must fire sooner."""
         self.deadline_kind = kind
         if kind:  # not DL_NONE
-            deadline = self.deadline = self.loop.time() + self.server.timeout_for[kind]
+            deadline = self.deadline = self.clock() + self.server.timeout_for[kind]
             if self.timer is None or deadline < self.timer_at:
                 self._cancel_timer()
                 self.timer_at = deadline
@@ -343,7 +347,7 @@ class ClientConnection(asyncio.Protocol):
     def touch(self) -> None:
         """Push the current deadline back (called when bytes move)."""
         if self.deadline_kind != DL_NONE:
-            self.deadline = self.loop.time() + self.server.timeout_for[self.deadline_kind]
+            self.deadline = self.clock() + self.server.timeout_for[self.deadline_kind]
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -355,7 +359,7 @@ class ClientConnection(asyncio.Protocol):
         kind = self.deadline_kind
         if kind == DL_NONE or self.transport is None:
             return
-        if self.loop.time() < self.deadline:
+        if self.clock() < self.deadline:
             self.timer_at = self.deadline
             self.timer = self.loop.call_at(self.deadline, self._on_timer)
             return
@@ -394,5 +398,6 @@ class ClientConnection(asyncio.Protocol):
         # Any other Upgrade (h2c, ...) was stripped and forwarded as a plain request;
         # continue parsing what follows with a fresh parser.
         self.parser = httptools.HttpRequestParser(self)
+        self.feed = self.parser.feed_data
         if rest:
             self.data_received(rest)

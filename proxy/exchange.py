@@ -51,6 +51,7 @@ class Exchange:
         "headers",
         "host",
         "host_count",
+        "is_head",
         "keep_alive",
         "kinds",
         "method",
@@ -77,6 +78,7 @@ class Exchange:
         self.kinds = client.server.header_kinds  # which header names need a decision
         # Request head, filled in by the parser callbacks.
         self.method = b""
+        self.is_head = False  # method == b"HEAD", compared once
         self.target = b""
         self.version = "1.1"
         self.headers: list[bytes] = []  # "Name: value\r\n" lines copied as they came
@@ -160,6 +162,7 @@ class Exchange:
 
     def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
         self.method = method
+        self.is_head = method == b"HEAD"
         self.version = version
         self.keep_alive = keep_alive
         if version != "1.1" and version != "1.0":
@@ -206,7 +209,7 @@ class Exchange:
         if pool is None and server.failover:
             route, pool = server.fail_over(snap, route)
         self.route = route
-        self.started = client.loop.time()
+        self.started = client.clock()
         rt = route.runtime
         rt.in_flight += 1
         rt.requests += 1
@@ -349,7 +352,7 @@ class Exchange:
             self._end()
             return
         self.status = wire.ERRORS[reason].status
-        closes = client.server.send_error(client.transport, reason, route, self.method == b"HEAD")
+        closes = client.server.send_error(client.transport, reason, route, self.is_head)
         self._end()
         # A bodyless request may fail before its message is complete (routing happens at
         # headers-complete); it leaves nothing unread, so the connection can stay open.
@@ -373,7 +376,7 @@ class Exchange:
             rt = route.runtime
             # 499 (nginx's "client closed request") when the client left before any answer.
             status = self.status or 499
-            elapsed = self.client.loop.time() - self.started
+            elapsed = self.client.clock() - self.started
             rt.stats.record(status, elapsed)
             rt.in_flight -= 1
             if rt.in_flight == 0 and rt.on_idle is not None:

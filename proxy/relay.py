@@ -22,7 +22,7 @@ def response_head(conn: UpstreamConnection, ex: Exchange, code: int) -> tuple[by
     lines = conn.headers if conn.nominated is None else drop_nominated(conn.headers, conn.nominated)
     http10 = ex.version == "1.0"
     parts = [wire.STATUS_LINES[code], *lines]
-    if ex.method == b"HEAD" or code == 204 or code == 304:
+    if ex.is_head or code == 204 or code == 304:
         mode = MODE_NONE
     elif conn.has_length and not conn.te_chunked:
         mode = MODE_PASS

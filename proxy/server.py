@@ -48,6 +48,9 @@ class ProxyServer:
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, config_path: Path | None = None) -> None:
         self.store = store
         self.loop = loop
+        # loop.time as a bound method, called per request: a method call on the uncompiled loop object
+        # would look the method up every time.
+        self.clock: Callable[[], float] = loop.time
         self.config_path = config_path  # relative file paths in the settings are relative to its directory
         self.connections: set[ClientConnection] = set()
         self.stopping = False

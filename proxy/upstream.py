@@ -47,6 +47,7 @@ class UpstreamConnection(asyncio.Protocol):
         "conn_close",
         "eof",
         "exchange",
+        "feed",
         "finished",
         "has_length",
         "head_bytes",
@@ -71,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.feed = self.parser.feed_data  # bound once: a method call on the parser looks it up each time
         self.exchange: Exchange | None = None
         self.finished: Exchange | None = None  # its response ended in the bytes being parsed
         self.reusable = False
@@ -153,9 +155,9 @@ class UpstreamConnection(asyncio.Protocol):
                 client.transport.write(data)
             return
         if client.deadline_kind:  # ClientConnection.touch, inlined: this runs for every chunk
-            client.deadline = client.loop.time() + client.server.timeout_for[client.deadline_kind]
+            client.deadline = client.clock() + client.server.timeout_for[client.deadline_kind]
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
             if self.held:  # the head arrived without its body: send it now
                 self._flush_held()
             elif not self.code:  # the head is still incomplete after this read
@@ -274,7 +276,7 @@ class UpstreamConnection(asyncio.Protocol):
             pool.failed(pool.passive_5xx)
         elif pool.failures:
             pool.failures = 0
-        if ex.method == b"HEAD":
+        if ex.is_head:
             if ex.client.transport is not None:
                 ex.client.transport.write(head)
             ex.finish(False)
