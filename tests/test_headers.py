@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from proxy import wire
+from proxy.pool import UpstreamPool
 from proxy.runtime import Slotswitch
+from proxy.server import ProxyServer
 from proxy.settings import parse_settings
+from proxy.state import Registry, Store, build_snapshot
 from tests.rawhttp import RawClient, request
 from tests.rawupstream import Responder, ScriptedUpstream
 
@@ -181,3 +186,46 @@ async def test_request_ids_are_unique(scripted: Start) -> None:
         await request(app.proxy_port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     ids = [values(h, "x-request-id")[0] for h in up.heads]
     assert len(set(ids)) == 5
+
+
+def test_header_kind_tables_classify_every_spelling_as_its_lower_case_form() -> None:
+    """wire.with_spellings: a name looked up as spelled (the fast path) must get what its lower-case form
+    gets, for the built-in tables and for configured sticky and preview header names."""
+    settings = parse_settings(
+        {
+            "slots": {"blue": {"upstreams": ["http://127.0.0.1:9"]}, "green": {"upstreams": ["http://127.0.0.1:10"]}},
+            "active": "blue",
+            "sticky": {"by": "header", "name": "X-Client-Key"},
+            "preview": {"header": "X-Try-Green"},
+        }
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
+        snapshot = build_snapshot(registry, settings, generation=1, active="blue", previous=None)
+        server = ProxyServer(Store(snapshot), loop)
+    finally:
+        loop.close()
+    for table in (server.header_kinds, wire.RESPONSE_KINDS):
+        for name, kind in table.items():
+            assert table.get(name.lower(), wire.ORDINARY) == kind, name
+    kinds = server.header_kinds
+    assert kinds[b"X-Client-Key"] == kinds[b"x-client-key"] == wire.H_STICKY
+    assert kinds[b"X-Try-Green"] == kinds[b"x-try-green"] == wire.H_PREVIEW
+    assert kinds[b"Host"] == wire.H_HOST and kinds[b"Keep-Alive"] == wire.H_HOP
+    assert kinds[b"User-Agent"] == wire.ORDINARY
+
+
+async def test_special_headers_are_recognised_however_spelled(scripted: Start) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 2\r\nconnection: X-Up\r\nX-Up: 1\r\nKeep-Alive: timeout=5\r\n\r\nok"
+    app, up = await scripted(lambda head: answer)
+    resp = await request(
+        app.proxy_port,
+        b"GET / HTTP/1.1\r\nhOsT: h\r\nCONNECTION: X-Down\r\nX-Down: 1\r\nkeep-alive: 5\r\nX-REQUEST-ID: abc\r\n\r\n",
+    )
+    assert resp.body == b"ok"
+    assert resp.header("X-Up") is None and resp.header("Keep-Alive") is None
+    names = [k for k, _ in header_lines(up.heads[0])]
+    assert "x-down" not in names and "keep-alive" not in names and "connection" not in names
+    assert values(up.heads[0], "x-request-id") == ["abc"]  # recognised: no second ID added
+    assert values(up.heads[0], "x-forwarded-host") == ["h"]  # the Host was read
