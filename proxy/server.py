@@ -21,7 +21,7 @@ from proxy import wire
 from proxy.accesslog import AccessLog
 from proxy.client import ClientConnection
 from proxy.paths import resolve
-from proxy.settings import Limits, Settings
+from proxy.settings import Settings
 from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 
 if TYPE_CHECKING:
@@ -55,9 +55,8 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self.stopping = False
         self.error_counts: dict[str, int] = {}
-        self.limits = Limits()
-        # limits' fields as plain ints, read per request and per header (a settings model attribute
-        # is a dict lookup; these are fields of this compiled class). Set with limits, in apply().
+        # settings.limits as plain ints, read per request and per header (a settings model attribute is a
+        # dict lookup; these are fields of this compiled class). Set in apply().
         self.max_line = self.max_headers = self.max_body = 0
         self.header_kinds: dict[bytes, int] = wire.with_spellings(wire.REQUEST_SPECIAL)
         self.preview_secret = b""
@@ -79,7 +78,7 @@ class ProxyServer:
         self.apply(store.current.settings)
 
     def apply(self, settings: Settings) -> None:
-        self.limits = limits = settings.limits
+        limits = settings.limits
         self.max_line, self.max_headers, self.max_body = limits.request_line, limits.headers, limits.body
         if not settings.access_log and self.access is not None:
             self.access.flush()
