@@ -30,7 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 PROXY_CPU, LOAD_CPU = "0", "1"
 PATHS = ("/small", "/16k")
-TARGETS = ("direct", "nginx", "slotswitch", "slotswitch-source")
+TARGETS = ("direct", "nginx", "slotswitch", "slotswitch-llhttp", "slotswitch-source")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LATENCY_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 SOAK_WARMUP_REQUESTS = 50_000
@@ -213,9 +213,11 @@ def start_slotswitch(
     name: str = "slotswitch",
     prefix: tuple[str, ...] = (),
     source: bool = False,
+    scan_heads: bool = True,
 ) -> tuple[int, int]:
     """Returns (port, pid). `cpu` None: not pinned; `prefix` goes before the command (e.g. prlimit);
-    `source`: the data path from its Python source, not the compiled build (SLOTSWITCH_PURE_PYTHON=1)."""
+    `source`: the data path from its Python source, not the compiled build (SLOTSWITCH_PURE_PYTHON=1);
+    `scan_heads` False: every head through llhttp, none through the whole-head fast path (SLOTSWITCH_SCAN_HEADS=0)."""
     if not exe.exists():
         raise BenchError(f"{exe} does not exist (install the project: .venv/bin/pip install -e .)")
     port, admin = pick_port(19020, ports), pick_port(19021, ports)
@@ -230,7 +232,11 @@ def start_slotswitch(
     )
     log = tmp / f"{name}.log"
     pin = ["taskset", "-c", cpu] if cpu is not None else []
-    env = {**os.environ, "SLOTSWITCH_PURE_PYTHON": "1"} if source else None
+    env = {
+        **os.environ,
+        "SLOTSWITCH_PURE_PYTHON": "1" if source else "0",
+        "SLOTSWITCH_SCAN_HEADS": "1" if scan_heads else "0",
+    }
     proc = procs.start([*prefix, *pin, str(exe), "run", "--config", str(conf)], log, env)
     wait_ready(proc, port, log)
     return port, proc.pid
@@ -337,7 +343,11 @@ def start_targets(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str
     targets["nginx"] = (nginx_port, nginx_pid)
     try:
         targets["slotswitch"] = start_slotswitch(procs, tmp, up, ports, Path(args.slotswitch))
-        if getattr(args, "source", False):  # compare.py only (latency.py and idle.py share this)
+        if getattr(args, "llhttp", False):  # compare.py only (latency.py and idle.py share this)
+            targets["slotswitch-llhttp"] = start_slotswitch(
+                procs, tmp, up, ports, Path(args.slotswitch), name="slotswitch-llhttp", scan_heads=False
+            )
+        if getattr(args, "source", False):
             targets["slotswitch-source"] = start_slotswitch(
                 procs, tmp, up, ports, Path(args.slotswitch), name="slotswitch-source", source=True
             )
@@ -630,6 +640,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slotswitch", default=str(REPO_DIR / ".venv" / "bin" / "slotswitch"), help="executable")
     p.add_argument(
         "--source", action="store_true", help="also measure slotswitch running its data path from source (not compiled)"
+    )
+    p.add_argument(
+        "--llhttp",
+        action="store_true",
+        help="also measure slotswitch with every head through llhttp (SLOTSWITCH_SCAN_HEADS=0)",
     )
     p.add_argument("--soak", type=int, metavar="N", help="soak mode: drive N requests to /small, sample RSS")
     p.add_argument("--soak-target", choices=("slotswitch", "nginx"), default="slotswitch", help="soak this proxy")

@@ -62,7 +62,7 @@ class MemoryTransport:
         pass
 
 
-def setup(loop: Any) -> tuple[Any, UpstreamConnection, MemoryTransport]:
+def setup(loop: Any, scan: bool) -> tuple[Any, UpstreamConnection, MemoryTransport]:
     from proxy.client import ClientConnection
 
     settings = parse_settings(
@@ -74,6 +74,7 @@ def setup(loop: Any) -> tuple[Any, UpstreamConnection, MemoryTransport]:
     registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
     store = Store(build_snapshot(registry, settings, generation=1, active="blue", previous=None))
     server = ProxyServer(store, loop)
+    server.scan_heads = scan
     client = ClientConnection(server)
     client_transport = MemoryTransport(("127.0.0.1", 40000))
     client.connection_made(client_transport)  # type: ignore[arg-type]
@@ -84,9 +85,9 @@ def setup(loop: Any) -> tuple[Any, UpstreamConnection, MemoryTransport]:
     return client, upstream, client_transport
 
 
-def run(n: int, profile: bool) -> float:
+def run(n: int, profile: bool, scan: bool) -> float:
     loop = uvloop.new_event_loop()
-    client, upstream, out = setup(loop)
+    client, upstream, out = setup(loop, scan)
     request, response = client.data_received, upstream.data_received
     for _ in range(1000):  # warm-up
         request(REQUEST)
@@ -111,9 +112,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--profile", action="store_true", help="print a cProfile table (slows everything down)")
+    parser.add_argument(
+        "--heads",
+        choices=("scan", "llhttp"),
+        default="scan",
+        help="scan: whole plain heads take proxy.scan's fast path (the default when compiled); llhttp: every head",
+    )
     args = parser.parse_args()
-    us = run(args.requests, args.profile)
-    print(f"hot path: {us:.2f} µs of Python per proxied request ({args.requests} requests, no sockets)")
+    us = run(args.requests, args.profile, args.heads == "scan")
+    print(f"hot path: {us:.2f} µs of Python per proxied request ({args.requests} requests, no sockets, {args.heads})")
 
 
 if __name__ == "__main__":

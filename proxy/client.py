@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from proxy.exchange import Exchange
+from proxy.scan import take_requests
 from proxy.wire import (
     CRLF,
     DL_BODY,
@@ -61,6 +62,8 @@ class ClientConnection(asyncio.Protocol):
         "fwd_host",
         "head_raw",
         "header_bytes",
+        "last",
+        "llhttp_open",
         "loop",
         "parser",
         "parsing",
@@ -86,6 +89,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.feed = self.parser.feed_data  # bound once: a method call on the parser looks it up each time
+        self.llhttp_open = False  # llhttp has read part of a message: what follows must go to it too
         self.peer = b""
         self.trusted = False
         self.xff_line = b""
@@ -98,6 +102,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.early = b""  # bytes a WebSocket client sent before the upstream's 101
         self.eof = False
+        self.last = False  # a request without keep-alive was read: no more are (RFC 9112 §9.6)
         # Timeouts
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -124,6 +129,12 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.send(data)
             return
+        if self.last:
+            return  # what a client sends after its request that closes the connection is not read
+        if self.parsing is None and not self.llhttp_open and self.server.scan_heads:
+            data = take_requests(self, data)  # whole plain heads take the fast path; llhttp gets the rest
+            if not data:
+                return
         ex = self.parsing
         try:
             self.feed(data)
@@ -138,6 +149,8 @@ class ClientConnection(asyncio.Protocol):
                 self.reject("internal_error")
             return
         except httptools.HttpParserError as err:  # its own name: compiled, one name has one type
+            if self.read_all():
+                return  # llhttp refuses bytes after a request that closes: they are ignored instead
             log.info("malformed request from %s: %s", self.peer.decode(), err)
             self.reject("bad_request")
             return
@@ -202,8 +215,10 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    # No on_message_begin: for requests on_url always comes first, and one callback fewer per
-    # request is measurable. The request line may arrive in pieces, hence the `parsing` check.
+    def on_message_begin(self) -> None:
+        self.llhttp_open = True
+
+    # The request line may arrive in pieces, hence the `parsing` check.
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
         if ex is None:
@@ -259,8 +274,19 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         # should_keep_alive() is only reliable inside this callback (see research/performance.md).
-        ex.client_done(self.parser.should_keep_alive())
+        keep_alive = self.parser.should_keep_alive()
+        ex.client_done(keep_alive)
+        self.request_read(keep_alive)
+
+    def read_all(self) -> bool:
+        """A request without keep-alive was read (perhaps in this very feed, by on_message_complete)."""
+        return self.last
+
+    def request_read(self, keep_alive: bool) -> None:
+        """The request being parsed has been read whole (by llhttp or proxy.scan)."""
         self.parsing = None
+        self.llhttp_open = False
+        self.last = not keep_alive
         if self.current is None and not self.pipeline:  # it was answered already (an early error)
             self.set_deadline(DL_IDLE)
 
@@ -300,7 +326,10 @@ class ClientConnection(asyncio.Protocol):
             ex.abort()
             self.current = None
         else:
-            head_request = self.parsing is not None and self.parser.get_method() == b"HEAD"
+            parsing = self.parsing
+            head_request = parsing is not None and (
+                parsing.is_head if parsing.method else self.parser.get_method() == b"HEAD"
+            )
         self.pipeline.clear()
         self.server.send_error(self.transport, reason, None, head_request)
         self.close()

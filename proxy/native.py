@@ -33,6 +33,7 @@ from types import ModuleType
 COMPILED = (
     "proxy.client",
     "proxy.exchange",
+    "proxy.scan",
     "proxy.upstream",
     "proxy.relay",
     "proxy.headers",
@@ -45,6 +46,7 @@ COMPILED = (
 )
 STAMP = "_native_stamp.json"
 PURE_ENV = "SLOTSWITCH_PURE_PYTHON"
+SCAN_ENV = "SLOTSWITCH_SCAN_HEADS"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 # Set by select(): "compiled" or "python", and why it is "python".
@@ -115,6 +117,15 @@ def select() -> None:
         sys.meta_path.insert(0, _SourceFinder(PACKAGE_DIR))
 
 
+def scan_heads() -> bool:
+    """Whether whole plain heads take proxy.scan's fast path: only compiled (from source, its work costs
+    more than llhttp's callbacks), and not with SLOTSWITCH_SCAN_HEADS=0 (a switch to rule it out, and
+    to measure it)."""
+    return mode == "compiled" and os.environ.get(SCAN_ENV, "1") != "0"
+
+
 def describe() -> str:
     """One line for the start-up log."""
-    return "data path: compiled (mypyc)" if mode == "compiled" else f"data path: Python source ({reason})"
+    if mode != "compiled":
+        return f"data path: Python source ({reason})"
+    return "data path: compiled (mypyc)" + ("" if scan_heads() else f", whole-head fast path off ({SCAN_ENV}=0)")

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from proxy import wire
+from proxy import native, wire
 from proxy.accesslog import AccessLog
 from proxy.client import ClientConnection
 from proxy.paths import resolve
+from proxy.scan import Shapes
 from proxy.settings import Settings
 from proxy.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 
@@ -59,6 +60,7 @@ class ProxyServer:
         # dict lookup; these are fields of this compiled class). Set in apply().
         self.max_line = self.max_headers = self.max_body = 0
         self.header_kinds: dict[bytes, int] = wire.with_spellings(wire.REQUEST_SPECIAL)
+        self.scan_heads = native.scan_heads()  # False: every head goes through llhttp
         self.preview_secret = b""
         self.preview_cookie = b""
         # The proxy's own preview secret, for smoke and warm-up requests it sends to the idle
@@ -106,6 +108,7 @@ class ProxyServer:
         configured: tuple[bytes, ...] = (self.sticky_name,) if settings.sticky.by == "header" else ()
         configured += (settings.preview.header.encode("latin-1"),)  # also as written in the config
         self.header_kinds = wire.with_spellings(kinds, wire.COMMON_NAMES + configured)
+        self.scan_shapes = Shapes(self.header_kinds)
         t = settings.timeouts
         timeouts = [0.0] * 6
         timeouts[DL_IDLE] = t.keepalive

@@ -21,6 +21,7 @@ import httptools
 
 from proxy import wire
 from proxy.relay import response_head, tunnel_head
+from proxy.scan import relay_rest, relay_scanned, scan_response
 from proxy.wire import MODE_CHUNK, MODE_PASS
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("slotswitch.upstream")
 
 INTERIM: Final = frozenset({100, 101, 102, 103})  # the 1xx statuses llhttp ends at their head
-SMALL_BODY: Final = 16384  # up to this size the held head and the body are joined into one buffer
 
 
 class BadResponse(Exception):
@@ -43,6 +43,7 @@ class _HeadDone(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "body_left",
         "code",
         "conn_close",
         "eof",
@@ -95,6 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.nominated: frozenset[bytes] | None = None
         self.conn_close = False
         self.mode = MODE_PASS
+        self.body_left = 0  # bytes still to relay of a body whose head took the fast path (proxy.scan)
 
     # -- used by the exchange and the pool --------------------------------------------------
 
@@ -156,6 +158,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if client.deadline_kind:  # ClientConnection.touch, inlined: this runs for every chunk
             client.deadline = client.clock() + client.server.timeout_for[client.deadline_kind]
+        if self.body_left:
+            relay_rest(self, ex, data)
+            return
+        if not self.code and not self.head_raw and not ex.is_head and client.server.scan_heads:
+            at = scan_response(self, data)  # a whole plain head at a message boundary: the fast path
+            if at >= 0:
+                relay_scanned(self, ex, data, at)
+                return
         try:
             self.feed(data)
             if self.held:  # the head arrived without its body: send it now
@@ -168,20 +178,20 @@ class UpstreamConnection(asyncio.Protocol):
                     raise BadResponse(f"response headers larger than {self.head_limit} bytes")
         except BadResponse as bad:  # each clause names its own variable: compiled, one name has one type
             log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, bad)
-            self._broken("bad_response")
+            self.broken("bad_response")
         except httptools.HttpParserUpgrade as upgrade:
             self._start_tunnel(ex, data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, BadResponse):
                 log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, cause)
-                self._broken("bad_response")
+                self.broken("bad_response")
             elif not isinstance(cause, _HeadDone):
                 log.error("internal error relaying from %s", self.pool.url, exc_info=cause)
-                self._broken("bad_response")
+                self.broken("bad_response")
         except httptools.HttpParserError as err:
             log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, err)
-            self._broken("bad_response")
+            self.broken("bad_response")
         done = self.finished
         if done is not None:  # only now, when every byte of this read was parsed (see on_message_complete)
             self.finished = None
@@ -268,14 +278,7 @@ class UpstreamConnection(asyncio.Protocol):
                 raise BadResponse(f"invalid status code {code}")
             self._interim(ex, code)
             return
-        head, self.mode = response_head(self, ex, code)
-        ex.response_started = True
-        ex.status = code
-        pool = self.pool
-        if code >= 500:
-            pool.failed(pool.passive_5xx)
-        elif pool.failures:
-            pool.failures = 0
+        head = self.start_response(ex, code)
         if ex.is_head:
             if ex.client.transport is not None:
                 ex.client.transport.write(head)
@@ -297,7 +300,7 @@ class UpstreamConnection(asyncio.Protocol):
             transport.write(body)
         else:
             self.held = b""
-            if len(body) <= SMALL_BODY:
+            if len(body) <= wire.SMALL_BODY:
                 transport.write(held + body)
             else:
                 transport.writelines((held, body))
@@ -328,6 +331,25 @@ class UpstreamConnection(asyncio.Protocol):
         self.finished = ex
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def start_response(self, ex: Exchange, code: int) -> bytes:
+        """The final response's head is complete: its head for the client, and the slot's counts."""
+        head, self.mode = response_head(self, ex, code)
+        ex.response_started = True
+        ex.status = code
+        pool = self.pool
+        if code >= 500:
+            pool.failed(pool.passive_5xx)
+        elif pool.failures:
+            pool.failures = 0
+        return head
+
+    def complete(self, ex: Exchange) -> None:
+        """The response's last byte went to the client (proxy.scan's path; llhttp's ends in data_received)."""
+        # HTTP/1.1, framed by its length: llhttp's should_keep_alive() is "no Connection: close".
+        self.reusable = not self.conn_close
+        self.exchange = None
+        ex.finish(self.reusable)
 
     def _interim(self, ex: Exchange, code: int) -> None:
         self.interim = True
@@ -362,7 +384,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.mode == MODE_CHUNK and ex.client.transport is not None:
             ex.client.transport.write(wire.LAST_CHUNK)
 
-    def _broken(self, reason: str) -> None:
+    def broken(self, reason: str) -> None:
         ex = self.exchange
         self.exchange = None
         self.reusable = False

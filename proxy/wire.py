@@ -112,6 +112,7 @@ RB_TUNNEL: Final = 8
 
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
+SMALL_BODY: Final = 16384  # up to this size a response head and body bytes after it leave in one buffer
 VIA: Final = b"Via: 1.1 slotswitch\r\n"
 CRLF: Final = b"\r\n"
 CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"

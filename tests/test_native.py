@@ -14,6 +14,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,17 +27,18 @@ needs_build = pytest.mark.skipif(not COMPILED, reason="installed without compili
 PROBE = """
 import json, proxy.client, proxy.native, proxy.server
 print(json.dumps({"mode": proxy.native.mode, "reason": proxy.native.reason, "client": proxy.client.__file__,
-                  "server": proxy.server.__file__, "line": proxy.native.describe()}))
+                  "server": proxy.server.__file__, "line": proxy.native.describe(),
+                  "scan": proxy.native.scan_heads()}))
 """
 
 
-def probe(root: Path, **env: str) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+def probe(root: Path, **env: str) -> dict[str, Any]:
+    environ = {k: v for k, v in os.environ.items() if k not in (native.PURE_ENV, native.SCAN_ENV)}
     environ.update(env, PYTHONPATH=str(root))
     out = subprocess.run(
         [sys.executable, "-c", PROBE], cwd=root, env=environ, capture_output=True, text=True, timeout=60, check=True
     )
-    result: dict[str, str] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
@@ -55,6 +57,14 @@ def test_a_compiled_install_runs_compiled() -> None:
     assert got["mode"] == "compiled", got
     assert not got["client"].endswith(".py") and not got["server"].endswith(".py")
     assert got["line"] == "data path: compiled (mypyc)"
+    assert got["scan"] is True  # whole plain heads take proxy.scan's fast path
+
+
+@needs_build
+def test_the_fast_path_can_be_turned_off() -> None:
+    got = probe(ROOT, SLOTSWITCH_SCAN_HEADS="0")
+    assert got["mode"] == "compiled" and got["scan"] is False
+    assert got["line"] == "data path: compiled (mypyc), whole-head fast path off (SLOTSWITCH_SCAN_HEADS=0)"
 
 
 def test_the_environment_variable_runs_the_source() -> None:
@@ -63,6 +73,7 @@ def test_the_environment_variable_runs_the_source() -> None:
     assert got["client"] == str(ROOT / "proxy" / "client.py")
     assert got["server"] == str(ROOT / "proxy" / "server.py")
     assert "SLOTSWITCH_PURE_PYTHON is set" in got["line"]
+    assert got["scan"] is False  # from source, the fast path would cost more than it saves
 
 
 @needs_build

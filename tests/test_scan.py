@@ -1,0 +1,269 @@
+"""The whole-head fast path (proxy.scan) against llhttp's path, byte for byte.
+
+Each case runs twice through the same proxy, once with `scan_heads` on and once off, and the bytes
+the upstream receives and the response the client gets must be the same both times (a generated
+X-Request-ID aside). The cases sit on both sides of every line the fast path draws: the plain heads
+it takes and the ones next to them that it must leave to llhttp. The unit tests at the end check
+which heads it takes, so that a fast path that declined everything could not pass unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from proxy import scan
+from proxy.client import ClientConnection
+from proxy.runtime import Slotswitch
+from proxy.settings import parse_settings
+from proxy.upstream import UpstreamConnection
+from tests.rawhttp import RawClient, Response
+from tests.rawupstream import ScriptedUpstream
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+GENERATED_ID = re.compile(rb"X-Request-ID: [0-9a-f]{12}-[0-9a-f]+\r\n")
+
+# Request heads on both sides of the fast path's lines (its docstring lists them).
+REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
+    b"GET /a?b=c:d&e=%20 HTTP/1.1\r\nhOsT: h\r\nX-CUSTOM: 1\r\nx-lower: 2\r\n\r\n",
+    b'GET /a"b{c}|^`<>\\ HTTP/1.1\r\nHost: h\r\n\r\n',
+    b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET http://h/abs HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"get / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"FOO / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-Request-ID: abc\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nProxy-Connection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nKeep-Alive: 300\r\nTE: trailers\r\nUpgrade: h2c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Host: f\r\nX-Forwarded-Proto: https\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nx-request-id: mine\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1\r\nCookie: b=2\r\nX-Slotswitch-Preview: nope\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A:value\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A:  value\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: value  \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A:\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\tb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: caf\xc3\xa9\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x7fb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x01b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: h\n\n",
+    b"GET / HTTP/1.1\r\nHost: h\nX-A: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\n c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nBad(Name): x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A : x\r\n\r\n",
+    b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+    b"GET /\r\n\r\n",
+    b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-Long: " + b"v" * 9000 + b"\r\n\r\n",
+    b"GET /" + b"p" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Many: 1234567890\r\n" * 1700 + b"\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+    b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+]
+
+# Response heads on both sides of the lines, each answering a plain GET.
+RESPONSES = [
+    OK,
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 23 Nov 2026 01:24:08 GMT\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n",
+    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nRetry-After: 1\r\n\r\nbusy",
+    b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK: fine\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 299 Odd\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 600 Bad\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 20x Bad\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Up\r\nX-Up: 1\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nTrailer: X\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nUpgrade: h2,h2c\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Connection: close\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 002\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2 \r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nclose-delimited",
+    b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Empty: \r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-Tab: a\tb\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-Bad Name: a\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-Bare: a\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + bytes(i % 251 for i in range(300000)),
+    b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + bytes(i % 251 for i in range(300000)) + b"EXTRA",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+]
+
+
+@dataclass
+class Seen:
+    heads: list[bytes]  # what the upstream got
+    got: list[tuple[int, str, list[tuple[str, str]], bytes]]  # the responses the client read
+    opened: int  # upstream connections opened
+
+
+@pytest.fixture
+async def proxied() -> AsyncIterator[tuple[Slotswitch, ScriptedUpstream, list[bytes]]]:
+    """A proxy in front of a scripted upstream; answers[0] is what the upstream answers."""
+    answers = [OK]
+    up = ScriptedUpstream(lambda head: answers[0])
+    await up.start()
+    settings = {
+        "listen": "127.0.0.1:0",
+        "slots": {"blue": {"upstreams": [up.url]}, "green": {"upstreams": [up.url]}},
+        "active": "blue",
+        "admin": {"listen": "127.0.0.1:0", "insecure_loopback": True},
+        "timeouts": {"upstream_read": "2s", "header_read": "2s"},
+    }
+    app = Slotswitch(parse_settings(settings), token="")
+    await app.start()
+    yield app, up, answers
+    await app.stop(timeout=1.0)
+    await up.stop()
+
+
+async def through(
+    app: Slotswitch, up: ScriptedUpstream, answers: list[bytes], data: bytes, answer: bytes = OK, *, scan_heads: bool
+) -> Seen:
+    """Send `data` on a fresh connection with `answer` as the upstream's; what the upstream got, what
+    came back (to the close) and how many upstream connections were opened. One pooled upstream
+    connection is ready before, whatever the case before did to the pool."""
+    app.server.scan_heads = scan_heads
+    answers[0] = OK
+    warm = await RawClient.connect(app.proxy_port)
+    await warm.send(b"GET /warm HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (await warm.read_response()).status == 200
+    await warm.close()
+    answers[0] = answer
+    up.heads.clear()
+    before = up.connections
+    client = await RawClient.connect(app.proxy_port)
+    responses: list[Response] = []
+    try:
+        await client.send(data)
+        head_request = data.startswith(b"HEAD")
+        while True:
+            try:
+                resp = await client.read_response(head_request, timeout=5.0)
+            except asyncio.IncompleteReadError:
+                break
+            responses.append(resp)
+            if resp.header("Connection") == "close" or (resp.status >= 400 and not up.heads):
+                break
+            if len(responses) >= data.count(b" HTTP/"):
+                break
+    finally:
+        await client.close()
+    heads = [GENERATED_ID.sub(b"X-Request-ID: (generated)\r\n", head) for head in up.heads]
+    got = [(r.status, r.reason, r.headers, r.body) for r in responses]
+    return Seen(heads, got, up.connections - before)
+
+
+@pytest.mark.parametrize("data", REQUESTS, ids=range(len(REQUESTS)))
+async def test_requests_fast_and_slow_agree(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]], data: bytes
+) -> None:
+    app, up, answers = proxied
+    slow = await through(app, up, answers, data, scan_heads=False)
+    fast = await through(app, up, answers, data, scan_heads=True)
+    assert fast == slow
+
+
+@pytest.mark.parametrize("answer", RESPONSES, ids=range(len(RESPONSES)))
+async def test_responses_fast_and_slow_agree(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]], answer: bytes
+) -> None:
+    app, up, answers = proxied
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    slow = await through(app, up, answers, request + request, answer, scan_heads=False)
+    fast = await through(app, up, answers, request + request, answer, scan_heads=True)
+    assert fast == slow
+
+
+async def test_head_requests_take_llhttps_path(proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]]) -> None:
+    app, up, answers = proxied
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    request = b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n"
+    fast = await through(app, up, answers, request, answer, scan_heads=True)
+    assert fast == await through(app, up, answers, request, answer, scan_heads=False)
+
+
+# -- which heads the fast path takes ----------------------------------------------------------
+
+TAKEN_REQUESTS = (0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 26, 32, 33, 52, 55, 56, 57, 58)
+TAKEN_RESPONSES = (0, 1, 2, 3, 4, 5, 6, 12, 14, 17, 25, 29)  # 30 declines only when it arrives whole
+
+
+def test_the_fast_path_takes_plain_requests_and_only_those(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]],
+) -> None:
+    app, _, _ = proxied
+    client = ClientConnection(app.server)
+    taken = [i for i, data in enumerate(REQUESTS) if scan.scan_request(client, data, 0) >= 0]
+    assert taken == list(TAKEN_REQUESTS)
+    pipelined = REQUESTS[55]  # two heads in one read: each is taken in turn
+    second = pipelined.index(b"GET /2")
+    assert scan.scan_request(client, pipelined, 0) == second
+    assert scan.scan_request(client, pipelined, second) == len(pipelined)
+    assert client.parsing is not None and client.parsing.target == b"/2"
+
+
+def test_the_fast_path_takes_plain_responses_and_only_those(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]],
+) -> None:
+    app, _, _ = proxied
+    pool = app.server.store.current.primary.pools[0]
+    taken = [i for i, answer in enumerate(RESPONSES) if scan.scan_response(UpstreamConnection(pool), answer) >= 0]
+    assert taken == list(TAKEN_RESPONSES)
+    conn = UpstreamConnection(pool)
+    answer = RESPONSES[1]
+    at = scan.scan_response(conn, answer)
+    assert answer[at:] == b"ok\n" and conn.body_left == 3 and conn.code == 200 and not conn.conn_close
+    # Runs of lines as they came, the hop-by-hop Connection left out.
+    assert b"".join(conn.headers) == answer[answer.index(b"Server") : at - 2].replace(
+        b"Connection: keep-alive\r\n", b""
+    )
+
+
+@pytest.mark.parametrize("scan_heads", [True, False])
+async def test_bytes_after_a_request_that_closes_are_not_read(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]], scan_heads: bool
+) -> None:
+    app, up, answers = proxied
+    data = b"GET /1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+    seen = await through(app, up, answers, data, scan_heads=scan_heads)
+    assert [head.split(b" ")[1] for head in seen.heads] == [b"/1"]
+    assert [(status, body) for status, _, _, body in seen.got] == [(200, b"ok")]
