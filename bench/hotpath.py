@@ -62,7 +62,7 @@ class MemoryTransport:
         pass
 
 
-def setup(loop: Any, scan: bool) -> tuple[Any, UpstreamConnection, MemoryTransport]:
+def setup(loop: Any, scan: bool | None = None) -> tuple[Any, UpstreamConnection, MemoryTransport]:
     from proxy.client import ClientConnection
 
     settings = parse_settings(
@@ -74,7 +74,8 @@ def setup(loop: Any, scan: bool) -> tuple[Any, UpstreamConnection, MemoryTranspo
     registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
     store = Store(build_snapshot(registry, settings, generation=1, active="blue", previous=None))
     server = ProxyServer(store, loop)
-    server.scan_heads = scan
+    if scan is not None:  # else the server's default: the fast path when compiled (proxy.native.scan_heads)
+        server.scan_heads = scan
     client = ClientConnection(server)
     client_transport = MemoryTransport(("127.0.0.1", 40000))
     client.connection_made(client_transport)  # type: ignore[arg-type]
@@ -85,7 +86,7 @@ def setup(loop: Any, scan: bool) -> tuple[Any, UpstreamConnection, MemoryTranspo
     return client, upstream, client_transport
 
 
-def run(n: int, profile: bool, scan: bool) -> float:
+def run(n: int, profile: bool, scan: bool | None = None) -> float:
     loop = uvloop.new_event_loop()
     client, upstream, out = setup(loop, scan)
     request, response = client.data_received, upstream.data_received
@@ -114,12 +115,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile table (slows everything down)")
     parser.add_argument(
         "--heads",
-        choices=("scan", "llhttp"),
-        default="scan",
-        help="scan: whole plain heads take proxy.scan's fast path (the default when compiled); llhttp: every head",
+        choices=("default", "scan", "llhttp"),
+        default="default",
+        help="scan: whole plain heads take proxy.scan's fast path; llhttp: every head goes through llhttp; "
+        "default: as the proxy does (the fast path when compiled)",
     )
     args = parser.parse_args()
-    us = run(args.requests, args.profile, args.heads == "scan")
+    us = run(args.requests, args.profile, None if args.heads == "default" else args.heads == "scan")
     print(f"hot path: {us:.2f} µs of Python per proxied request ({args.requests} requests, no sockets, {args.heads})")
 
 

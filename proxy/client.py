@@ -1,8 +1,9 @@
 """The client side of the data path: one `ClientConnection` per accepted TCP connection.
 
-It parses requests with httptools (llhttp) in callbacks, with no coroutine per request, and hands
-each complete request head to an `Exchange`. Requests are forwarded one at a time per connection,
-so pipelined requests queue behind the current one and are answered in order.
+Requests are read in callbacks, with no coroutine per request: a whole plain head in one pass
+(proxy.scan), any other by httptools/llhttp (proxy.llhttp); each complete request head becomes an
+`Exchange`. Requests are forwarded one at a time per connection, so pipelined requests queue behind
+the current one and are answered in order.
 
 Invariants:
 - `self.current` is the exchange whose response is being (or will next be) written; queued ones
@@ -11,6 +12,7 @@ Invariants:
 - Reading from the client is paused while any bit of `self.read_block` is set (upload
   backpressure, a pipeline queue, or a body buffered before an upstream is attached).
 - One lazy timer per connection enforces whichever deadline the phase needs (`DL_*`).
+- No byte after a request without keep-alive is read (`self.last`; RFC 9112 §9.6).
 """
 
 from __future__ import annotations
@@ -18,21 +20,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from proxy.exchange import Exchange
+from proxy.llhttp import RequestCallbacks
 from proxy.scan import take_requests
 from proxy.wire import (
-    CRLF,
     DL_BODY,
     DL_HEADER,
     DL_IDLE,
     DL_NONE,
     DL_SEND,
     DL_UPSTREAM,
-    ORDINARY,
     RB_PIPELINE,
     RB_TUNNEL,
     Reject,
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
     from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("slotswitch.client")
-
-# `header_bytes` from headers-complete on: what on_header gets after that are the trailers of a
-# chunked body, which take the limit check's slow path at no cost to ordinary headers.
-TRAILERS: Final = 1 << 62
 
 
 class ClientConnection(asyncio.Protocol):
@@ -61,7 +58,6 @@ class ClientConnection(asyncio.Protocol):
         "fwd_block",
         "fwd_host",
         "head_raw",
-        "header_bytes",
         "last",
         "llhttp_open",
         "loop",
@@ -87,7 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self.clock = server.clock
         # Per-connection state
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = httptools.HttpRequestParser(RequestCallbacks(self))
         self.feed = self.parser.feed_data  # bound once: a method call on the parser looks it up each time
         self.llhttp_open = False  # llhttp has read part of a message: what follows must go to it too
         self.peer = b""
@@ -110,7 +106,6 @@ class ClientConnection(asyncio.Protocol):
         self.deadline_kind = DL_NONE
         # Per-request state
         self.parsing: Exchange | None = None
-        self.header_bytes = 0
         self.head_raw = 0  # bytes of the reads that continued a head and did not complete it
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -213,70 +208,16 @@ class ClientConnection(asyncio.Protocol):
             self.tunnel.resume_reading()
             self.set_deadline(DL_NONE)
 
-    # -- httptools callbacks ----------------------------------------------------------------
+    # -- the request being read (by llhttp's callbacks, proxy.llhttp, or by proxy.scan) ----------
 
-    def on_message_begin(self) -> None:
-        self.llhttp_open = True
-
-    # The request line may arrive in pieces, hence the `parsing` check.
-    def on_url(self, url: bytes) -> None:
-        ex = self.parsing
-        if ex is None:
-            ex = self.parsing = Exchange(self)
-            self.header_bytes = 0
-            self.head_raw = 0
-            if self.deadline_kind == DL_IDLE:
-                # The next request on a kept-alive connection: its head must arrive by the idle
-                # deadline already armed (no new timer, no clock read); expiry now answers 408.
-                self.deadline_kind = DL_HEADER
-        ex.target += url
-        if len(ex.target) > self.server.max_line:
-            raise Reject("uri_too_long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.server.max_headers:
-            if self.header_bytes < TRAILERS or self.header_bytes - TRAILERS > self.server.max_headers:
-                raise Reject("headers_too_large")
-            # A trailer: never forwarded (the body ends with a bare last chunk), and it must not join
-            # the headers of a pipelined request whose head is built only when it starts.
-            return
-        ex = self.parsing
-        assert ex is not None
-        kinds = ex.kinds
-        kind = kinds.get(name)  # the usual spellings first (wire.COMMON_NAMES)
-        if kind is None:
-            kind = kinds.get(name.lower(), ORDINARY)
-        if kind == ORDINARY:  # most headers: copied as they came, without a call into the exchange
-            ex.headers.append(name + b": " + value + CRLF)
-        else:
-            ex.add_header(kind, name, value)
-
-    def on_headers_complete(self) -> None:
-        self.header_bytes = TRAILERS
-        ex = self.parsing
-        assert ex is not None
-        parser = self.parser
-        ex.head_complete(parser.get_method(), parser.get_http_version(), parser.should_keep_alive())
+    def head_read(self, ex: Exchange) -> None:
+        """The request's head is complete: it starts now, or waits behind the current one."""
         if self.current is None:
             self.current = ex
             ex.start()
         else:
             self.pipeline.append(ex)
             self.block_reading(RB_PIPELINE)
-
-    def on_body(self, body: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.client_body(body)
-
-    def on_message_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
-        # should_keep_alive() is only reliable inside this callback (see research/performance.md).
-        keep_alive = self.parser.should_keep_alive()
-        ex.client_done(keep_alive)
-        self.request_read(keep_alive)
 
     def read_all(self) -> bool:
         """A request without keep-alive was read (perhaps in this very feed, by on_message_complete)."""
@@ -292,7 +233,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- called by the exchange -------------------------------------------------------------
 
-    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+    def exchange_done(self, ex: Exchange, keep_alive: bool, now: float = -1.0) -> None:
         """The response for `ex` is fully written: start the next pipelined request or go idle."""
         if ex is not self.current or self.transport is None:
             return
@@ -307,7 +248,7 @@ class ClientConnection(asyncio.Protocol):
             self.current = nxt
             nxt.start()
         elif self.parsing is None:
-            self.set_deadline(DL_IDLE)
+            self.set_deadline(DL_IDLE, now)
         else:
             self.set_deadline(DL_HEADER)
 
@@ -363,11 +304,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- deadlines --------------------------------------------------------------------------
 
-    def set_deadline(self, kind: int) -> None:
-        """Arm the one deadline this phase needs; the timer is rescheduled only when it must fire sooner."""
+    def set_deadline(self, kind: int, now: float = -1.0) -> None:
+        """Arm the one deadline this phase needs; the timer is rescheduled only when it must fire sooner.
+        `now`: the loop clock, if the caller read it in this same callback."""
         self.deadline_kind = kind
         if kind:  # not DL_NONE
-            deadline = self.deadline = self.clock() + self.server.timeout_for[kind]
+            deadline = self.deadline = (now if now >= 0 else self.clock()) + self.server.timeout_for[kind]
             if self.timer is None or deadline < self.timer_at:
                 self._cancel_timer()
                 self.timer_at = deadline
@@ -426,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
             return
         # Any other Upgrade (h2c, ...) was stripped and forwarded as a plain request;
         # continue parsing what follows with a fresh parser.
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = httptools.HttpRequestParser(RequestCallbacks(self))
         self.feed = self.parser.feed_data
         if rest:
             self.data_received(rest)

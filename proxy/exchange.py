@@ -116,8 +116,8 @@ class Exchange:
     # -- request head -----------------------------------------------------------------------
 
     def add_header(self, kind: int, name: bytes, value: bytes) -> None:
-        """A header whose name needs a decision (`kind`, from `self.kinds`); ClientConnection.on_header
-        copies the others itself."""
+        """A header whose name needs a decision (`kind`, from `self.kinds`); the readers (proxy.llhttp,
+        proxy.scan) copy the others themselves."""
         if kind == wire.H_HOST:
             self.host = value
             self.host_count += 1
@@ -272,14 +272,15 @@ class Exchange:
         if self.body_len > BUFFER_LIMIT:
             self.client.block_reading(wire.RB_BUFFER)
 
-    def client_done(self, keep_alive: bool) -> None:
+    def client_done(self, keep_alive: bool, now: float = -1.0) -> None:
+        """The request has been read whole; `now`: the loop clock, if read in this same callback."""
         self.keep_alive = keep_alive
         self.request_done = True
         conn = self.conn
         if conn is not None and self.chunked:
             conn.send(wire.LAST_CHUNK)
         if self.route is not None and not self.response_started and not self.ended:
-            self.client.set_deadline(wire.DL_UPSTREAM)
+            self.client.set_deadline(wire.DL_UPSTREAM, now)
 
     # -- endings ----------------------------------------------------------------------------
 
@@ -292,8 +293,9 @@ class Exchange:
                 conn.resume_reading()  # the pool's next exchange will not be the one to resume it
             conn.release(reusable and self.request_done)
         keep = self.keep_alive and self.request_done and not self.ws
-        self._end()
-        self.client.exchange_done(self, keep)
+        now = self.client.clock()  # read once for both (a call into the event loop)
+        self._end(now)
+        self.client.exchange_done(self, keep, now)
 
     def upstream_failed(self, reason: str, pool: UpstreamPool) -> None:
         """Connecting failed (connect_refused or connect_timeout): nothing was sent, so another
@@ -367,7 +369,7 @@ class Exchange:
             conn.close()
         self._end()
 
-    def _end(self) -> None:
+    def _end(self, now: float = -1.0) -> None:
         if self.ended:
             return
         self.ended = True
@@ -376,7 +378,7 @@ class Exchange:
             rt = route.runtime
             # 499 (nginx's "client closed request") when the client left before any answer.
             status = self.status or 499
-            elapsed = self.client.clock() - self.started
+            elapsed = (now if now >= 0 else self.client.clock()) - self.started
             rt.stats.record(status, elapsed)
             rt.in_flight -= 1
             if rt.in_flight == 0 and rt.on_idle is not None:

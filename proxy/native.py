@@ -32,6 +32,7 @@ from types import ModuleType
 # ("Cannot determine type of VIA").
 COMPILED = (
     "proxy.client",
+    "proxy.llhttp",
     "proxy.exchange",
     "proxy.scan",
     "proxy.upstream",

@@ -58,7 +58,7 @@ class UpstreamPool:
         self.host = host
         self.port = port
         self.host_line = b"Host: %s\r\n" % url.removeprefix("http://").encode("idna")
-        self.idle: deque[UpstreamConnection] = deque()
+        self.idle: list[UpstreamConnection] = []  # a stack: append and pop are compiled list operations
         self.conns: set[UpstreamConnection] = set()
         self.waiters: deque[Exchange] = deque()
         self.connecting = 0

@@ -224,21 +224,16 @@ def take_requests(client: ClientConnection, data: bytes) -> bytes:
 
 
 def _take(client: ClientConnection) -> bool:
-    """ClientConnection.on_url, on_headers_complete and on_message_complete for the request just
-    scanned (client.parsing); False if it was rejected."""
+    """What llhttp's callbacks (proxy.llhttp) do for the request just scanned (client.parsing), from
+    the head to its end; False if it was rejected."""
     ex = client.parsing
     assert ex is not None
     if client.deadline_kind == wire.DL_IDLE:
         client.deadline_kind = wire.DL_HEADER
     try:
         ex.head_complete(ex.method, ex.version, ex.keep_alive)
-        if client.current is None:
-            client.current = ex
-            ex.start()
-        else:
-            client.pipeline.append(ex)
-            client.block_reading(wire.RB_PIPELINE)
-        ex.client_done(ex.keep_alive)
+        client.head_read(ex)
+        ex.client_done(ex.keep_alive, ex.started)  # started: the clock start() read just now (0: not started)
     except wire.Reject as rejected:
         client.reject(rejected.reason)
         return False
