@@ -370,5 +370,6 @@ class ClientConnection(asyncio.Protocol):
         # continue parsing what follows with a fresh parser.
         self.parser = httptools.HttpRequestParser(RequestCallbacks(self))
         self.feed = self.parser.feed_data
+        self.llhttp_open = False  # the fresh parser is at a message boundary
         if rest:
             self.data_received(rest)

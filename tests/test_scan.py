@@ -267,3 +267,21 @@ async def test_bytes_after_a_request_that_closes_are_not_read(
     seen = await through(app, up, answers, data, scan_heads=scan_heads)
     assert [head.split(b" ")[1] for head in seen.heads] == [b"/1"]
     assert [(status, body) for status, _, _, body in seen.got] == [(200, b"ok")]
+
+
+async def test_after_an_ignored_upgrade_the_next_head_can_take_the_fast_path(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]],
+) -> None:
+    app, up, _ = proxied
+    app.server.scan_heads = True
+    client = await RawClient.connect(app.proxy_port)
+    try:
+        await client.send(b"GET /1 HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        assert (await client.read_response()).status == 200
+        (conn,) = app.server.connections
+        assert not conn.llhttp_open  # the fresh parser llhttp continues with is at a message boundary
+        await client.send(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await client.read_response()).status == 200
+        assert [head.split(b" ")[1] for head in up.heads] == [b"/1", b"/2"]
+    finally:
+        await client.close()
