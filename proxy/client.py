@@ -136,12 +136,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, Reject):
-                self.reject(cause.reason)
-            else:
-                log.error("internal error on %s", self.peer.decode(), exc_info=cause)
-                self.reject("internal_error")
+            self.failed(exc.__context__)
             return
         except httptools.HttpParserError as err:  # its own name: compiled, one name has one type
             if self.read_all():
@@ -218,6 +213,21 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.pipeline.append(ex)
             self.block_reading(RB_PIPELINE)
+
+    def request_begins(self) -> None:
+        if self.deadline_kind == DL_IDLE:
+            # The next request on a kept-alive connection: its head must arrive by the idle deadline
+            # already armed (no new timer, no clock read); expiry now answers 408.
+            self.deadline_kind = DL_HEADER
+
+    def failed(self, cause: BaseException | None) -> None:
+        """Reading a request raised `cause` (llhttp's callbacks, or proxy.scan's path): a Reject is
+        answered with its error, anything else is an internal error."""
+        if isinstance(cause, Reject):
+            self.reject(cause.reason)
+        else:
+            log.error("internal error on %s", self.peer.decode(), exc_info=cause)
+            self.reject("internal_error")
 
     def read_all(self) -> bool:
         """A request without keep-alive was read (perhaps in this very feed, by on_message_complete)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from proxy.exchange import Exchange
-from proxy.wire import CRLF, DL_HEADER, DL_IDLE, ORDINARY, Reject
+from proxy.wire import CRLF, ORDINARY, Reject
 
 if TYPE_CHECKING:
     from proxy.client import ClientConnection
@@ -41,10 +41,7 @@ class RequestCallbacks:
             ex = client.parsing = Exchange(client)
             self.header_bytes = 0
             client.head_raw = 0
-            if client.deadline_kind == DL_IDLE:
-                # The next request on a kept-alive connection: its head must arrive by the idle
-                # deadline already armed (no new timer, no clock read); expiry now answers 408.
-                client.deadline_kind = DL_HEADER
+            client.request_begins()
         ex.target += url
         if len(ex.target) > client.server.max_line:
             raise Reject("uri_too_long")

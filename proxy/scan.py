@@ -29,7 +29,6 @@ the bytes that come out.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Final
 
 from proxy import wire
@@ -38,8 +37,6 @@ from proxy.exchange import Exchange
 if TYPE_CHECKING:
     from proxy.client import ClientConnection
     from proxy.upstream import UpstreamConnection
-
-log = logging.getLogger("slotswitch.scan")
 
 DECLINE: Final = -1
 TCHAR: Final = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&'*+-.^_`|~"
@@ -228,18 +225,13 @@ def _take(client: ClientConnection) -> bool:
     the head to its end; False if it was rejected."""
     ex = client.parsing
     assert ex is not None
-    if client.deadline_kind == wire.DL_IDLE:
-        client.deadline_kind = wire.DL_HEADER
+    client.request_begins()
     try:
         ex.head_complete(ex.method, ex.version, ex.keep_alive)
         client.head_read(ex)
         ex.client_done(ex.keep_alive, ex.started)  # started: the clock start() read just now (0: not started)
-    except wire.Reject as rejected:
-        client.reject(rejected.reason)
-        return False
-    except Exception:
-        log.exception("internal error on %s", client.peer.decode())
-        client.reject("internal_error")
+    except Exception as exc:  # mapped as the exceptions llhttp's callbacks raise are
+        client.failed(exc)
         return False
     client.request_read(ex.keep_alive)
     return True
@@ -338,8 +330,6 @@ def relay_rest(conn: UpstreamConnection, ex: Exchange, data: bytes) -> None:
     conn.body_left = 0
     conn.exchange = None
     conn.finished = ex
-    pool = conn.pool
-    log.warning("malformed response from %s (slot %s): data after the end of the response", pool.url, pool.slot)
-    conn.broken("bad_response")
+    conn.malformed("data after the end of the response")
     conn.finished = None
     ex.finish(False)

@@ -177,21 +177,18 @@ class UpstreamConnection(asyncio.Protocol):
                 if self.head_raw > self.head_limit:
                     raise BadResponse(f"response headers larger than {self.head_limit} bytes")
         except BadResponse as bad:  # each clause names its own variable: compiled, one name has one type
-            log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, bad)
-            self.broken("bad_response")
+            self.malformed(bad)
         except httptools.HttpParserUpgrade as upgrade:
             self._start_tunnel(ex, data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, BadResponse):
-                log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, cause)
-                self.broken("bad_response")
+                self.malformed(cause)
             elif not isinstance(cause, _HeadDone):
                 log.error("internal error relaying from %s", self.pool.url, exc_info=cause)
                 self.broken("bad_response")
         except httptools.HttpParserError as err:
-            log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, err)
-            self.broken("bad_response")
+            self.malformed(err)
         done = self.finished
         if done is not None:  # only now, when every byte of this read was parsed (see on_message_complete)
             self.finished = None
@@ -331,6 +328,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.finished = ex
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def malformed(self, why: object) -> None:
+        log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, why)
+        self.broken("bad_response")
 
     def start_response(self, ex: Exchange, code: int) -> bytes:
         """The final response's head is complete: its head for the client, and the slot's counts."""
