@@ -17,8 +17,9 @@ def drop_nominated(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     return [line for line in lines if line.split(b":", 1)[0].strip().lower() not in names]
 
 
-def response_head(conn: UpstreamConnection, ex: Exchange, code: int) -> tuple[bytes, int]:
-    """The head to write to the client and how its body is framed (a MODE_* constant)."""
+def response_head(conn: UpstreamConnection, ex: Exchange, code: int, body: bytes = b"") -> tuple[bytes, int]:
+    """The head to write to the client, with `body` (the start of a body framed by its length) joined
+    after it, and how its body is framed (a MODE_* constant)."""
     lines = conn.headers if conn.nominated is None else drop_nominated(conn.headers, conn.nominated)
     http10 = ex.version == "1.0"
     parts = [wire.STATUS_LINES[code], *lines]
@@ -40,7 +41,10 @@ def response_head(conn: UpstreamConnection, ex: Exchange, code: int) -> tuple[by
     route = ex.route
     if route is not None:
         parts.append(route.header)
-    parts += (wire.VIA, wire.CRLF)
+    parts.append(wire.VIA)  # appends: `+=` of a tuple is a generic call
+    parts.append(wire.CRLF)
+    if body:
+        parts.append(body)
     return b"".join(parts), mode
 
 

@@ -3,10 +3,12 @@
 llhttp calls back into Python once per header with two new bytes objects, and the head is then
 rebuilt line by line. Most heads are plain, so this module reads a whole one at once and forwards
 runs of ordinary header lines as slices of the read. It works on the head's *class string*: each
-byte translated to the class that decides where it may stand (CLASSES), split into lines with
-str methods mypyc compiles to C calls. The bytes themselves are read only where a decision needs
-them: a header name only when its length and first byte match a name that needs a decision
-(Shapes), a value only for such a header.
+byte translated to its class (CLASSES: a token's byte, another printable byte or SP, CR or LF,
+anything else), searched with str.find, which mypyc compiles to a C call. A line ends at the next CR
+or LF and its header name at the next byte that is not a token's; only there are the bytes
+themselves read (that the break is CRLF, that the name ends with ": "), and a header name is looked
+at only when its length and first byte match a name that needs a decision (Shapes). No object is
+made per line.
 
 Invariant: it takes only heads that llhttp takes and reads the same way, and produces the same
 bytes for them; for anything else it declines (DECLINE), and the head goes to llhttp as before.
@@ -45,19 +47,21 @@ TCHAR: Final = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!
 def _class(byte: int) -> int:
     if byte in TCHAR:
         return ord("t")  # may stand in a header name
-    if byte in b" :\r\n":
-        return byte  # structure
-    if 0x21 <= byte <= 0x7E:
-        return ord("v")  # printable: in a target or a value only
+    if byte == 13 or byte == 10:
+        return 13  # CR and LF alike: a line ends at the first of either, and its bytes are then read
+    if 0x20 <= byte <= 0x7E:
+        return ord("v")  # SP, ":" and the other printable bytes: a header name ends at the first
     return ord("!")  # a tab, a control byte, DEL or obs-text: the head is declined
 
 
 CLASSES: Final = bytes(_class(byte) for byte in range(256))
 METHODS: Final[dict[bytes, bytes]] = {m: m for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
 MAX_LENGTH_DIGITS: Final = 15
-# NAMES[n]: the class string that starts a header line whose name has n bytes; a longer name declines.
-MAX_NAME: Final = 256
-NAMES: Final = ["t" * n + ": " for n in range(MAX_NAME)]
+MAX_NAME: Final = 256  # a longer header name declines
+HEAD_END: Final = b"\r\n\r\n"
+# A response read this short is classed whole, body and all: translating ~7 instructions a byte
+# costs less than the generic bytes.find (~1.5k) for the bytes after a usual head.
+SMALL_READ: Final = 320
 # Hop-by-hop response headers llhttp reads itself (as Connection, or for an upgrade).
 UNREAD_HOPS: Final = frozenset({b"proxy-connection", b"upgrade"})
 
@@ -90,33 +94,30 @@ class Shapes:
 RESPONSE_SHAPES: Final = Shapes(wire.RESPONSE_KINDS)
 
 
-def _lines(data: bytes, start: int, end: int) -> list[str] | None:
-    """The class strings of the lines of the head data[start:end] (its final CRLF CRLF excluded),
-    if it is plain."""
-    text = data[start:end].translate(CLASSES).decode("ascii")
-    if "!" in text:
-        return None
-    lines = text.splitlines()
-    # splitlines() also splits at a bare CR or LF (the only other line breaks left): then the lines do
-    # not add up to the head with a CRLF after each.
-    size = -2
-    for line in lines:
-        if not line:
-            return None  # the end of an earlier head, or a line break before the request line
-        size += len(line) + 2
-    return lines if size == end - start else None
+def _classes(data: bytes) -> str:
+    """The class string of `data` (ASCII: one character of CLASSES per byte)."""
+    return data.translate(CLASSES).decode("ascii")
 
 
-def _colon(line: str) -> int:
-    """The colon's offset in the class string of a header line `token ": " value`, else DECLINE."""
-    colon = line.find(":")
-    if colon <= 0 or colon >= MAX_NAME or not line.startswith(NAMES[colon]) or line[colon + 2 : colon + 3] == " ":
-        return DECLINE  # line[colon + 2] is the value's first byte, or "" when there is no value
-    return colon
+def _crlf(data: bytes, at: int) -> bool:
+    return data[at] == 13 and data[at + 1] == 10
+
+
+def _name(text: str, data: bytes, base: int, pos: int, eol: int) -> int:
+    """The length of the header name of the line text[pos:eol] (data[base + pos:base + eol]) if the
+    line is `token ": " value`, the value not starting with SP, and ends with CRLF, else DECLINE."""
+    colon = text.find("v", pos, eol)  # the first byte that is not a token's: the colon, if plain
+    size = colon - pos
+    at = base + colon
+    if size <= 0 or size >= MAX_NAME or data[at] != 58 or data[at + 1] != 32 or data[at + 2] == 32:
+        return DECLINE  # 58 ":", 32 SP: one after the colon; data[at + 2] is the value or its CR
+    return size if _crlf(data, base + eol) else DECLINE
 
 
 def _connection(value: bytes) -> int:
     """1 for `close`, 2 for `keep-alive` (any case), DECLINE for anything else (a list, upgrade, ...)."""
+    if value == b"keep-alive":
+        return 2  # the usual spelling, compared before lower() (a generic call) is
     token = value.lower()
     if token == b"close":
         return 1
@@ -140,70 +141,74 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
     """Read a whole bodyless request head at data[start:]; on success `client.parsing` is its
     exchange (method, target, version, keep_alive and headers set, head_complete not yet called)
     and the offset after the head is returned."""
-    if start == 0 and data.endswith(b"\r\n\r\n"):
-        end = len(data) - 4  # the usual read, one head: no search (bytes.find is a generic call)
-        lines = _lines(data, start, end)
-        if lines is None:  # perhaps more than one head (an empty line): pipelined requests
-            end = data.find(b"\r\n\r\n")
-            lines = _lines(data, start, end)
+    if start == 0 and data.endswith(HEAD_END):
+        text = _classes(data)  # the usual read: one head, classed without slicing it off
+        end = text.find("\r\r\r\r")  # before len(data) - 4 only when requests are pipelined
     else:
-        end = data.find(b"\r\n\r\n", start)
+        end = data.find(HEAD_END, start)  # bytes.find is a generic call: not for the usual read
         if end < 0:
             return DECLINE
-        lines = _lines(data, start, end)
+        text = _classes(data[start : end + 4])
+        end -= start
+    # Offsets into text are relative to start: data[start + i] is the byte of text[i].
     server = client.server
-    if lines is None:
-        return DECLINE
-    line = lines[0]
-    if len(line) > server.max_line or end - start - len(line) > server.max_headers:
-        return DECLINE  # llhttp's path answers 414 or 431
-    parts = line.split(" ")
-    if len(parts) != 3:
-        return DECLINE
-    at = start + len(parts[0]) + 1  # the target
-    method = METHODS.get(data[start : at - 1])
-    proto = data[at + len(parts[1]) + 1 : start + len(line)]
-    if method is None or data[at] != 47 or (proto != b"HTTP/1.1" and proto != b"HTTP/1.0"):
+    stop = end + 2  # text[stop:] is the empty line that ends the head
+    eol = text.find("\r")
+    if eol > server.max_line or end - eol > server.max_headers or text.find("!", 0, stop) >= 0:
+        return DECLINE  # too long (llhttp's path answers 414 or 431), or a byte no plain head has
+    # METHOD SP target SP HTTP/1.x: the method is a token, the version 8 bytes.
+    sp = text.find("v", 0, eol)
+    at = start + sp + 1  # the target
+    last = start + eol - 9  # the SP before the version
+    if sp <= 0 or at >= last or data[at] != 47 or data[at - 1] != 32 or data[last] != 32:
         return DECLINE  # 47: "/", the origin form
+    if not _crlf(data, start + eol) or not _crlf(data, start + stop):
+        return DECLINE
+    proto = data[last + 1 : start + eol]
+    method = METHODS.get(data[start : at - 1])
+    target = data[at:last]
+    if method is None or (proto != b"HTTP/1.1" and proto != b"HTTP/1.0") or b" " in target:
+        return DECLINE
     ex = Exchange(client)
     shapes = server.scan_shapes
     flags = 0  # 1: Connection: close seen, 2: Connection: keep-alive seen (llhttp's flags)
-    run = pos = start + len(line) + 2  # data[run:pos] is a run of lines forwarded as they came
-    for i in range(1, len(lines)):
-        text = lines[i]
-        colon = _colon(text)
-        if colon < 0:
+    run = pos = eol + 2  # data[start + run:start + pos] is a run of lines forwarded as they came
+    while pos < stop:
+        eol = text.find("\r", pos)
+        size = _name(text, data, start, pos, eol)
+        if size < 0:
             return DECLINE
-        kind = shapes.kind(data, pos, colon)
+        at = start + pos
+        kind = shapes.kind(data, at, size)
         if kind != wire.ORDINARY:
             if kind == wire.H_CONTENT_LENGTH or kind == wire.H_TE or kind == wire.H_UPGRADE:
                 return DECLINE
-            name = data[pos : pos + colon]
+            name = data[at : at + size]
             if kind == wire.H_HOP and name.lower() == b"proxy-connection":
                 return DECLINE  # llhttp reads it as Connection
-            value = data[pos + colon + 2 : pos + len(text)]
+            value = data[at + size + 2 : start + eol]
             if kind == wire.H_CONNECTION:
                 token = _connection(value)
                 if token < 0:
                     return DECLINE
                 flags |= token
             if pos > run:
-                ex.headers.append(data[run:pos])
+                ex.headers.append(data[start + run : at])
             if kind != wire.H_CONNECTION:
                 ex.add_header(kind, name, value)  # what the slow path does with it, in the same order
-            run = pos + len(text) + 2
-        pos += len(text) + 2
+            run = eol + 2
+        pos = eol + 2
     if pos > run:
-        ex.headers.append(data[run:pos])
+        ex.headers.append(data[start + run : start + pos])
     ex.method = method
-    ex.target = data[at : at + len(parts[1])]
+    ex.target = target
     if proto == b"HTTP/1.1":
         ex.keep_alive = not flags & 1
     else:
         ex.version = "1.0"
         ex.keep_alive = bool(flags & 2)  # llhttp: keep-alive named, even next to close
     client.parsing = ex
-    return end + 4
+    return start + end + 4
 
 
 def take_requests(client: ClientConnection, data: bytes) -> bytes:
@@ -241,44 +246,49 @@ def scan_response(conn: UpstreamConnection, data: bytes) -> int:
     """Read a whole response head at the start of `data` that is framed by Content-Length; on
     success conn.code, headers, has_length, conn_close and body_left (the length) are set and the
     offset after the head is returned."""
-    end = data.find(b"\r\n\r\n")
+    if len(data) <= SMALL_READ:
+        text = _classes(data)  # the body too: cheaper than bytes.find (a generic call) for a small read
+        end = text.find("\r\r\r\r")
+    else:
+        end = data.find(HEAD_END)
+        text = _classes(data[: end + 4]) if end >= 0 else ""
     if end < 12 or end > conn.head_limit or not data.startswith(b"HTTP/1.1 "):
         return DECLINE
-    lines = _lines(data, 0, end)
-    if lines is None:
-        return DECLINE
-    line = lines[0]
+    stop = end + 2  # text[stop:] is the empty line that ends the head
+    eol = text.find("\r")
     code = _digits(data, 9, 12)
-    if code < 200 or code > 599 or code == 204 or code == 304 or (len(line) > 12 and line[12] != " "):
+    if code < 200 or code > 599 or code == 204 or code == 304 or (eol > 12 and data[12] != 32):
+        return DECLINE
+    if text.find("!", 0, stop) >= 0 or not _crlf(data, eol) or not _crlf(data, stop):
         return DECLINE
     headers: list[bytes] = []
     length = -1
     close = False
-    run = pos = len(line) + 2
-    for i in range(1, len(lines)):
-        text = lines[i]
-        colon = _colon(text)
-        if colon < 0:
+    run = pos = eol + 2
+    while pos < stop:
+        eol = text.find("\r", pos)
+        size = _name(text, data, 0, pos, eol)
+        if size < 0:
             return DECLINE
-        kind = RESPONSE_SHAPES.kind(data, pos, colon)
+        kind = RESPONSE_SHAPES.kind(data, pos, size)
         if kind == wire.R_CONTENT_LENGTH:
             if length >= 0:
                 return DECLINE
-            length = _digits(data, pos + colon + 2, pos + len(text))
+            length = _digits(data, pos + size + 2, eol)
             if length < 0:
                 return DECLINE
         elif kind != wire.ORDINARY:
             if kind == wire.R_CONNECTION:
-                token = _connection(data[pos + colon + 2 : pos + len(text)])
+                token = _connection(data[pos + size + 2 : eol])
                 if token < 0:
                     return DECLINE
                 close = close or token == 1
-            elif kind == wire.R_TE or data[pos : pos + colon].lower() in UNREAD_HOPS:
+            elif kind == wire.R_TE or data[pos : pos + size].lower() in UNREAD_HOPS:
                 return DECLINE
             if pos > run:
                 headers.append(data[run:pos])
-            run = pos + len(text) + 2  # hop-by-hop: dropped, as on_header does
-        pos += len(text) + 2
+            run = eol + 2  # hop-by-hop: dropped, as on_header does
+        pos = eol + 2
     if length < 0 or len(data) - end - 4 > length:
         return DECLINE  # close-delimited, or bytes after the response (llhttp's path reports them)
     if pos > run:
@@ -297,15 +307,14 @@ def scan_response(conn: UpstreamConnection, data: bytes) -> int:
 def relay_scanned(conn: UpstreamConnection, ex: Exchange, data: bytes, at: int) -> None:
     """The head scan_response read (data[:at]) and the body bytes after it, as the parser callbacks
     (on_headers_complete, on_body, on_message_complete) relay them."""
-    head = conn.start_response(ex, conn.code)
     size = len(data) - at
+    small = 0 < size <= wire.SMALL_BODY
+    head = conn.start_response(ex, conn.code, data[at:] if small else b"")  # small: one write, one syscall
     conn.body_left -= size
     transport = ex.client.transport
     if transport is not None:
-        if not size:
+        if not size or small:
             transport.write(head)
-        elif size <= wire.SMALL_BODY:
-            transport.write(head + data[at:])  # one write, one syscall
         else:
             transport.writelines((head, memoryview(data)[at:]))
     if not conn.body_left:

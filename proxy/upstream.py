@@ -333,9 +333,10 @@ class UpstreamConnection(asyncio.Protocol):
         log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, why)
         self.broken("bad_response")
 
-    def start_response(self, ex: Exchange, code: int) -> bytes:
-        """The final response's head is complete: its head for the client, and the slot's counts."""
-        head, self.mode = response_head(self, ex, code)
+    def start_response(self, ex: Exchange, code: int, body: bytes = b"") -> bytes:
+        """The final response's head is complete: its head for the client (`body` joined after it), and
+        the slot's counts."""
+        head, self.mode = response_head(self, ex, code, body)
         ex.response_started = True
         ex.status = code
         pool = self.pool

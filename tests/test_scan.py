@@ -88,6 +88,14 @@ REQUESTS = [
     b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
     b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",
     b"GET /1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+    # CR and LF share a class in the fast path's scan: every line break must still be CRLF.
+    b"GET / HTTP/1.1\r\nHost: h\n\r\n\r\n",
+    b"GET /a\nb HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX:A: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\n\n",
+    b"GET /x?a=b:c HTTP/1.0\r\n\r\n",
 ]
 
 # Response heads on both sides of the lines, each answering a plain GET.
@@ -125,6 +133,9 @@ RESPONSES = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + bytes(i % 251 for i in range(300000)),
     b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + bytes(i % 251 for i in range(300000)) + b"EXTRA",
     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\n\r\nok",
+    b"HTTP/1.1 200 OK\rX\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX:Y: z\r\nContent-Length: 2\r\n\r\nok",
 ]
 
 
@@ -223,7 +234,7 @@ async def test_head_requests_take_llhttps_path(proxied: tuple[Slotswitch, Script
 
 # -- which heads the fast path takes ----------------------------------------------------------
 
-TAKEN_REQUESTS = (0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 26, 32, 33, 52, 55, 56, 57, 58)
+TAKEN_REQUESTS = (0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 26, 32, 33, 52, 55, 56, 57, 58, 65)
 TAKEN_RESPONSES = (0, 1, 2, 3, 4, 5, 6, 12, 14, 17, 25, 29)  # 30 declines only when it arrives whole
 
 
