@@ -55,6 +55,7 @@ def _class(byte: int) -> int:
 
 
 CLASSES: Final = bytes(_class(byte) for byte in range(256))
+GET: Final = b"GET"
 METHODS: Final[dict[bytes, bytes]] = {m: m for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
 MAX_LENGTH_DIGITS: Final = 15
 MAX_NAME: Final = 256  # a longer header name declines
@@ -68,25 +69,36 @@ UNREAD_HOPS: Final = frozenset({b"proxy-connection", b"upgrade"})
 
 class Shapes:
     """Which (length, first byte) pairs a name in `kinds` has: a header whose name has another shape
-    is ordinary, found without slicing or hashing its name."""
+    is ordinary, found without slicing or hashing its name. For each shape, the first name in `kinds`
+    that has it (its usual spelling) is compared before hashing."""
 
-    __slots__ = ("kinds", "longest", "table")
+    __slots__ = ("kinds", "longest", "table", "usual", "usual_kind")
 
     def __init__(self, kinds: dict[bytes, int]) -> None:
         self.kinds = kinds
         self.longest = max(len(name) for name in kinds)
-        table = bytearray((self.longest + 1) * 128)
+        size = (self.longest + 1) * 128
+        table = bytearray(size)
+        self.usual = [b""] * size
+        self.usual_kind = [wire.ORDINARY] * size
         for name in kinds:
             if kinds[name] != wire.ORDINARY:
                 for first in {name[0], name[:1].lower()[0], name[:1].upper()[0]}:
                     table[len(name) * 128 + first] = 1
+                at = len(name) * 128 + name[0]
+                if not self.usual[at]:
+                    self.usual[at] = name
+                    self.usual_kind[at] = kinds[name]
         self.table = bytes(table)
 
     def kind(self, data: bytes, pos: int, size: int) -> int:
         """The kind of the header name data[pos:pos + size] (printable ASCII)."""
-        if size > self.longest or not self.table[size * 128 + data[pos]]:
+        at = size * 128 + data[pos]
+        if size > self.longest or not self.table[at]:
             return wire.ORDINARY
         name = data[pos : pos + size]
+        if name == self.usual[at]:
+            return self.usual_kind[at]
         kind = self.kinds.get(name)
         return self.kinds.get(name.lower(), wire.ORDINARY) if kind is None else kind
 
@@ -165,9 +177,11 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
     if not _crlf(data, start + eol) or not _crlf(data, start + stop):
         return DECLINE
     proto = data[last + 1 : start + eol]
-    method = METHODS.get(data[start : at - 1])
+    name = data[start : at - 1]
+    method = GET if name == GET else METHODS.get(name)  # GET compared first: no hashing the usual one
     target = data[at:last]
-    if method is None or (proto != b"HTTP/1.1" and proto != b"HTTP/1.0") or b" " in target:
+    # 32: SP, as an int (with b" ", `in` first fails to read it as one, which costs an exception)
+    if method is None or (proto != b"HTTP/1.1" and proto != b"HTTP/1.0") or 32 in target:
         return DECLINE
     ex = Exchange(client)
     shapes = server.scan_shapes
