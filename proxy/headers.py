@@ -36,7 +36,7 @@ TAIL: Final = wire.VIA + wire.CRLF
 def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> bytes:
     """The head sent upstream. `host_line` is used only when the client sent no Host (HTTP/1.0)."""
     parts = [ex.method, b" ", ex.target, HTTP11]
-    parts += ex.headers
+    parts.extend(ex.headers)  # a C call, where `+=` is a generic one
     if not ex.host_count:
         parts.append(host_line)
     if client.trusted:
@@ -49,7 +49,9 @@ def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> by
         parts.append(client.fwd_block)
     if not ex.request_id:
         _ids.last += 1
-        parts.append(_ID_PREFIX + str(_ids.last).encode() + wire.CRLF)
+        parts.append(_ID_PREFIX)  # three parts of the one join, not two concatenations first
+        parts.append(str(_ids.last).encode())
+        parts.append(wire.CRLF)
     if ex.chunked:
         parts.append(wire.CHUNKED)
     if ex.ws:

@@ -156,16 +156,18 @@ class UpstreamConnection(asyncio.Protocol):
             if client.transport is not None:
                 client.transport.write(data)
             return
+        if not self.code and not self.head_raw and not ex.is_head and client.server.scan_heads:
+            at = scan_response(self, data)  # a whole plain head at a message boundary: the fast path
+            if at >= 0:
+                relay_scanned(self, ex, data, at)
+                if self.body_left:  # else finish() has armed the client's next deadline already
+                    client.touch()
+                return
         if client.deadline_kind:  # ClientConnection.touch, inlined: this runs for every chunk
             client.deadline = client.clock() + client.server.timeout_for[client.deadline_kind]
         if self.body_left:
             relay_rest(self, ex, data)
             return
-        if not self.code and not self.head_raw and not ex.is_head and client.server.scan_heads:
-            at = scan_response(self, data)  # a whole plain head at a message boundary: the fast path
-            if at >= 0:
-                relay_scanned(self, ex, data, at)
-                return
         try:
             self.feed(data)
             if self.held:  # the head arrived without its body: send it now
