@@ -3,9 +3,9 @@
 llhttp calls back into Python once per header with two new bytes objects, and the head is then
 rebuilt line by line. Most heads are plain, so this module reads a whole one at once and forwards
 runs of ordinary header lines as slices of the read. It works on the head's *class string*: each
-byte translated to its class (CLASSES: a token's byte, another printable byte or SP, CR or LF,
-anything else), searched with str.find, which mypyc compiles to a C call. A line ends at the next CR
-or LF and its header name at the next byte that is not a token's; only there are the bytes
+byte translated to its class (CLASSES: a token's byte, another printable byte or SP, anything else),
+searched with str.find, which mypyc compiles to a C call. A line ends at the next byte of the third
+class and its header name at the next byte that is not a token's; only there are the bytes
 themselves read (that the break is CRLF, that the name ends with ": "), and a header name is looked
 at only when its length and first byte match a name that needs a decision (Shapes). No object is
 made per line.
@@ -47,11 +47,11 @@ TCHAR: Final = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!
 def _class(byte: int) -> int:
     if byte in TCHAR:
         return ord("t")  # may stand in a header name
-    if byte == 13 or byte == 10:
-        return 13  # CR and LF alike: a line ends at the first of either, and its bytes are then read
     if 0x20 <= byte <= 0x7E:
         return ord("v")  # SP, ":" and the other printable bytes: a header name ends at the first
-    return ord("!")  # a tab, a control byte, DEL or obs-text: the head is declined
+    # CR and LF, and a tab, a control byte, DEL or obs-text: a line ends at the first of any, where
+    # its bytes are read, and only CR LF goes on (so the others decline the head where they stand).
+    return 13
 
 
 CLASSES: Final = bytes(_class(byte) for byte in range(256))
@@ -166,8 +166,8 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
     server = client.server
     stop = end + 2  # text[stop:] is the empty line that ends the head
     eol = text.find("\r")
-    if eol > server.max_line or end - eol > server.max_headers or text.find("!", 0, stop) >= 0:
-        return DECLINE  # too long (llhttp's path answers 414 or 431), or a byte no plain head has
+    if eol > server.max_line or end - eol > server.max_headers:
+        return DECLINE  # too long: llhttp's path answers 414 or 431
     # METHOD SP target SP HTTP/1.x: the method is a token, the version 8 bytes.
     sp = text.find("v", 0, eol)
     at = start + sp + 1  # the target
@@ -273,7 +273,7 @@ def scan_response(conn: UpstreamConnection, data: bytes) -> int:
     code = _digits(data, 9, 12)
     if code < 200 or code > 599 or code == 204 or code == 304 or (eol > 12 and data[12] != 32):
         return DECLINE
-    if text.find("!", 0, stop) >= 0 or not _crlf(data, eol) or not _crlf(data, stop):
+    if not _crlf(data, eol) or not _crlf(data, stop):
         return DECLINE
     headers: list[bytes] = []
     length = -1

@@ -96,6 +96,7 @@ REQUESTS = [
     b"GET / HTTP/1.1\r\nHost: h\r\nX:A: b\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\n\n",
     b"GET /x?a=b:c HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\x00\n\r\n",
 ]
 
 # Response heads on both sides of the lines, each answering a plain GET.
@@ -136,6 +137,7 @@ RESPONSES = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\n\r\nok",
     b"HTTP/1.1 200 OK\rX\r\nContent-Length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK\r\nX:Y: z\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\x00\n\r\nok",
 ]
 
 
