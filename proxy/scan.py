@@ -194,7 +194,10 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
             return DECLINE
         at = start + pos
         kind = shapes.kind(data, at, size)
-        if kind != wire.ORDINARY:
+        if kind == wire.H_HOST:  # the line stays in its run: it is the line add_header would write
+            ex.host = data[at + size + 2 : start + eol]
+            ex.host_count += 1
+        elif kind != wire.ORDINARY:
             if kind == wire.H_CONTENT_LENGTH or kind == wire.H_TE or kind == wire.H_UPGRADE:
                 return DECLINE
             name = data[at : at + size]
