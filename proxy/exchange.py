@@ -130,7 +130,7 @@ class Exchange:
             self.headers.append(b"%s: %d\r\n" % (name, self.content_length))
         elif kind == wire.H_CONNECTION:
             self.nominated = wire.nominated_names(value, self.nominated)
-            self.conn_upgrade = self.conn_upgrade or b"upgrade" in value.lower()
+            self.conn_upgrade = self.conn_upgrade or wire.has_token(value, b"upgrade")
         elif kind == wire.H_TE:
             self.chunked = value.lower().rstrip().endswith(b"chunked")
         elif kind == wire.H_UPGRADE:

@@ -263,7 +263,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.te_chunked = True
         elif kind == wire.R_CONNECTION:
             self.nominated = wire.nominated_names(value, self.nominated)
-            self.conn_close = self.conn_close or b"close" in value.lower()
+            self.conn_close = self.conn_close or wire.has_token(value, b"close")
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
