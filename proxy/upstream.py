@@ -163,8 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
                 if self.body_left:  # else finish() has armed the client's next deadline already
                     client.touch()
                 return
-        if client.deadline_kind:  # ClientConnection.touch, inlined: this runs for every chunk
-            client.deadline = client.clock() + client.server.timeout_for[client.deadline_kind]
+        client.touch()  # bytes moved: the client's deadline goes back
         if self.body_left:
             relay_rest(self, ex, data)
             return
