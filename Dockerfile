@@ -27,13 +27,22 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 WORKDIR /src
 # Only what the wheel needs (setuptools reads README.md for the package's long description).
+# The pinned, hashed runtime set (a layer that changes only with the lock); the build's tools (setuptools,
+# mypy for mypyc) pinned in a venv of their own, at the versions CI tests with, so they stay out of the
+# runtime image. A new release of any dependency cannot change what this image runs.
+COPY requirements.lock requirements-build.lock ./
+RUN /opt/venv/bin/pip install --require-hashes -r requirements.lock \
+    && python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes -r requirements-build.lock
 COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 COPY admin ./admin
-# Runtime dependencies only (no dev extras); uvloop and httptools come as wheels. pip compiles the
-# data path with mypyc, and the rest to bytecode, as the runtime image never writes any.
-# The image fails to build if the data path did not compile (proxy/native.py).
-RUN /opt/venv/bin/pip install . \
+# The wheel is built by the build venv without resolving anything, then installed without dependencies
+# (they are all in place). uvloop and httptools come as wheels. The data path is compiled with mypyc,
+# and the rest to bytecode, as the runtime image never writes any. The image fails to build if the data
+# path did not compile (proxy/native.py).
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+    && /opt/venv/bin/pip install --no-deps /tmp/wheels/slotswitch-*.whl \
     && /opt/venv/bin/python -I -c "import proxy.native as n, sys; print(n.describe()); sys.exit(n.mode != 'compiled')"
 
 FROM ${PYTHON_IMAGE}

@@ -24,6 +24,17 @@ LISTENING = re.compile(
     r"admin on (?P<ahost>\S+):(?P<aport>\d+)"
 )
 WAIT = 20.0
+PIDS_ENV = "SLOTSWITCH_CI_PIDS"
+
+
+def track(proc: asyncio.subprocess.Process) -> asyncio.subprocess.Process:
+    """Record a server a test started in the file .ci/run names, so that the run's exit trap stops it
+    by PID if the test could not (a crash, a timeout): never a kill by name. Returns `proc`."""
+    path = os.environ.get(PIDS_ENV)
+    if path:
+        with open(path, "a", encoding="ascii") as pids:
+            pids.write(f"{proc.pid}\n")
+    return proc
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:
@@ -65,7 +76,7 @@ class ProxyProcess:
             env=child_env,
             start_new_session=True,  # its own process group, which a test may signal as a whole
         )
-        return cls(proc)
+        return cls(track(proc))
 
     @property
     def output(self) -> str:

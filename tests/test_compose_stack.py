@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from tests.procutil import ProxyProcess, write_config
+from tests.procutil import ProxyProcess, track, write_config
 from tests.shipping_util import (
     COMPOSE_DIR,
     METRIC_RE,
@@ -51,15 +51,17 @@ async def demo_apps() -> AsyncIterator[dict[tuple[str, int], int]]:
             ports[(name, int(args[at]))] = port = free_port()
             args[at] = str(port)
             procs.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    str(script),
-                    *args,
-                    "--host",
-                    "127.0.0.1",
-                    env=env,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
+                track(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        str(script),
+                        *args,
+                        "--host",
+                        "127.0.0.1",
+                        env=env,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=asyncio.subprocess.DEVNULL,
+                    )
                 )
             )
         for (name, original), port in ports.items():

@@ -28,7 +28,9 @@ def test_dockerfile_multi_stage_slim_non_root() -> None:
     copies = instruction("COPY")
     assert any(c.startswith("--from=builder ") for c in copies), "the runtime stage takes the built venv"
     runs = " ".join(instruction("RUN"))
-    assert "pip install ." in runs and "[dev]" not in runs, "runtime dependencies only"
+    assert "--require-hashes -r requirements.lock" in runs, "the pinned, hashed runtime set"
+    assert "requirements-dev.lock" not in runs and "[dev]" not in runs, "runtime dependencies only"
+    assert "--no-deps /tmp/wheels/slotswitch-" in runs, "slotswitch itself installed without resolving anything"
     assert "tini" in runs
     assert "n.mode != 'compiled'" in runs, "the build stops if the data path did not compile"
     (user,) = instruction("USER")

@@ -28,6 +28,7 @@ from proxy.fleet_store import RedisState
 from proxy.runtime import Slotswitch, StartupError
 from proxy.state import Snapshot
 from tests.conftest import StartProxy, Upstreams
+from tests.procutil import track
 from tests.rawhttp import RawClient
 from tests.test_admin_api import admin, call, status
 
@@ -69,8 +70,10 @@ class RedisServer:
     async def start(self) -> None:
         assert REDIS is not None
         args = ["--save", "", "--appendonly", "no", "--port", str(self.port), "--bind", "127.0.0.1"]
-        self.proc = await asyncio.create_subprocess_exec(
-            REDIS, *args, "--dir", str(self.workdir), stdout=asyncio.subprocess.DEVNULL
+        self.proc = track(
+            await asyncio.create_subprocess_exec(
+                REDIS, *args, "--dir", str(self.workdir), stdout=asyncio.subprocess.DEVNULL
+            )
         )
         deadline = time.monotonic() + WAIT
         while not await self._pong():

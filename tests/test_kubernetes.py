@@ -20,7 +20,7 @@ import aiohttp
 import yaml
 
 from proxy.settings import Settings, parse_settings
-from tests.procutil import ProxyProcess, write_config
+from tests.procutil import ProxyProcess, track, write_config
 from tests.shipping_util import ROOT, free_port, need, run, yaml_file
 
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -201,6 +201,7 @@ async def redis_server(args: list[str], workdir: Path) -> tuple[asyncio.subproce
         str(workdir),
         stdout=asyncio.subprocess.DEVNULL,
     )
+    track(proc)
     for _ in range(500):
         with contextlib.suppress(OSError):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -25,6 +25,7 @@ import yaml
 
 from proxy.runtime import Slotswitch
 from tests.conftest import StartProxy
+from tests.procutil import track
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -118,7 +119,7 @@ async def start_prometheus(tmp_path: Path, port: int, target: str) -> Prometheus
             stderr=out,
             cwd=tmp_path,
         )
-    return Prometheus(port, proc, log)
+    return Prometheus(port, track(proc), log)
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:
