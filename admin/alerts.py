@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from admin.api import MAX_TEXT, SERVICES, ApiError, actor, json_body
-from proxy.control import Conflict, Refused
+from proxy.release.control import Conflict, Refused
 
 log = logging.getLogger("slotswitch.alerts")
 
@@ -183,7 +183,7 @@ async def post_alerts(request: web.Request) -> web.Response:
                 expect=snap.generation,
                 details=details,
             )
-            await services.mutate(rollback)  # in fleet mode, for every replica (proxy.fleet)
+            await services.mutate(rollback)  # in fleet mode, for every replica (proxy.fleet.sync)
         except (Refused, Conflict) as exc:
             ignored.append(f"{tag}: not rolled back: {exc}")
             continue

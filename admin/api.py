@@ -22,14 +22,14 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from admin.audit import AuditLog, refused
 from admin.auth import Authenticator
-from proxy.analysis import Analyzer
-from proxy.control import Conflict, Controller, Invalid, Refused, UnknownSlot
-from proxy.fleet import Fleet, StoreUnavailable
-from proxy.gates import Gates
-from proxy.health import HealthChecker
-from proxy.settings_types import parse_duration
+from proxy.fleet.sync import Fleet
+from proxy.release.analysis import Analyzer
+from proxy.release.audit import AuditLog, refused
+from proxy.release.control import Conflict, Controller, Invalid, Refused, StoreUnavailable, UnknownSlot
+from proxy.release.gates import Gates
+from proxy.release.health import HealthChecker
+from proxy.settings.types import parse_duration
 
 log = logging.getLogger("slotswitch.admin")
 
@@ -45,12 +45,12 @@ class Services:
     analyzer: Analyzer
     metrics: CollectorRegistry
     synced: Callable[[int], Awaitable[float]] | None = None  # waits until all workers route by a generation
-    gates: Gates | None = None  # smoke, warm-up and migration gates (proxy/gates.py)
+    gates: Gates | None = None  # smoke, warm-up and migration gates (proxy/release/gates.py)
     fleet: Fleet | None = None  # fleet mode (state.backend: redis): changes go through the shared store
 
     async def mutate(self, fn: Callable[[], T]) -> T:
         """Apply a controller verb: at once on a single node; in fleet mode through the shared
-        store's compare-and-set (proxy.fleet), so it applies to every replica or not at all."""
+        store's compare-and-set (proxy.fleet.sync), so it applies to every replica or not at all."""
         if self.fleet is None:
             return fn()
         return await self.fleet.run(fn)

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from proxy.paths import resolve
-from proxy.settings import AdminConfig, TokenConfig
-from proxy.settings_types import is_loopback, parse_listen
+from proxy.settings.model import AdminConfig, TokenConfig
+from proxy.settings.paths import resolve
+from proxy.settings.types import is_loopback, parse_listen
 
 Role = Literal["viewer", "operator"]
 

@@ -1,6 +1,6 @@
 """Prometheus metrics, collected at scrape time from the counters the data path keeps.
 
-Nothing here runs per request: the data path adds to plain ints (proxy.stats.SlotStats,
+Nothing here runs per request: the data path adds to plain ints (proxy.routing.stats.SlotStats,
 SlotRuntime.errors) and this collector turns them into metric families when /metrics is read.
 Labels are bounded: slot names (two), status codes, error reasons, triggers, upstream URLs from
 the config. Never a path, a client or a request id.
@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from admin.api import Handler, as_api_error
 from proxy import native
-from proxy.control import Controller
+from proxy.release.control import Controller
 
 TRIGGERS = ("api", "rollback", "judge", "alert", "reload", "ramp")
 ROLLBACK_REASONS = ("api", "judge_error_rate", "judge_latency", "judge_baseline", "promql", "alert")

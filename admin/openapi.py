@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from admin.api import DURATION, IF_MATCH, MAX_SECONDS, MAX_TEXT, MAX_UPSTREAMS, POSITIVE_DURATION, UPSTREAM_URL
-from admin.audit import KEEP
+from proxy.release.audit import KEEP
 
 Json = dict[str, Any]
 

@@ -28,11 +28,11 @@ from admin.api import (
     json_body,
     text,
 )
-from admin.audit import KEEP
 from admin.metrics import exposition
 from admin.openapi import body_fields, document_for
 from admin.views import change_json, status_json
-from proxy.control import Controller, Result
+from proxy.release.audit import KEEP
+from proxy.release.control import Controller, Result
 
 SWITCH = body_fields("SwitchRequest")
 REASON = body_fields("ReasonRequest")

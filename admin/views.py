@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from admin.api import Services
-    from proxy.control import Result
-    from proxy.state import Snapshot
+    from proxy.release.control import Result
+    from proxy.routing.state import Snapshot
 
 
 def _ramp_json(snap: Snapshot) -> dict[str, Any] | None:

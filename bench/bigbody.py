@@ -1,6 +1,6 @@
 """Large bodies through slotswitch: a streamed upload and a streamed download, with the proxy's RSS.
 
-Starts the demo apps (proxy.demo_apps) in this process on free loopback ports and
+Starts the demo apps (proxy.process.demo_apps) in this process on free loopback ports and
 `slotswitch run --config TMPFILE` as a subprocess in front of them, then:
 
 - uploads SIZE bytes to POST /sink, chunked, generated on the fly; the app answers with the
@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 
-from proxy.demo_apps import PATTERN, run_demo_apps  # noqa: E402
-from proxy.settings_types import parse_size  # noqa: E402
+from proxy.process.demo_apps import PATTERN, run_demo_apps  # noqa: E402
+from proxy.settings.types import parse_size  # noqa: E402
 
 MIB = 1024 * 1024
 UPLOAD_CHUNK = 256 * 1024

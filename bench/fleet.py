@@ -41,10 +41,10 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.demo_apps import make_app, start_app
-from proxy.runtime import Slotswitch
-from proxy.settings import parse_settings
-from proxy.state import Snapshot
+from proxy.process.demo_apps import make_app, start_app
+from proxy.process.runtime import Slotswitch
+from proxy.routing.state import Snapshot
+from proxy.settings.model import parse_settings
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPLICAS = 3

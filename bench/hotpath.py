@@ -16,11 +16,11 @@ from typing import Any
 
 import uvloop
 
-from proxy.pool import UpstreamPool
-from proxy.server import ProxyServer
-from proxy.settings import parse_settings
-from proxy.state import Registry, Store, build_snapshot
-from proxy.upstream import UpstreamConnection
+from proxy.datapath.pool import UpstreamPool
+from proxy.datapath.server import ProxyServer
+from proxy.datapath.upstream import UpstreamConnection
+from proxy.routing.state import Registry, Store, build_snapshot
+from proxy.settings.model import parse_settings
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 RESPONSE = (
@@ -63,7 +63,7 @@ class MemoryTransport:
 
 
 def setup(loop: Any, scan: bool | None = None) -> tuple[Any, UpstreamConnection, MemoryTransport]:
-    from proxy.client import ClientConnection
+    from proxy.datapath.client import ClientConnection
 
     settings = parse_settings(
         {
@@ -117,7 +117,7 @@ def main() -> None:
         "--heads",
         choices=("default", "scan", "llhttp"),
         default="default",
-        help="scan: whole plain heads take proxy.scan's fast path; llhttp: every head goes through llhttp; "
+        help="scan: whole plain heads take proxy.datapath.scan's fast path; llhttp: every head goes through llhttp; "
         "default: as the proxy does (the fast path when compiled)",
     )
     args = parser.parse_args()

@@ -45,10 +45,10 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.runtime import Slotswitch
-from proxy.settings import parse_settings
-from proxy.settings_rollout import Analysis
-from proxy.state import Snapshot
+from proxy.process.runtime import Slotswitch
+from proxy.routing.state import Snapshot
+from proxy.settings.model import parse_settings
+from proxy.settings.rollout import Analysis
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROLLBACK_TIMEOUT = 5.0  # an episode without a rollback within this is reported as a miss

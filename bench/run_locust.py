@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run bench/locustfile.py against a fresh slotswitch (workers: 2) in front of the demo apps.
 
-Starts the blue and green demo apps (proxy.demo_apps) and `slotswitch run` with 2 workers on free
+Starts the blue and green demo apps (proxy.process.demo_apps) and `slotswitch run` with 2 workers on free
 loopback ports, runs locust headless for a bounded time and user count while the locustfile's
 background greenlet switches and ramps through the admin API, then stops everything (SIGTERM,
 then SIGKILL to each process group) and exits non-zero if any request failed, locust failed, the
@@ -38,7 +38,7 @@ VENV_BIN = Path(sys.executable).parent
 DEMO_APPS = """
 import asyncio, signal, sys
 import uvloop
-from proxy.demo_apps import run_demo_apps
+from proxy.process.demo_apps import run_demo_apps
 
 async def main():
     runners = await run_demo_apps(int(sys.argv[1]), int(sys.argv[2]))

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 
 async def propagation(switches: int) -> dict[str, float]:
-    from proxy.demo_apps import run_demo_apps
+    from proxy.process.demo_apps import run_demo_apps
 
     runners = await run_demo_apps(0, 0)
     ports = [int(r.addresses[0][1]) for r in runners]

@@ -27,24 +27,28 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-# The per-request modules (and what they call per request); everything else stays interpreted.
-# The order is the one mypyc is given: starting from proxy.wire, mypy 2.4 fails on the import cycle
-# ("Cannot determine type of VIA").
+# Every module of the two folders that run per request, proxy/datapath/ and proxy/routing/ (the snapshot
+# and the per-slot stats the data path reads and records): the tree shows what is compiled, and
+# tests/test_native.py checks that this list is exactly those folders' modules. Everything else stays
+# interpreted. The order is the one mypyc is given: starting from proxy.datapath.wire, mypy 2.4 fails
+# on the import cycle ("Cannot determine type of VIA").
 COMPILED = (
-    "proxy.client",
-    "proxy.llhttp",
-    "proxy.exchange",
-    "proxy.scan",
-    "proxy.upstream",
-    "proxy.relay",
-    "proxy.headers",
-    "proxy.pool",
-    "proxy.stats",
-    "proxy.balance",
-    "proxy.wire",
-    "proxy.state",
-    "proxy.server",
+    "proxy.datapath.client",
+    "proxy.datapath.llhttp",
+    "proxy.datapath.exchange",
+    "proxy.datapath.scan",
+    "proxy.datapath.upstream",
+    "proxy.datapath.relay",
+    "proxy.datapath.headers",
+    "proxy.datapath.pool",
+    "proxy.routing.stats",
+    "proxy.datapath.balance",
+    "proxy.datapath.wire",
+    "proxy.routing.state",
+    "proxy.datapath.server",
+    "proxy.datapath.accesslog",
 )
+COMPILED_DIRS = ("datapath", "routing")
 STAMP = "_native_stamp.json"
 PURE_ENV = "SLOTSWITCH_PURE_PYTHON"
 SCAN_ENV = "SLOTSWITCH_SCAN_HEADS"
@@ -60,7 +64,8 @@ def pure_requested() -> bool:
 
 
 def source_path(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
-    return package_dir / (module.rpartition(".")[2] + ".py")
+    """proxy.datapath.wire -> <package_dir>/datapath/wire.py"""
+    return package_dir.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
 def source_hashes(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
@@ -73,8 +78,8 @@ def write_stamp(package_dir: Path) -> None:
 
 
 def _compiled_present(package_dir: Path) -> bool:
-    name = COMPILED[-1].rpartition(".")[2]
-    return any((package_dir / (name + suffix)).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+    stem = source_path(COMPILED[-1], package_dir).with_suffix("")
+    return any(stem.with_name(stem.name + suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _check(package_dir: Path) -> str:
@@ -89,7 +94,7 @@ def _check(package_dir: Path) -> str:
         return f"{STAMP} is missing or unreadable"
     changed = [m for m, digest in source_hashes(package_dir).items() if stamp.get(m) != digest]
     if changed:
-        files = ", ".join(source_path(m).name for m in changed)
+        files = ", ".join(str(source_path(m).relative_to(PACKAGE_DIR)) for m in changed)
         return f"changed since compiled: {files} (`pip install -e .` compiles again)"
     return ""
 
@@ -119,7 +124,7 @@ def select() -> None:
 
 
 def scan_heads() -> bool:
-    """Whether whole plain heads take proxy.scan's fast path: only compiled (from source, its work costs
+    """Whether whole plain heads take proxy.datapath.scan's fast path: only compiled (from source, its work costs
     more than llhttp's callbacks), and not with SLOTSWITCH_SCAN_HEADS=0 (a switch to rule it out, and
     to measure it)."""
     return mode == "compiled" and os.environ.get(SCAN_ENV, "1") != "0"

@@ -1,6 +1,6 @@
 """Shared fixtures: real upstream apps and a real proxy on 127.0.0.1, started in-process.
 
-`upstreams` starts the blue ("v1") and green ("v2") sample apps from proxy.demo_apps on free
+`upstreams` starts the blue ("v1") and green ("v2") sample apps from proxy.process.demo_apps on free
 ports. `start_proxy(**overrides)` starts a Slotswitch with both slots pointing at them; every
 proxy it starts is stopped at teardown.
 """
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.runtime import Slotswitch
-from proxy.settings import parse_settings
+from proxy.process.runtime import Slotswitch
+from proxy.settings.model import parse_settings
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Upstreams:
 
 @pytest.fixture
 async def upstreams() -> AsyncIterator[Upstreams]:
-    from proxy.demo_apps import make_app, start_app
+    from proxy.process.demo_apps import make_app, start_app
 
     started = []
     for name, body in (("blue", "v1"), ("green", "v2")):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.settings import Settings, load_settings
+from proxy.settings.model import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.runtime import Slotswitch
+from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy, Upstreams
 
 TOKEN = "s3cret"

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from admin.alerts import Seen
-from proxy.runtime import Slotswitch
+from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy
 from tests.test_admin_api import admin, assert_error, call, status
 

@@ -18,8 +18,8 @@ import yaml
 from aiohttp import web
 
 from admin.openapi import registered
-from proxy.runtime import Slotswitch, StartupError
-from proxy.settings import parse_settings
+from proxy.process.runtime import Slotswitch, StartupError
+from proxy.settings.model import parse_settings
 from tests.conftest import StartProxy, Upstreams, settings_for
 from tests.test_admin_api import admin, assert_error, call, status
 

@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from click.testing import CliRunner, Result
 
-from admin.cli_render import history_entries, render_history
-from proxy.cli import main
-from proxy.demo_apps import STATE
-from proxy.runtime import Slotswitch
+from proxy.cli.main import main
+from proxy.cli.render import history_entries, render_history
+from proxy.process.demo_apps import STATE
+from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy, Upstreams
 
 TOKEN = "s3cret"

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from proxy.promql import render as render_promql
-from proxy.settings import Settings
-from proxy.settings_types import parse_duration
+from proxy.release.promql import render as render_promql
+from proxy.settings.model import Settings
+from proxy.settings.types import parse_duration
 from tests.shipping_util import (
     COMPOSE_DIR,
     COMPOSE_FILE,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from proxy.settings import ConfigError, Settings, load_settings, parse_settings
-from proxy.settings_types import SLOT_NAME, parse_duration, parse_size
+from proxy.settings.model import ConfigError, Settings, load_settings, parse_settings
+from proxy.settings.types import SLOT_NAME, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 SLOT_RULE = f"slot names must match {SLOT_NAME.pattern}"

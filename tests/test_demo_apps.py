@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.demo_apps import PATTERN, make_app, run_demo_apps, start_app
+from proxy.process.demo_apps import PATTERN, make_app, run_demo_apps, start_app
 
 
 @dataclass

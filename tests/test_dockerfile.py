@@ -40,7 +40,7 @@ def test_dockerfile_multi_stage_slim_non_root() -> None:
 
 
 def test_dockerfile_runs_slotswitch_under_tini_with_the_mounted_config() -> None:
-    from proxy.cli import main
+    from proxy.cli.main import main
 
     (entrypoint,) = instruction("ENTRYPOINT")
     (cmd,) = instruction("CMD")

@@ -17,7 +17,7 @@ import click
 import pytest
 import yaml
 
-from proxy.settings import parse_settings
+from proxy.settings.model import parse_settings
 from tests.shipping_util import (
     COMPOSE_FILE,
     CONFIG,
@@ -115,7 +115,7 @@ def code_of(markdown: str) -> str:
 
 
 def test_commands_and_metrics_named_in_the_docs_exist() -> None:
-    from proxy.cli import main
+    from proxy.cli.main import main
 
     commands = set(main.list_commands(click.Context(main)))
     series = exported_series() | {f.name for f in gen.metric_families()}

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from proxy.runtime import Slotswitch
-from proxy.settings import parse_settings
+from proxy.process.runtime import Slotswitch
+from proxy.settings.model import parse_settings
 from tests.rawhttp import RawClient, request
 from tests.rawupstream import Responder, ScriptedUpstream
 

@@ -23,10 +23,10 @@ import aiohttp
 import pytest
 
 from admin.openapi import DOCUMENT
-from proxy.fleet import document
-from proxy.fleet_store import RedisState
-from proxy.runtime import Slotswitch, StartupError
-from proxy.state import Snapshot
+from proxy.fleet.store import RedisState
+from proxy.fleet.sync import document
+from proxy.process.runtime import Slotswitch, StartupError
+from proxy.routing.state import Snapshot
 from tests.conftest import StartProxy, Upstreams
 from tests.procutil import track
 from tests.rawhttp import RawClient

@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from proxy.runtime import Slotswitch
+from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy, Upstreams
 from tests.rawhttp import RawClient, request
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 import httptools
 import pytest
 
-from proxy.runtime import Slotswitch
-from proxy.settings import parse_settings
+from proxy.process.runtime import Slotswitch
+from proxy.settings.model import parse_settings
 
 SEEDS = (1, 2, 3)
 CLIENT_CASES = 250  # per seed

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from proxy import wire
-from proxy.pool import UpstreamPool
-from proxy.runtime import Slotswitch
-from proxy.server import ProxyServer
-from proxy.settings import parse_settings
-from proxy.state import Registry, Store, build_snapshot
+from proxy.datapath import wire
+from proxy.datapath.pool import UpstreamPool
+from proxy.datapath.server import ProxyServer
+from proxy.process.runtime import Slotswitch
+from proxy.routing.state import Registry, Store, build_snapshot
+from proxy.settings.model import parse_settings
 from tests.rawhttp import RawClient, request
 from tests.rawupstream import Responder, ScriptedUpstream
 

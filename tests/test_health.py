@@ -7,8 +7,8 @@ import socket
 import aiohttp
 import pytest
 
-from proxy.control import Refused
-from proxy.runtime import Slotswitch
+from proxy.process.runtime import Slotswitch
+from proxy.release.control import Refused
 from tests.conftest import StartProxy, Upstreams
 
 CHECKS = {

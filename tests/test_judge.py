@@ -7,9 +7,9 @@ from bisect import bisect_left
 
 import pytest
 
-from proxy.judge import assess, proportion_p_value, rank_p_value
-from proxy.settings_rollout import Analysis
-from proxy.stats import FINE_BOUNDS, SlotStats, Window
+from proxy.release.judge import assess, proportion_p_value, rank_p_value
+from proxy.routing.stats import FINE_BOUNDS, SlotStats, Window
+from proxy.settings.rollout import Analysis
 
 POLICY = Analysis(min_requests=50, max_error_rate=0.05, max_p99=1.0, significance=0.01)
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yaml
 
-from proxy.settings import Settings, parse_settings
+from proxy.settings.model import Settings, parse_settings
 from tests.procutil import ProxyProcess, track, write_config
 from tests.shipping_util import ROOT, free_port, need, run, yaml_file
 

@@ -1,4 +1,4 @@
-"""Tests for admin.lint_migration: the rules per dialect, statement/line numbers, comments, quoting,
+"""Tests for proxy.release.lint_migration: the rules per dialect, statement/line numbers, comments, quoting,
 the --schema baseline, unparseable input, and the `lint-migration` click command (exit codes, --json)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from sqlglot import exp
 
-import admin.lint_migration as lint_module
-from admin.lint_migration import findings_for_file, lint, lint_migration_command
-from admin.migration_rules import RULES, Finding, UnparseableSQL, compare_types
+import proxy.release.lint_migration as lint_module
+from proxy.release.lint_migration import findings_for_file, lint, lint_migration_command
+from proxy.release.migration_rules import RULES, Finding, UnparseableSQL, compare_types
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DIALECTS = ("postgres", "mysql", "sqlite")
@@ -555,7 +555,7 @@ def test_cli_json_clean_and_error() -> None:
 def test_command_plugs_into_a_click_group() -> None:
     @click.group()
     def main() -> None:
-        """Stand-in for proxy.cli.main."""
+        """Stand-in for proxy.cli.main.main."""
 
     main.add_command(lint_migration_command)
     result = CliRunner().invoke(

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.runtime import Slotswitch, StartupError
-from proxy.settings import ConfigError, parse_settings
+from proxy.process.runtime import Slotswitch, StartupError
+from proxy.settings.model import ConfigError, parse_settings
 from tests.conftest import StartProxy, Upstreams, settings_for
 from tests.procutil import ProxyProcess, write_config
 from tests.rawhttp import RawClient, request

@@ -1,7 +1,7 @@
 """Which build of the data path runs (proxy/native.py): compiled, or the source when asked or stale.
 
 Each case imports the package in a fresh interpreter, from the checkout or from a copy of it made
-under tmp_path, and reports where proxy.client came from.
+under tmp_path, and reports where proxy.datapath.client came from.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ COMPILED = native._compiled_present(native.PACKAGE_DIR)
 needs_build = pytest.mark.skipif(not COMPILED, reason="installed without compiling (SLOTSWITCH_PURE_PYTHON=1)")
 
 PROBE = """
-import json, proxy.client, proxy.native, proxy.server
-print(json.dumps({"mode": proxy.native.mode, "reason": proxy.native.reason, "client": proxy.client.__file__,
-                  "server": proxy.server.__file__, "line": proxy.native.describe(),
+import json, proxy.datapath.client, proxy.native, proxy.datapath.server
+print(json.dumps({"mode": proxy.native.mode, "reason": proxy.native.reason, "client": proxy.datapath.client.__file__,
+                  "server": proxy.datapath.server.__file__, "line": proxy.native.describe(),
                   "scan": proxy.native.scan_heads()}))
 """
 
@@ -57,7 +57,7 @@ def test_a_compiled_install_runs_compiled() -> None:
     assert got["mode"] == "compiled", got
     assert not got["client"].endswith(".py") and not got["server"].endswith(".py")
     assert got["line"] == "data path: compiled (mypyc)"
-    assert got["scan"] is True  # whole plain heads take proxy.scan's fast path
+    assert got["scan"] is True  # whole plain heads take proxy.datapath.scan's fast path
 
 
 @needs_build
@@ -70,8 +70,8 @@ def test_the_fast_path_can_be_turned_off() -> None:
 def test_the_environment_variable_runs_the_source() -> None:
     got = probe(ROOT, SLOTSWITCH_PURE_PYTHON="1")
     assert got["mode"] == "python"
-    assert got["client"] == str(ROOT / "proxy" / "client.py")
-    assert got["server"] == str(ROOT / "proxy" / "server.py")
+    assert got["client"] == str(ROOT / "proxy" / "datapath" / "client.py")
+    assert got["server"] == str(ROOT / "proxy" / "datapath" / "server.py")
     assert "SLOTSWITCH_PURE_PYTHON is set" in got["line"]
     assert got["scan"] is False  # from source, the fast path would cost more than it saves
 
@@ -80,14 +80,14 @@ def test_the_environment_variable_runs_the_source() -> None:
 def test_an_edited_source_runs_from_source_not_from_its_stale_build(tmp_path: Path) -> None:
     root = copy_build(tmp_path)
     assert probe(root)["mode"] == "compiled"  # the copy alone changes nothing
-    with (root / "proxy" / "relay.py").open("a") as f:
+    with (root / "proxy" / "datapath" / "relay.py").open("a") as f:
         f.write("\n# edited after the build\n")
     got = probe(root)
     assert got["mode"] == "python"
-    assert "changed since compiled: relay.py" in got["reason"]
+    assert "changed since compiled: datapath/relay.py" in got["reason"]
     # All of them from source, the unedited ones too: compiled and source modules cannot mix.
-    assert got["client"] == str(root / "proxy" / "client.py")
-    assert got["server"] == str(root / "proxy" / "server.py")
+    assert got["client"] == str(root / "proxy" / "datapath" / "client.py")
+    assert got["server"] == str(root / "proxy" / "datapath" / "server.py")
 
 
 @needs_build
@@ -104,8 +104,24 @@ def test_the_stamp_lists_every_compiled_module(tmp_path: Path) -> None:
     native.write_stamp(tmp_path / "proxy")
     stamp = json.loads((tmp_path / "proxy" / native.STAMP).read_text())
     # Checked against hashes computed here, not with native.source_hashes, which write_stamp uses.
-    files = {f"proxy.{path.stem}": path for path in (tmp_path / "proxy").glob("*.py")}
+    files = {
+        f"proxy.{folder}.{path.stem}": path
+        for folder in native.COMPILED_DIRS
+        for path in (tmp_path / "proxy" / folder).glob("*.py")
+        if path.stem != "__init__"
+    }
     assert stamp == {m: hashlib.sha256(files[m].read_bytes()).hexdigest() for m in native.COMPILED}
+
+
+def test_exactly_the_compiled_folders_are_compiled() -> None:
+    """The tree shows what is compiled: every module of proxy/datapath/ and proxy/routing/, nothing else."""
+    modules = {
+        f"proxy.{folder}.{path.stem}"
+        for folder in native.COMPILED_DIRS
+        for path in (ROOT / "proxy" / folder).glob("*.py")
+        if path.stem != "__init__"
+    }
+    assert sorted(native.COMPILED) == sorted(modules)
 
 
 def test_a_machine_whose_c_compiler_fails_gets_a_working_source_install(tmp_path: Path) -> None:
@@ -130,5 +146,5 @@ def test_a_machine_whose_c_compiler_fails_gets_a_working_source_install(tmp_path
     (wheel,) = (tmp_path / "dist").glob("slotswitch-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
-    assert "proxy/client.py" in names and "proxy/native.py" in names
+    assert "proxy/datapath/client.py" in names and "proxy/native.py" in names
     assert not [n for n in names if n.endswith(".so")], names

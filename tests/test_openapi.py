@@ -10,7 +10,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from admin.openapi import DOCUMENT, SCHEMAS, registered
-from proxy.runtime import Slotswitch
+from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy
 from tests.test_admin_api import admin, call
 

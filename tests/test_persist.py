@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.runtime import Slotswitch, StartupError
-from proxy.settings import parse_settings
+from proxy.process.runtime import Slotswitch, StartupError
+from proxy.settings.model import parse_settings
 from tests.conftest import StartProxy, Upstreams, settings_for
 from tests.procutil import ProxyProcess, write_config
 from tests.test_admin_api import admin, call, status

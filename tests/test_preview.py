@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.runtime import Slotswitch
+from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy
 
 SECRET = "pv-8d2f61a0"

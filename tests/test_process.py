@@ -1,6 +1,6 @@
 """`slotswitch run` as a real process: start-up errors, SIGHUP reloads, SIGTERM drains, admin exposure.
 
-The upstreams are the sample apps from proxy.demo_apps, served in the test's event loop; the
+The upstreams are the sample apps from proxy.process.demo_apps, served in the test's event loop; the
 proxy is a subprocess (`python -m proxy run --config FILE`) whose stderr log the tests follow.
 Ports: the config asks for port 0 and the tests read the bound ports from the start-up log line.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from proxy.demo_apps import make_app, start_app
+from proxy.process.demo_apps import make_app, start_app
 from tests.conftest import Upstreams, settings_for
 from tests.procutil import TOKEN_ENV, ProxyProcess, write_config
 from tests.rawhttp import RawClient, Response, request

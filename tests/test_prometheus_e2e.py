@@ -1,6 +1,6 @@
 """End to end with a REAL Prometheus (Debian package `prometheus`): it scrapes the proxy's admin
 /metrics every second with the operator token, a query taken from the Grafana dashboard returns
-data, and the proxy's own PromQL checks (proxy.promql) read their values from that Prometheus.
+data, and the proxy's own PromQL checks (proxy.release.promql) read their values from that Prometheus.
 
 Skipped when the `prometheus` binary is missing (CI installs it:
 `apt-get install -y --no-install-recommends prometheus`). Nothing sleeps for a fixed time: every
@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.runtime import Slotswitch
+from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy
 from tests.procutil import track
 

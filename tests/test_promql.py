@@ -1,4 +1,4 @@
-"""PromQL checks (proxy.promql) against a scripted Prometheus: a real aiohttp app on 127.0.0.1
+"""PromQL checks (proxy.release.promql) against a scripted Prometheus: a real aiohttp app on 127.0.0.1
 that answers /api/v1/query with a scripted sequence (a value, an empty result, NaN, an error...).
 
 The proxy is real and in-process. Tests that judge stop the analyzer's loop and the poller's loop
@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.promql import HttpPromQLClient, NoData, QueryError, promql_duration, render
-from proxy.runtime import Slotswitch
-from proxy.settings import ConfigError, parse_settings
+from proxy.process.runtime import Slotswitch
+from proxy.release.promql import HttpPromQLClient, NoData, QueryError, promql_duration, render
+from proxy.settings.model import ConfigError, parse_settings
 from tests.conftest import StartProxy, Upstreams, settings_for
 
 ERRORS_QUERY = 'sum(rate(slotswitch_requests_total{slot="{{slot}}",code=~"5.."}[{{ window }}]))'

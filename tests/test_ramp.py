@@ -9,8 +9,8 @@ import time
 import aiohttp
 import pytest
 
-from proxy.control import Invalid, Refused
-from proxy.runtime import Slotswitch
+from proxy.process.runtime import Slotswitch
+from proxy.release.control import Invalid, Refused
 from tests.conftest import StartProxy, Upstreams
 from tests.rawhttp import RawClient
 

@@ -1,4 +1,4 @@
-"""The whole-head fast path (proxy.scan) against llhttp's path, byte for byte.
+"""The whole-head fast path (proxy.datapath.scan) against llhttp's path, byte for byte.
 
 Each case runs twice through the same proxy, once with `scan_heads` on and once off, and the bytes
 the upstream receives and the response the client gets must be the same both times (a generated
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxy import scan
-from proxy.client import ClientConnection
-from proxy.runtime import Slotswitch
-from proxy.settings import parse_settings
-from proxy.upstream import UpstreamConnection
+from proxy.datapath import scan
+from proxy.datapath.client import ClientConnection
+from proxy.datapath.upstream import UpstreamConnection
+from proxy.process.runtime import Slotswitch
+from proxy.settings.model import parse_settings
 from tests.rawhttp import RawClient, Response
 from tests.rawupstream import ScriptedUpstream
 

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.runtime import Slotswitch
-from proxy.settings import parse_settings
+from proxy.process.runtime import Slotswitch
+from proxy.settings.model import parse_settings
 from tests.conftest import StartProxy, Upstreams
 from tests.rawhttp import RawClient
 

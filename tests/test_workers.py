@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from proxy.runtime import Slotswitch
-from proxy.settings import parse_settings
+from proxy.process.runtime import Slotswitch
+from proxy.settings.model import parse_settings
 from tests.conftest import Upstreams, settings_for
 from tests.rawhttp import RawClient
 

@@ -5,14 +5,14 @@
     .venv/bin/python tools/gen_config_reference.py --check   # exit 1 and name the stale pages
 
 Pages and their sources:
-- docs/config-reference.md: the config schema, `proxy.settings.Settings` (pydantic `model_fields`,
+- docs/config-reference.md: the config schema, `proxy.settings.model.Settings` (pydantic `model_fields`,
   nested models, types, defaults, limits). A field's description is its `Field(description=...)`,
   else its comment in proxy/settings*.py (read with `ast` and `tokenize`) together with the comment of
   the same key in config/example.yaml (the example's alone when it already says every word of the
   schema's), else none: type and default only. Model docstrings describe sections.
 - docs/admin-api.md: the OpenAPI document of admin/openapi.py, limited to the routes that
   admin/routes.py registers (`document_for`), as the server serves it.
-- docs/cli.md: the `slotswitch` click commands (proxy/cli.py, admin/cli.py), from their params.
+- docs/cli.md: the `slotswitch` click commands (proxy/cli/main.py, proxy/cli/client.py), from their params.
 - docs/metrics.md: every metric family admin/metrics.py builds, with its labels, read with `ast`.
 
 tests/test_docs.py fails when a committed page differs from a fresh generation.
@@ -44,8 +44,9 @@ import click  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
 
-from proxy import settings as settings_module  # noqa: E402
-from proxy import settings_rollout, settings_types  # noqa: E402
+from proxy.settings import model as settings_module  # noqa: E402
+from proxy.settings import rollout as settings_rollout  # noqa: E402
+from proxy.settings import types as settings_types  # noqa: E402
 
 DOCS = ROOT / "docs"
 EXAMPLE = ROOT / "config" / "example.yaml"
@@ -624,12 +625,12 @@ def _default(param: click.Parameter) -> str:
 
 
 def cli() -> str:
-    from admin.cli import EXIT_CODES
-    from proxy.cli import main
+    from proxy.cli.client import EXIT_CODES
+    from proxy.cli.main import main
 
     ctx = click.Context(main, info_name="slotswitch")
     out = [
-        banner("the click commands in proxy/cli.py and admin/cli.py"),
+        banner("the click commands in proxy/cli/main.py and proxy/cli/client.py"),
         "# slotswitch command line\n",
         " ".join((main.help or "").split()) + "\n",
         "The admin commands (everything but `run`, `check-config`, `demo` and `lint-migration`) call the admin API "

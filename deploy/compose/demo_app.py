@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""A sample upstream for the compose demo: the app `slotswitch demo` runs (proxy.demo_apps), for one slot.
+"""A sample upstream for the compose demo: the app `slotswitch demo` runs (proxy.process.demo_apps), for one slot.
 
     python demo_app.py --name blue --body v1 --port 5001
 
 It answers `<body>` on `/` with `X-App: <name>`, `{"status": "ok"}` on `/health`, and the other routes
-of proxy.demo_apps. For trying the automatic rollback, it can be told to fail on purpose:
+of proxy.process.demo_apps. For trying the automatic rollback, it can be told to fail on purpose:
 
     curl -X POST 'http://127.0.0.1:5002/admin/errors?percent=50'   # half of the requests answer 500
     curl -X POST 'http://127.0.0.1:5002/admin/errors?percent=0'    # healthy again
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from proxy.demo_apps import Handler, make_app
+from proxy.process.demo_apps import Handler, make_app
 
 
 @dataclass
@@ -62,7 +62,7 @@ async def set_errors(request: web.Request) -> web.Response:
 
 
 def build(name: str, body: str) -> web.Application:
-    """proxy.demo_apps' app for one slot, plus POST /admin/errors?percent=N."""
+    """proxy.process.demo_apps' app for one slot, plus POST /admin/errors?percent=N."""
     app = make_app(name, body)
     app.middlewares.append(_errors)
     app[FAULTS] = Faults()

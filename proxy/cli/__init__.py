@@ -1,0 +1,1 @@
+"""Every `slotswitch` command: the process commands (main) and the admin API client (client, render)."""

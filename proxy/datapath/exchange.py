@@ -1,0 +1,395 @@
+"""One request/response exchange: routing, the request stream upstream, and its ending.
+
+The life of an exchange:
+  parsed (head_complete) -> start(): read the snapshot once, pick the slot and an upstream
+  -> attach(conn): write the head and any body buffered so far -> body streams straight through
+  -> the upstream connection relays the response (proxy.datapath.upstream) -> finish().
+
+Invariants:
+- `route.runtime.in_flight` is incremented exactly once in start() and decremented exactly once,
+  in _end(), whichever way the exchange ends (finish, error reply, abort).
+- A request is retried on another connection only if nothing of its response arrived, it has no
+  body, its method is idempotent and the connection that failed had been reused from the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+from proxy.datapath import wire
+from proxy.datapath.balance import choose, drop_cookie
+from proxy.datapath.headers import request_head
+from proxy.datapath.relay import drop_nominated
+
+if TYPE_CHECKING:
+    from proxy.datapath.client import ClientConnection
+    from proxy.datapath.pool import UpstreamPool
+    from proxy.datapath.upstream import UpstreamConnection
+    from proxy.routing.state import Route
+
+log = logging.getLogger("slotswitch.exchange")
+
+MAX_ATTEMPTS: Final = 3
+BUFFER_LIMIT: Final = 65536  # request body bytes held before an upstream is attached
+
+
+class Exchange:
+    __slots__ = (
+        "attempts",
+        "body_buf",
+        "body_len",
+        "body_seen",
+        "chunked",
+        "client",
+        "conn",
+        "conn_upgrade",
+        "content_length",
+        "cookie",
+        "ended",
+        "head",
+        "headers",
+        "host",
+        "host_count",
+        "is_head",
+        "keep_alive",
+        "kinds",
+        "method",
+        "nominated",
+        "preview",
+        "request_done",
+        "request_id",
+        "response_started",
+        "route",
+        "started",
+        "status",
+        "sticky",
+        "target",
+        "upgrade",
+        "version",
+        "ws",
+        "xff",
+        "xfh",
+        "xfp",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.kinds = client.server.header_kinds  # which header names need a decision
+        # Request head, filled in by the parser callbacks.
+        self.method = b""
+        self.is_head = False  # method == b"HEAD", compared once
+        self.target = b""
+        self.version = "1.1"
+        self.headers: list[bytes] = []  # "Name: value\r\n" lines copied as they came
+        self.nominated: frozenset[bytes] | None = None
+        self.conn_upgrade = False
+        self.host = b""
+        self.host_count = 0
+        self.xff: list[bytes] | None = None
+        self.xfh = b""
+        self.xfp = b""
+        self.request_id = False
+        self.cookie = b""
+        self.sticky = b""
+        self.preview = b""
+        self.upgrade = b""
+        self.ws = False
+        self.chunked = False
+        self.content_length = -1
+        self.keep_alive = True
+        # Request body.
+        self.body_buf: list[bytes] | None = None
+        self.body_len = 0
+        self.body_seen = 0
+        self.request_done = False
+        # Routing and response.
+        self.route: Route | None = None
+        self.conn: UpstreamConnection | None = None
+        self.head = b""
+        self.status = 0
+        self.started = 0.0
+        self.attempts = 0
+        self.response_started = False
+        self.ended = False
+
+    # -- request head -----------------------------------------------------------------------
+
+    def add_header(self, kind: int, name: bytes, value: bytes) -> None:
+        """A header whose name needs a decision (`kind`, from `self.kinds`); the readers (proxy.datapath.llhttp,
+        proxy.datapath.scan) copy the others themselves."""
+        if kind == wire.H_HOST:
+            self.host = value
+            self.host_count += 1
+            self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_CONTENT_LENGTH:
+            # llhttp has validated it, but lets through what another parser may read otherwise (leading
+            # zeros, trailing whitespace): the upstream gets the number the proxy framed the body by, as
+            # nginx sends it.
+            self.content_length = int(value)
+            self.headers.append(b"%s: %d\r\n" % (name, self.content_length))
+        elif kind == wire.H_CONNECTION:
+            self.nominated = wire.nominated_names(value, self.nominated)
+            self.conn_upgrade = self.conn_upgrade or wire.has_token(value, b"upgrade")
+        elif kind == wire.H_TE:
+            self.chunked = value.lower().rstrip().endswith(b"chunked")
+        elif kind == wire.H_UPGRADE:
+            self.upgrade = value.strip().lower()
+        elif kind == wire.H_XFF:
+            if self.xff is None:
+                self.xff = []
+            self.xff.append(value)
+        elif kind == wire.H_XFH:
+            self.xfh = value
+        elif kind == wire.H_XFP:
+            self.xfp = value
+        elif kind == wire.H_REQUEST_ID:
+            self.request_id = True
+            self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_COOKIE:
+            self.cookie = value if not self.cookie else self.cookie + b"; " + value
+            preview = self.client.server.preview_cookie
+            if preview and preview in value:  # the preview secret stays at the proxy, like its header
+                value = drop_cookie(value, preview)
+            if value:
+                self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_STICKY:
+            self.sticky = value
+            self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_PREVIEW:
+            self.preview = value  # never forwarded, matching secret or not
+        # other hop-by-hop headers are dropped
+
+    def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
+        self.method = method
+        self.is_head = method == b"HEAD"
+        self.version = version
+        self.keep_alive = keep_alive
+        if version != "1.1" and version != "1.0":
+            # llhttp also takes 0.9 (a request line without a version) and 2.0 in HTTP/1 syntax:
+            # neither can be forwarded as HTTP/1.1 nor answered in a form its client would read.
+            raise wire.Reject("bad_request")
+        if method == b"CONNECT":
+            raise wire.Reject("method_not_allowed")
+        if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
+            raise wire.Reject("bad_host")
+        limit = self.client.server.max_body
+        if limit and self.content_length > limit:
+            raise wire.Reject("body_too_large")
+        self.ws = self.conn_upgrade and self.upgrade == b"websocket" and method == b"GET"
+        if self.nominated is not None:
+            self._drop_nominated(self.nominated)
+
+    def _drop_nominated(self, nominated: frozenset[bytes]) -> None:
+        """Headers the client's Connection names are for this hop only: not forwarded, and not read
+        either (a trusted proxy's X-Forwarded-* among them); a nominated X-Request-ID gets a new one."""
+        self.headers = drop_nominated(self.headers, nominated)
+        if b"x-request-id" in nominated:
+            self.request_id = False
+        if b"x-forwarded-for" in nominated:
+            self.xff = None
+        if b"x-forwarded-host" in nominated:
+            self.xfh = b""
+        if b"x-forwarded-proto" in nominated:
+            self.xfp = b""
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Route the request: read the snapshot once; the exchange stays on this slot until it ends."""
+        client = self.client
+        server = client.server
+        snap = server.store.current
+        # Fast path: no ramp and nothing that asks for the idle slot.
+        plain = snap.canary is None and not self.preview and not server.preview_cookie
+        route = snap.primary if plain else choose(snap, self)
+        if server.recent is not None and self.method == b"GET":
+            server.recent.append(self.target.decode("latin-1"))
+        pool = route.pick()
+        if pool is None and server.failover:
+            route, pool = server.fail_over(snap, route)
+        self.route = route
+        self.started = client.clock()
+        rt = route.runtime
+        rt.in_flight += 1
+        rt.requests += 1
+        if pool is None:
+            self.fail("no_upstream")
+            return
+        self.head = request_head(self, client, pool.host_line)
+        if self.content_length > 0 or self.chunked:
+            client.set_deadline(wire.DL_BODY)  # a bodyless request gets DL_UPSTREAM in client_done
+        pool.acquire(self)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        """An upstream connection is ours: send the head and whatever body has arrived."""
+        if self.ended:
+            conn.release(True)
+            return
+        self.conn = conn
+        self.attempts += 1
+        conn.bind(self)
+        buf = self.body_buf
+        if buf is None and not (self.request_done and self.chunked):
+            conn.send(self.head)
+            return
+        parts = [self.head]
+        if buf:
+            if self.chunked:
+                for chunk in buf:
+                    parts += (b"%x\r\n" % len(chunk), chunk, wire.CRLF)
+            else:
+                parts += buf
+        if self.request_done and self.chunked:
+            parts.append(wire.LAST_CHUNK)
+        conn.send(b"".join(parts))
+        self.body_buf = None  # a retry resends only the head: retryable requests have no body
+        self.body_len = 0
+        self.client.unblock_reading(wire.RB_BUFFER)
+
+    def retryable(self) -> bool:
+        return self.content_length <= 0 and not self.chunked and self.method in wire.IDEMPOTENT and not self.ws
+
+    # -- request body -----------------------------------------------------------------------
+
+    def client_body(self, chunk: bytes) -> None:
+        self.body_seen += len(chunk)
+        limit = self.client.server.max_body
+        if limit and self.body_seen > limit:
+            raise wire.Reject("body_too_large")
+        conn = self.conn
+        if conn is not None:
+            self.client.touch()
+            if self.chunked:
+                conn.send_parts((b"%x\r\n" % len(chunk), chunk, wire.CRLF))
+            else:
+                conn.send(chunk)
+            return
+        if self.body_buf is None:
+            self.body_buf = []
+        self.body_buf.append(chunk)
+        self.body_len += len(chunk)
+        if self.body_len > BUFFER_LIMIT:
+            self.client.block_reading(wire.RB_BUFFER)
+
+    def client_done(self, keep_alive: bool, now: float = -1.0) -> None:
+        """The request has been read whole; `now`: the loop clock, if read in this same callback."""
+        self.keep_alive = keep_alive
+        self.request_done = True
+        conn = self.conn
+        if conn is not None and self.chunked:
+            conn.send(wire.LAST_CHUNK)
+        if self.route is not None and not self.response_started and not self.ended:
+            self.client.set_deadline(wire.DL_UPSTREAM, now)
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def finish(self, reusable: bool) -> None:
+        """The whole response went to the client."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            if self.client.write_paused:  # its reading was paused for this client (pause_writing)
+                conn.resume_reading()  # the pool's next exchange will not be the one to resume it
+            conn.release(reusable and self.request_done)
+        keep = self.keep_alive and self.request_done and not self.ws
+        now = self.client.clock()  # read once for both (a call into the event loop)
+        self._end(now)
+        self.client.exchange_done(self, keep, now)
+
+    def upstream_failed(self, reason: str, pool: UpstreamPool) -> None:
+        """Connecting failed (connect_refused or connect_timeout): nothing was sent, so another
+        upstream of the same slot may be tried."""
+        if self.ended:
+            return
+        self.attempts += 1
+        route = self.route
+        if reason == "connect_refused" and route is not None and self.attempts < len(route.pools):
+            nxt = route.pick()
+            if nxt is not None and nxt is not pool:
+                nxt.acquire(self)
+                return
+        self.fail(reason)
+
+    def upstream_lost(self, reason: str, reused: bool) -> None:
+        """The upstream connection broke before the response was complete."""
+        self.conn = None
+        if self.response_started:
+            self._count(reason)
+            log.warning("upstream closed mid-response on slot %s: %s", self._slot(), reason)
+            self.client.abort()
+            self._end()
+            return
+        retry = reused and reason == "upstream_reset" and self.retryable() and self.attempts < MAX_ATTEMPTS
+        if retry and self.route is not None and (pool := self.route.pick()) is not None:
+            pool.acquire(self)
+            return
+        self.fail(reason)
+
+    def upstream_timeout(self) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        if self.response_started:
+            self._count("read_timeout")
+            self.client.abort()
+            self._end()
+        else:
+            self.fail("read_timeout")
+
+    def fail(self, reason: str) -> None:
+        """Answer the client with the error for `reason` (see wire.ERRORS)."""
+        route = self.route
+        self._count(reason)
+        log.warning(
+            "%s %s on slot %s: %s",
+            self.method.decode("latin-1"),
+            self.target[:200].decode("latin-1"),
+            self._slot(),
+            reason,
+        )
+        client = self.client
+        if client.transport is None:
+            self._end()
+            return
+        self.status = wire.ERRORS[reason].status
+        closes = client.server.send_error(client.transport, reason, route, self.is_head)
+        self._end()
+        # A bodyless request may fail before its message is complete (routing happens at
+        # headers-complete); it leaves nothing unread, so the connection can stay open.
+        bodyless = self.content_length <= 0 and not self.chunked
+        client.exchange_done(self, not closes and self.keep_alive and (self.request_done or bodyless))
+
+    def abort(self) -> None:
+        """The client went away: drop the upstream connection, whatever state it is in."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        self._end()
+
+    def _end(self, now: float = -1.0) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        route = self.route
+        if route is not None:
+            rt = route.runtime
+            # 499 (nginx's "client closed request") when the client left before any answer.
+            status = self.status or 499
+            elapsed = (now if now >= 0 else self.client.clock()) - self.started
+            rt.stats.record(status, elapsed)
+            rt.in_flight -= 1
+            if rt.in_flight == 0 and rt.on_idle is not None:
+                rt.on_idle()
+            access = self.client.server.access
+            if access is not None:  # off by default: no per-request logging work at all
+                access.record(self, status, elapsed)
+
+    def _count(self, reason: str) -> None:
+        if self.route is not None:
+            self.route.runtime.count_error(reason)
+
+    def _slot(self) -> str:
+        return self.route.name if self.route is not None else "-"

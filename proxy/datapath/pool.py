@@ -1,0 +1,181 @@
+"""Keep-alive connection pools: one `UpstreamPool` per upstream URL of a slot.
+
+Invariants:
+- A connection is in exactly one of: connecting, idle (in `pool.idle`), bound to one exchange,
+  or closed. Every open connection is in `pool.conns`, so a drain can cut them all off.
+- A released connection goes back to `idle` only when the exchange says it is reusable and the
+  pool still serves (not retired or draining) and has room (`max_idle`); else it is closed.
+- `usable` is the one health bit the data path reads (see set_health and failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from proxy.datapath.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from proxy.datapath.exchange import Exchange
+    from proxy.settings.model import Settings
+
+log = logging.getLogger("slotswitch.upstream")
+
+
+class UpstreamPool:
+    __slots__ = (
+        "connect_timeout",
+        "connecting",
+        "conns",
+        "down_until",
+        "failures",
+        "head_limit",
+        "healthy",
+        "host",
+        "host_line",
+        "idle",
+        "loop",
+        "max_connections",
+        "max_idle",
+        "passive_5xx",
+        "passive_backoff",
+        "passive_connect",
+        "port",
+        "retired",
+        "serving",
+        "slot",
+        "url",
+        "usable",
+        "waiters",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, slot: str, url: str, host: str, port: int) -> None:
+        self.loop = loop
+        self.slot = slot
+        self.url = url
+        self.host = host
+        self.port = port
+        self.host_line = b"Host: %s\r\n" % url.removeprefix("http://").encode("idna")
+        self.idle: list[UpstreamConnection] = []  # a stack: append and pop are compiled list operations
+        self.conns: set[UpstreamConnection] = set()
+        self.waiters: deque[Exchange] = deque()
+        self.connecting = 0
+        # Health. `usable` is what the data path reads: the last active verdict, and no passive
+        # mark-down in force. A passive mark-down clears only on a passing active check after
+        # `down_until` (set_health), as in the issue: it comes back when its checks pass.
+        self.healthy = True
+        self.usable = True
+        self.failures = 0
+        self.down_until = 0.0
+        self.passive_connect = 1
+        self.passive_5xx = 5
+        self.passive_backoff = 10.0
+        self.retired = False
+        self.serving = True  # False while the slot takes no new traffic: released conns are closed
+        self.max_idle = 64
+        self.max_connections = 1024
+        self.connect_timeout = 5.0
+        self.head_limit = 32768
+
+    def configure(self, settings: Settings) -> None:
+        self.max_idle = settings.pool.max_idle
+        self.max_connections = settings.pool.max_connections
+        self.connect_timeout = settings.timeouts.connect
+        self.head_limit = settings.limits.headers
+        health = settings.health
+        self.passive_connect = health.passive_connect_failures
+        self.passive_5xx = health.passive_5xx
+        self.passive_backoff = health.passive_backoff
+
+    def failed(self, limit: int) -> None:
+        """A connect failure or a 5xx from this upstream (passive health)."""
+        self.failures += 1
+        if self.failures >= limit and self.usable:
+            self.usable = False
+            self.down_until = self.loop.time() + self.passive_backoff
+            log.warning("upstream %s (slot %s) marked down after %d failures", self.url, self.slot, self.failures)
+
+    def set_health(self, healthy: bool) -> None:
+        """The active checker's verdict (after rise/fall)."""
+        self.healthy = healthy
+        if healthy and not self.usable and self.loop.time() < self.down_until:
+            return  # passively marked down: stays down until its backoff is over
+        if healthy:
+            self.failures = 0
+        self.usable = healthy
+
+    def acquire(self, ex: Exchange) -> None:
+        """Give `ex` a connection now (idle), soon (connecting), or when one is released."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # LIFO: the most recently used connection is the least likely stale
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                ex.attach(conn)
+                return
+        if len(self.conns) + self.connecting < self.max_connections:
+            self._connect(ex)
+        else:
+            self.waiters.append(ex)
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        while self.waiters:
+            ex = self.waiters.popleft()
+            if ex.ended:
+                continue
+            if reusable:
+                conn.reused = True
+                ex.attach(conn)
+            else:
+                conn.close()
+                self._connect(ex)
+            return
+        if reusable and self.serving and not self.retired and len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+
+    def cut_off(self) -> int:
+        """Drain timeout: close every connection of this pool; tunnels get a 1001 close frame."""
+        conns = list(self.conns)
+        for conn in conns:
+            conn.cut_off()
+        return len(conns)
+
+    def retire(self) -> None:
+        self.retired = True
+        self.close_idle()
+
+    def _connect(self, ex: Exchange) -> None:
+        self.connecting += 1
+        task = self.loop.create_task(self._open())
+        task.add_done_callback(lambda t: self._connected(ex, t))
+
+    async def _open(self) -> UpstreamConnection:
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+        return conn
+
+    def _connected(self, ex: Exchange, task: asyncio.Task[UpstreamConnection]) -> None:
+        self.connecting -= 1
+        if task.cancelled():
+            ex.upstream_failed("connect_refused", self)
+            return
+        exc = task.exception()
+        if exc is None:
+            conn = task.result()
+            if ex.ended:
+                self.release(conn, True)
+            else:
+                ex.attach(conn)
+            return
+        reason = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_refused"
+        self.failed(self.passive_connect)
+        log.warning("connect to %s (slot %s) failed: %s", self.url, self.slot, exc or reason)
+        ex.upstream_failed(reason, self)

@@ -1,0 +1,1 @@
+"""Process wiring: the runtime that builds everything, worker processes, the demo apps."""

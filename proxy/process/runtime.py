@@ -1,0 +1,341 @@
+"""Wiring: settings -> registry -> first snapshot -> store -> proxy listener, controller, admin API.
+
+`Slotswitch` is what `slotswitch run` starts and what the tests start in-process. `run()` adds
+the process concerns: uvloop, signals (SIGHUP reloads, SIGTERM/SIGINT drain and exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import socket
+import time
+from functools import partial
+from pathlib import Path
+
+from aiohttp import web
+
+from admin.api import Services, make_admin_app
+from admin.auth import TOKEN_ENV, AuthConfigError, Authenticator, Credential, check_exposure, load_credentials
+from admin.metrics import make_metrics_app, make_registry
+from proxy import native
+from proxy.datapath.pool import UpstreamPool
+from proxy.datapath.server import ProxyServer
+from proxy.fleet.persist import StateError, StateStore, initial_snapshot, open_store, persisting
+from proxy.fleet.sync import Fleet, FleetStartError
+from proxy.process.workers import WorkerSet
+from proxy.release.analysis import Analyzer
+from proxy.release.audit import AuditLog, reset_entry
+from proxy.release.audit import event as audit_event
+from proxy.release.control import Controller
+from proxy.release.gates import Gates
+from proxy.release.health import HealthChecker
+from proxy.release.promql import PromQLPoller
+from proxy.routing.state import Registry, Snapshot, Store
+from proxy.settings.model import ConfigError, Settings, load_settings
+from proxy.settings.paths import beside_config
+from proxy.settings.types import parse_listen
+
+log = logging.getLogger("slotswitch")
+
+
+class StartupError(Exception):
+    pass
+
+
+class Slotswitch:
+    """One running proxy: the traffic listener, the control side and the admin API."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: str | Path | None = None,
+        token: str | None = None,
+        workers: int = 1,
+        state_path: str | Path | None = None,
+        audit_path: str | Path | None = None,
+        reset_state: bool = False,
+    ) -> None:
+        """`workers` > 1 runs the data path in that many processes (proxy.process.workers); 1 serves in this one.
+        `state_path`/`audit_path` override the config's state.file/admin.audit_log (which, when
+        empty, mean files next to the config file, or memory only without one)."""
+        self.settings = settings
+        self.config_path = Path(config_path) if config_path else None
+        self.token = os.environ.get(TOKEN_ENV, "") if token is None else token
+        self.loop = asyncio.get_running_loop()
+        loop = self.loop
+        self.registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
+        # Everything the config points at is checked before anything is written: tokens, state, audit log.
+        try:
+            self.auth = Authenticator(self._credentials(settings))  # replaced whole by reload()
+        except AuthConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self.state_store = self._open_state(state_path)
+        first = self._first_snapshot(reset_state)
+        self.store = Store(first)
+        self.server = ProxyServer(self.store, loop, config_path=self.config_path)
+        self.controller = Controller(self.store, self.registry, self.server)
+        self.health = HealthChecker(self.store, self.server)
+        self.controller.gates.append(self.health.gate)
+        self.gates = Gates(self.store, self.server, self.health, config_path=self.config_path)
+        self.controller.gates += [self.gates.smoke_gate, self.gates.migration_gate]
+        self.analyzer = Analyzer(self.controller)
+        # Fleet mode: the routing state is agreed through Redis; `first` is provisional until start().
+        self.fleet = Fleet(self.controller, settings.state) if settings.state.backend == "redis" else None
+        self.analyzer.fleet = self.fleet
+        self.promql = PromQLPoller(self.store, self.analyzer.candidate, self.analyzer.take_promql)
+        self.workers = WorkerSet(self, workers) if workers > 1 else None
+        self.services = Services(
+            self.controller,
+            self.health,
+            self.analyzer,
+            make_registry(self.controller, store_up=self._store_up if self.fleet is not None else None),
+            synced=self.workers.synced if self.workers is not None else None,
+            gates=self.gates,
+            fleet=self.fleet,
+        )
+        self.audit = self._open_audit(audit_path)
+        if reset_state:
+            self.audit.append(reset_entry(first))
+        if self.state_store is not None:
+            self.store.subscribe(persisting(self.state_store))
+        self.store.subscribe(self.audit.on_publish)
+        self.server.events.append(
+            lambda action, details: self.audit.append(audit_event(self.store.current, time.time(), action, details))
+        )
+        self._admin_runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.proxy_port = 0
+        self.admin_port = 0
+        self.metrics_port = 0  # admin.metrics_listen's bound port; 0 when it is not set
+        self.stopped = asyncio.Event()
+
+    def _open_state(self, state_path: str | Path | None) -> StateStore | None:
+        path = beside_config(self.settings.state.file, self.config_path, ".state.json")
+        try:
+            return open_store(self.settings.state, Path(state_path) if state_path is not None else path)
+        except StateError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _open_audit(self, audit_path: str | Path | None) -> AuditLog:
+        path = beside_config(self.settings.admin.audit_log, self.config_path, ".audit.jsonl")
+        path = Path(audit_path) if audit_path is not None else path
+        try:
+            return AuditLog(path)
+        except OSError as exc:
+            raise StartupError(f"cannot open the audit log {path}: {exc.strerror}") from None
+
+    def _first_snapshot(self, reset: bool) -> Snapshot:
+        try:
+            first = initial_snapshot(self.registry, self.settings, self.state_store, reset=reset)
+        except StateError as exc:
+            raise StartupError(f"routing state {exc}") from None
+        except OSError as exc:
+            raise StartupError(f"cannot save the routing state to {self.state_store}: {exc.strerror}") from None
+        if first.action == "restore":
+            log.info("%s: active %s, generation %d", first.reason, first.active, first.generation)
+        return first
+
+    def _credentials(self, settings: Settings) -> tuple[Credential, ...]:
+        """Every admin token's secret, read now; AuthConfigError if one cannot be read or none is
+        configured where one is required. The admin listener is the running one (it needs a restart)."""
+        credentials = load_credentials(settings.admin, self.token, self.config_path)
+        check_exposure(self.settings.admin.listen, settings.admin.insecure_loopback, credentials)
+        return credentials
+
+    def _store_up(self) -> bool:
+        return self.fleet is not None and self.fleet.up
+
+    async def start(self) -> None:
+        host, port = self.settings.listen_addr
+        if self.fleet is not None:  # first: no traffic is served before the state is agreed
+            try:
+                await self.fleet.start()
+            except FleetStartError as exc:
+                raise StartupError(str(exc)) from None
+        await self.health.start()
+        await self.health.run_round()  # the gate and /v1/status have data from the start
+        if self.workers is not None:
+            self.proxy_port = await self.workers.start()
+        else:
+            await self.server.listen(host, port)
+            self.proxy_port = self.server.bound_port()
+        self.gates.proxy_port = self.proxy_port
+        self.analyzer.start()
+        self.promql.start()
+        admin = self.settings.admin
+        try:
+            admin_app = make_admin_app(self.services, self.auth, self.audit)
+            self._admin_runner, self.admin_port = await self._serve(admin_app, "admin.listen", admin.listen)
+            if admin.metrics_listen:  # the same registry as the admin's /metrics, without a token
+                metrics_app = make_metrics_app(self.services.metrics)
+                self._metrics_runner, self.metrics_port = await self._serve(
+                    metrics_app, "admin.metrics_listen", admin.metrics_listen
+                )
+        except StartupError:
+            await self.stop(0.0)  # nothing started stays behind (workers, checks, the other listener)
+            raise
+        if self.workers is not None:
+            log.info("serving traffic with %d worker processes", self.workers.count)
+        log.info(
+            "slotswitch listening on %s:%d (active slot %s), admin on %s:%d",
+            host,
+            self.proxy_port,
+            self.store.current.active,
+            parse_listen(admin.listen)[0],
+            self.admin_port,
+        )
+        if self._metrics_runner is not None:  # a line of its own: the line above keeps its format
+            log.info(
+                "metrics on %s:%d (GET /metrics, no token)", parse_listen(admin.metrics_listen)[0], self.metrics_port
+            )
+
+    async def _serve(self, app: web.Application, setting: str, listen: str) -> tuple[web.AppRunner, int]:
+        """Serve `app` on `listen` (the value of config key `setting`); returns its runner and bound port.
+        A port that cannot be bound is a StartupError naming the key."""
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        host, port = parse_listen(listen)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {setting} {listen}: {exc.strerror or exc}") from None
+        server = site._server
+        assert server is not None
+        return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    def reload(self) -> bool:
+        """Re-read the config file. An invalid file is refused and the running config is kept."""
+        if self.config_path is None:
+            log.warning("reload requested but no config file was given")
+            return False
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running config:\n%s", exc)
+            return False
+        try:
+            credentials = self._credentials(settings)
+        except AuthConfigError as exc:
+            log.error("config reload refused, keeping the running config:\n%s", exc)
+            return False
+        old = self.settings
+        moved = settings.listen != old.listen or settings.admin.listen != old.admin.listen
+        if moved or settings.admin.metrics_listen != old.admin.metrics_listen:
+            log.warning("listen addresses changed in the config: they take effect only after a restart")
+        if settings.state != self.settings.state or settings.admin.audit_log != self.settings.admin.audit_log:
+            log.warning("state and audit_log settings changed in the config: they take effect only after a restart")
+        self.auth.credentials = credentials
+        self.settings = settings
+        if self.fleet is not None:  # the routing part of a reload is a fleet change like any other
+            self.fleet.submit(partial(self.controller.reload, settings), f"config reload from {self.config_path}")
+            return True
+        snap = self.controller.reload(settings)
+        log.info("config reloaded from %s (generation %d)", self.config_path, snap.generation)
+        return True
+
+    async def stop(self, timeout: float | None = None) -> int:
+        """Graceful stop: stop accepting, finish in-flight requests within the drain timeout."""
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        if self.workers is not None:
+            await self.workers.close_listeners(timeout)
+        self.server.close_listener()
+        log.info("stopping: draining in-flight requests (up to %.1fs)", timeout)
+        if self.workers is not None:
+            await self.workers.wait_exit(timeout)
+        cut = await self.server.shutdown(timeout)
+        self.controller.drainer.cancel_all()
+        await self.analyzer.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
+        await self.promql.stop()
+        await self.health.stop()
+        for pool in list(self.registry.pools.values()):
+            pool.retire()
+            pool.cut_off()
+        for runner in (self._admin_runner, self._metrics_runner):  # up until now: scrapes see the drain
+            if runner is not None:
+                await runner.cleanup()
+        self.stopped.set()
+        return cut
+
+
+def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT, so several processes can accept on one port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: Settings, config_path: str | Path | None, *, reset_state: bool = False) -> int:
+    # Signal handlers come first: a SIGHUP or SIGTERM during start-up (a supervisor reloading
+    # early) must not kill the process with the default action. A reload asked for while
+    # starting runs once start-up is done; a stop asked for while starting stops right after it.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload_asked = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    soft, hard = raise_nofile()
+    log.info("open-file limit %d (hard %d): at most about %d concurrent connections", soft, hard, soft - 64)
+    # Running the source when a compiled build was expected costs about a third more CPU per request.
+    expected = native.mode == "compiled" or native.pure_requested()
+    log.log(logging.INFO if expected else logging.WARNING, "%s", native.describe())
+    workers = settings.workers or os.cpu_count() or 1
+    try:
+        app = Slotswitch(settings, config_path=config_path, workers=workers, reset_state=reset_state)
+        await app.start()
+    except (StartupError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    if reload_asked.is_set():
+        app.reload()
+    await stop.wait()
+    await app.stop()
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one, as nginx's worker_rlimit_nofile and Go's runtime do.
+
+    Every client and upstream connection is a file descriptor, and shells and services start with a
+    soft limit of 1024: 10k idle keep-alive clients need the hard limit. Worker processes inherit it.
+    Returns the (soft, hard) limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        return soft, hard
+    return hard, hard
+
+
+def run(settings: Settings, config_path: str | Path | None, *, reset_state: bool = False) -> int:
+    import uvloop
+
+    configure_logging(settings.log_level)
+    return uvloop.run(serve(settings, config_path, reset_state=reset_state))

@@ -1,0 +1,172 @@
+"""A data-path worker process: `python -m proxy.process.worker --fd N`.
+
+The master (proxy.process.workers) starts N of these. Each binds the traffic port with SO_REUSEPORT, so
+the kernel spreads connections over them, and runs the same data path as a single process. It
+holds no authority: its routing state is whatever the master last sent over the channel (fd N,
+one JSON object per line), and it answers every state message with an ack carrying the
+generation it now routes by. Every REPORT_INTERVAL it sends what it counted (requests, latency,
+errors, in-flight, drains) for the master to add up for /metrics and the judge.
+
+Messages from the master: init {settings, state, health, port, internal_secret, config_path},
+state {state}, settings {settings, state}, health {health}, stop {timeout}. To the master: ready
+{pid, port}, ack {generation}, report {slots}, bye {cut}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from proxy.datapath.pool import UpstreamPool
+from proxy.datapath.server import ProxyServer
+from proxy.process.runtime import configure_logging, reuseport_socket
+from proxy.release.drain import Drainer
+from proxy.routing.state import Registry, Snapshot, Store, build_snapshot, routing_fields
+from proxy.settings.model import Settings, parse_settings
+
+log = logging.getLogger("slotswitch.worker")
+
+REPORT_INTERVAL = 0.05  # seconds between reports: the judge sees worker traffic within this
+
+
+class Worker:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.settings: Settings | None = None
+        self.registry = Registry(lambda name, up, _: UpstreamPool(self.loop, name, up.url, up.host, up.port))
+        self.store: Store | None = None
+        self.server: ProxyServer | None = None
+        self.drainer = Drainer()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def _snapshot(self, state: dict[str, Any], settings: Settings) -> Snapshot:
+        fields = routing_fields(state, set(settings.slots))
+        return build_snapshot(self.registry, settings, **fields)  # type: ignore[arg-type]
+
+    async def init(self, message: dict[str, Any]) -> None:
+        settings = parse_settings(message["settings"])
+        self.settings = settings
+        self.store = Store(self._snapshot(message["state"], settings))
+        self.store.subscribe(self.drainer.on_publish)
+        config_path = message.get("config_path")  # relative paths in the settings resolve against its directory
+        self.server = ProxyServer(self.store, self.loop, config_path=Path(config_path) if config_path else None)
+        # The master's secret: its smoke and warm-up requests may land on any worker.
+        self.server.internal_secret = message["internal_secret"].encode()
+        self.apply_health(message.get("health", {}))
+        host, port = settings.listen_addr
+        await self.server.listen(host, port, sock=reuseport_socket(host, message["port"]))
+        self.send({"type": "ready", "pid": os.getpid(), "port": self.server.bound_port()})
+
+    def apply_state(self, state: dict[str, Any], settings: Settings | None = None) -> None:
+        assert self.store is not None and self.server is not None
+        settings = settings or self.store.current.settings
+        new = self._snapshot(state, settings)
+        self.store.adopt(new)
+        self.server.apply(settings)
+        self.registry.retire_unused(new)
+        self.send({"type": "ack", "generation": new.generation})
+
+    def apply_health(self, health: dict[str, dict[str, bool]]) -> None:
+        assert self.store is not None
+        for slot, pools in health.items():
+            route = self.store.current.routes.get(slot)
+            for pool in route.pools if route else ():
+                if pool.url in pools:
+                    pool.set_health(pools[pool.url])
+
+    def report(self) -> None:
+        assert self.store is not None
+        slots = {}
+        for name, rt in self.registry.runtimes.items():
+            errors, rt.errors = rt.errors, {}
+            slots[name] = {
+                "stats": rt.stats.take(),
+                "errors": errors,
+                "in_flight": rt.in_flight,
+                "drain": rt.drain,
+            }
+        self.send({"type": "report", "slots": slots})
+
+    async def reporter(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            self.report()
+
+    async def run(self) -> int:
+        reporter: asyncio.Task[None] | None = None
+        try:
+            while line := await self.reader.readline():
+                message = json.loads(line)
+                kind = message["type"]
+                if kind == "init":
+                    await self.init(message)
+                    reporter = self.loop.create_task(self.reporter())
+                elif kind == "state":
+                    self.apply_state(message["state"])
+                elif kind == "settings":
+                    self.apply_state(message["state"], parse_settings(message["settings"]))
+                elif kind == "health":
+                    self.apply_health(message["health"])
+                elif kind == "stop":
+                    return await self.stop(float(message["timeout"]))
+            log.error("the master went away: stopping")
+            return await self.stop(0.0)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+
+    async def stop(self, timeout: float) -> int:
+        if self.server is not None:
+            self.server.close_listener()
+        self.send({"type": "closed"})
+        cut = await self.server.shutdown(timeout) if self.server is not None else 0
+        self.drainer.cancel_all()
+        for pool in list(self.registry.pools.values()):
+            pool.retire()
+            pool.cut_off()
+        if self.store is not None:
+            self.report()
+        self.send({"type": "bye", "cut": cut})
+        await self.writer.drain()
+        return 0
+
+
+async def main(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    worker = Worker(reader, writer)
+    try:
+        return await worker.run()
+    finally:
+        writer.close()
+
+
+def cli() -> None:
+    import uvloop
+
+    parser = argparse.ArgumentParser(description="slotswitch data-path worker (started by the master)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args()
+    configure_logging(args.log_level)
+    # Stopping is the master's decision: systemd (KillMode=control-group), `tini -g` and Ctrl-C signal
+    # the whole process group, and a worker that died on SIGTERM would drop its in-flight requests.
+    # The master sends "stop" (drain) on SIGTERM/SIGINT; if the master dies, the socket's EOF stops us.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise SystemExit(uvloop.run(main(args.fd)))
+
+
+if __name__ == "__main__":
+    cli()

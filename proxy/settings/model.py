@@ -1,0 +1,300 @@
+"""The configuration schema: one validator for the YAML file and for admin changes.
+
+`load_settings(path)` and `parse_settings(mapping)` return a frozen `Settings` or raise
+`ConfigError`, which carries *every* problem at once, each prefixed with its YAML path
+(`slots.green.upstreams[0]: not a URL`). Fatal exits happen only at start-up; a reload
+that raises keeps the running configuration.
+
+The schema is in three modules: the value types (durations, sizes, addresses, upstream URLs) in
+proxy/settings/types.py; the sections that judge a slot (health, gates, analysis, promql, alerts) in
+proxy/settings/rollout.py; the other sections, the top level `Settings` and the loader here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from proxy.settings.rollout import Alerts, Analysis, Gates, Health, PromQL
+from proxy.settings.types import (
+    SLOT_NAME,
+    ConfigModel,
+    Duration,
+    Size,
+    Upstream,
+    check_listen,
+    check_optional_listen,
+    parse_listen,
+)
+
+
+class ConfigError(ValueError):
+    """Every problem found in one configuration, each as `path: message`."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _upstream(value: object) -> object:
+    if isinstance(value, Upstream):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL string like http://127.0.0.1:5001, got {type(value).__name__}")
+    return Upstream.from_url(value)
+
+
+def _non_empty(value: object) -> object:
+    # Checked before the items, so one bad URL is one error and not also "too few items".
+    if isinstance(value, list | tuple) and not value:
+        raise ValueError("at least one upstream URL is needed")
+    return value
+
+
+class SlotConfig(ConfigModel):
+    upstreams: Annotated[tuple[Annotated[Upstream, BeforeValidator(_upstream)], ...], BeforeValidator(_non_empty)]
+
+    @field_serializer("upstreams")
+    def _urls(self, upstreams: tuple[Upstream, ...]) -> list[str]:
+        return [u.url for u in upstreams]  # dumps as the config file writes it, so it parses back
+
+
+class Limits(ConfigModel):
+    request_line: Size = 8192
+    headers: Size = 32768
+    body: Size = 0  # 0 = no limit (the nginx default would be 1 MiB; a proxy in front of an app should not guess)
+
+
+class Timeouts(ConfigModel):
+    header_read: Duration = 60.0
+    body_read: Duration = 60.0
+    keepalive: Duration = 75.0
+    connect: Duration = 5.0
+    upstream_read: Duration = 60.0
+
+
+class Pool(ConfigModel):
+    max_idle: int = Field(default=64, ge=0, le=100_000)
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+
+
+class TokenConfig(ConfigModel):
+    """An admin API token: its secret comes from an env var or a file, never from this file."""
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["viewer", "operator"] = "operator"
+    token_env: str | None = None
+    token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenConfig:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("set exactly one of token_env or token_file")
+        return self
+
+
+class AdminConfig(ConfigModel):
+    listen: str = "127.0.0.1:9901"
+    insecure_loopback: bool = False  # with no token, serve on loopback only if this is true
+    tokens: tuple[TokenConfig, ...] = ()
+    audit_log: str = ""  # "" = next to the config file as <config>.audit.jsonl (none in-process)
+    # "" = none; else host:port of a second listener serving only GET /metrics, with no token
+    metrics_listen: str = ""
+
+    _v_listen = field_validator("listen")(check_listen)
+    _v_metrics_listen = field_validator("metrics_listen")(check_optional_listen)
+
+
+class StateConfig(ConfigModel):
+    """Where the routing state (active slot, upstreams, ramp, generation) is kept."""
+
+    backend: Literal["file", "redis"] = "file"
+    file: str = ""  # "" = next to the config file as <config>.state.json (none in-process)
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "slotswitch"
+    poll_interval: Duration = 1.0
+    fallback_to_config: bool = False  # start from the config's state if the store is unreachable
+
+
+class Sticky(ConfigModel):
+    """How a client keeps its slot during a ramp: a hash of this key. A request without the key
+    is placed on its own."""
+
+    by: Literal["ip", "cookie", "header", "none"] = "ip"
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _named(self) -> Sticky:
+        if self.by in ("cookie", "header") and not self.name:
+            raise ValueError(f"sticky.by {self.by} needs a name")
+        return self
+
+
+class Preview(ConfigModel):
+    """Requests carrying this header or cookie with the secret go to the idle slot."""
+
+    header: str = "X-Slotswitch-Preview"
+    cookie: str = "slotswitch_preview"
+    secret_env: str = "SLOTSWITCH_PREVIEW_SECRET"
+    secret_file: str | None = None
+
+
+class Metrics(ConfigModel):
+    buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    @field_validator("buckets")
+    @classmethod
+    def _ascending(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or list(value) != sorted(set(value)) or value[0] <= 0:
+            raise ValueError("buckets must be positive and strictly ascending")
+        return value
+
+
+class Settings(ConfigModel):
+    listen: str = "127.0.0.1:8080"
+    slots: dict[Annotated[str, StringConstraints(pattern=SLOT_NAME.pattern)], SlotConfig]
+    active: str
+    drain_timeout: Duration = 30.0
+    workers: int = Field(default=0, ge=0, le=256)  # data-path processes; 0 = one per CPU
+    slot_header: str = "X-Slotswitch-Slot"
+    trusted_proxies: tuple[str, ...] = ()
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+    admin: AdminConfig = AdminConfig()
+    state: StateConfig = StateConfig()
+    sticky: Sticky = Sticky()
+    preview: Preview = Preview()
+    analysis: Analysis = Analysis()
+    health: Health = Health()
+    gates: Gates = Gates()
+    metrics: Metrics = Metrics()
+    promql: PromQL = PromQL()
+    alerts: Alerts = Alerts()
+    access_log: bool = False  # one JSON line per request on stdout, buffered; off: nothing logged per request
+    log_level: str = "info"
+
+    _v_listen = field_validator("listen")(check_listen)
+
+    @field_validator("slots")
+    @classmethod
+    def _two_slots(cls, slots: dict[str, SlotConfig]) -> dict[str, SlotConfig]:
+        if len(slots) != 2:
+            raise ValueError(f"exactly two slots are needed (e.g. blue and green), got {len(slots)}")
+        return slots
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or CIDR: {item!r}") from exc
+        return value
+
+    @field_validator("slot_header")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+            raise ValueError(f"not a valid header name: {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _active_is_a_slot(self) -> Settings:
+        if self.slots and len(self.slots) == 2 and self.active not in self.slots:
+            raise ValueError(f"active: {self.active!r} is not a slot (slots: {', '.join(self.slots)})")
+        unknown = [name for name in self.health.checks if name not in self.slots]
+        if unknown:
+            raise ValueError(f"health.checks: no slot named {', '.join(map(repr, unknown))}")
+        return self
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required"
+        elif err["type"] == "string_pattern_mismatch" and "[key]" in loc:
+            msg = f"slot names must match {SLOT_NAME.pattern}"
+            loc = tuple(p for p in loc if p != "[key]")
+        path = _format_loc(loc)
+        if not path and msg.startswith("active: "):  # model-level check that names its own path
+            errors.append(msg)
+        else:
+            errors.append(f"{path or '<root>'}: {msg}")
+    return errors
+
+
+def parse_settings(data: Mapping[str, Any]) -> Settings:
+    """Validate a mapping (from YAML or from the admin API); raise ConfigError with all errors."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(["<root>: expected a mapping of settings"])
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        errors = _format_errors(exc)
+    # Cross-field checks run in pydantic only when every field is valid; run them here too so
+    # that one pass reports every error.
+    slots, active = data.get("slots"), data.get("active")
+    if isinstance(slots, Mapping) and isinstance(active, str) and len(slots) == 2 and active not in slots:
+        message = f"active: {active!r} is not a slot (slots: {', '.join(map(str, slots))})"
+        if message not in errors:
+            errors.append(message)
+    raise ConfigError(errors)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a YAML file; every problem comes back in one ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    return parse_settings(data)
