@@ -213,6 +213,7 @@ class Exchange:
         rt = route.runtime
         rt.in_flight += 1
         rt.requests += 1
+        rt.stats.current.started += 1
         if pool is None:
             self.fail("no_upstream")
             return
@@ -380,6 +381,8 @@ class Exchange:
             status = self.status or 499
             elapsed = (now if now >= 0 else self.client.clock()) - self.started
             rt.stats.record(status, elapsed)
+            if status >= 500:
+                rt.stats.failed_at(self.method, self.target)
             rt.in_flight -= 1
             if rt.in_flight == 0 and rt.on_idle is not None:
                 rt.on_idle()

@@ -371,6 +371,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         ex.response_started = True
         ex.status = 101
+        route = ex.route
+        if route is not None:  # a tunnel has been answered: the judge must not take it for a hung request
+            route.runtime.stats.current.started -= 1
         client.transport.write(tunnel_head(self, ex))
         if rest:
             client.transport.write(rest)

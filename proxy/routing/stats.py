@@ -11,6 +11,12 @@ Invariants:
   Prometheus bucket is an exact union of fine buckets (`prometheus_buckets`).
 - `rotate` (called by the judge's ticker, not per request) closes the current tick; a window is
   the sum of the last N closed ticks plus the open one.
+- Status classes are counted apart: 5xx (`errors`), 4xx other than 499 (`client_errors`) and 499, a
+  client that left before any answer (`abandoned`). `started` counts requests routed to the slot,
+  so that the judge can bound how many are still in flight after a given age (a hung slot).
+- A failing request (5xx) also counts toward its endpoint, `METHOD /path/{id}` (numeric, UUID and
+  hex segments folded), at most MAX_ENDPOINTS per tick and the rest as "other": work paid only when
+  a request fails.
 """
 
 from __future__ import annotations
@@ -18,9 +24,31 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from typing import TypedDict
+from typing import Final, TypedDict
 
 FINE_BOUNDS: tuple[float, ...] = tuple(0.0005 * 1.125**i for i in range(106))
+MAX_ENDPOINTS: Final = 64
+OTHER_ENDPOINT: Final = "other"
+_HEX: Final = frozenset("0123456789abcdefABCDEF-")
+
+
+def _is_id(segment: str) -> bool:
+    """A path segment that names one item: digits, a UUID, or a long hex string with a digit."""
+    if not segment:
+        return False
+    if segment.isdigit():
+        return True
+    return len(segment) >= 8 and all(c in _HEX for c in segment) and any(c.isdigit() for c in segment)
+
+
+def endpoint_key(method: bytes, target: bytes) -> str:
+    """`GET /api/orders/{id}` for `GET /api/orders/1234?x=1` (at most 8 segments kept)."""
+    path = target.decode("latin-1").split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/"):  # absolute-form or authority-form targets: keep the path part
+        start = path.find("/", path.find("//") + 2) if "//" in path else -1
+        path = path[start:] if start >= 0 else "/"
+    parts = path.split("/")[1:9]
+    return method.decode("latin-1") + " /" + "/".join("{id}" if _is_id(p) else p for p in parts)
 
 
 def latency_bounds(prometheus: tuple[float, ...]) -> tuple[float, ...]:
@@ -35,29 +63,41 @@ class Report(TypedDict):
     sum: float
     total: int
     errors: int
+    client_errors: int
+    abandoned: int
+    started: int
+    endpoints: dict[str, int]
     fine: dict[str, int]
 
 
 class Tick:
     """Counts for one judge tick."""
 
-    __slots__ = ("errors", "lat", "total")
+    __slots__ = ("abandoned", "client_errors", "endpoints", "errors", "lat", "started", "total")
 
     def __init__(self, buckets: int) -> None:
         self.total = 0
         self.errors = 0
+        self.client_errors = 0
+        self.abandoned = 0
+        self.started = 0
+        self.endpoints: dict[str, int] = {}
         self.lat = [0] * buckets
 
 
 class Window:
     """A sum of ticks: request and error counts and a latency histogram over `bounds`."""
 
-    __slots__ = ("bounds", "errors", "lat", "total")
+    __slots__ = ("abandoned", "bounds", "client_errors", "endpoints", "errors", "lat", "started", "total")
 
     def __init__(self, bounds: tuple[float, ...] = FINE_BOUNDS, ticks: Iterable[Tick] = ()) -> None:
         self.bounds = bounds
         self.total = 0
         self.errors = 0
+        self.client_errors = 0
+        self.abandoned = 0
+        self.started = 0
+        self.endpoints: dict[str, int] = {}
         self.lat = [0] * (len(bounds) + 1)
         for tick in ticks:
             self.add(tick)
@@ -65,6 +105,13 @@ class Window:
     def add(self, tick: Tick | Window) -> None:
         self.total += tick.total
         self.errors += tick.errors
+        self.client_errors += tick.client_errors
+        self.abandoned += tick.abandoned
+        self.started += tick.started
+        if tick.endpoints:
+            endpoints = self.endpoints
+            for key, n in tick.endpoints.items():
+                endpoints[key] = endpoints.get(key, 0) + n
         lat = self.lat
         for i, n in enumerate(tick.lat):
             if n:
@@ -121,8 +168,21 @@ class SlotStats:
         tick = self.current
         tick.total += 1
         tick.lat[i] += 1
-        if code >= 500:
-            tick.errors += 1
+        if code >= 400:
+            if code >= 500:
+                tick.errors += 1
+            elif code == 499:
+                tick.abandoned += 1
+            else:
+                tick.client_errors += 1
+
+    def failed_at(self, method: bytes, target: bytes) -> None:
+        """A request that got a 5xx, by endpoint (called only for those: not per request)."""
+        endpoints = self.current.endpoints
+        key = endpoint_key(method, target)
+        if key not in endpoints and len(endpoints) >= MAX_ENDPOINTS:
+            key = OTHER_ENDPOINT
+        endpoints[key] = endpoints.get(key, 0) + 1
 
     def prometheus_buckets(self) -> list[int]:
         """Counts per Prometheus bucket (not cumulative; the last is +Inf)."""
@@ -157,6 +217,10 @@ class SlotStats:
             "sum": self.lat_sum,
             "total": tick.total,
             "errors": tick.errors,
+            "client_errors": tick.client_errors,
+            "abandoned": tick.abandoned,
+            "started": tick.started,
+            "endpoints": dict(tick.endpoints),
             "fine": {str(i): n for i, n in enumerate(tick.lat) if n},
         }
         self.codes = {}
@@ -176,5 +240,10 @@ class SlotStats:
         tick = self.current
         tick.total += data["total"]
         tick.errors += data["errors"]
+        tick.client_errors += data["client_errors"]
+        tick.abandoned += data["abandoned"]
+        tick.started += data["started"]
+        for key, n in data["endpoints"].items():
+            tick.endpoints[key] = tick.endpoints.get(key, 0) + n
         for index, n in data["fine"].items():
             tick.lat[int(index)] += n
