@@ -1,111 +1,247 @@
-"""The judge as a pure function, and the analyzer driven tick by tick (no sockets, no clock)."""
+"""The judge's loop (proxy.release.analysis) driven tick by tick, on a real proxy and real upstreams,
+and the per-slot counters it reads (proxy.routing.stats).
+
+The analyzer's own timer is stopped: each test calls `tick(now=...)` with the times it wants, so
+the evidence, the hang limit and the bake's end are exercised without waiting for them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-from bisect import bisect_left
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from proxy.release.judge import assess, proportion_p_value, rank_p_value
-from proxy.routing.stats import FINE_BOUNDS, SlotStats, Window
-from proxy.settings.rollout import Analysis
-
-POLICY = Analysis(min_requests=50, max_error_rate=0.05, max_p99=1.0, significance=0.01)
-
-
-def window(total: int, errors: int = 0, latency: float = 0.02, slow: int = 0, slow_latency: float = 2.0) -> Window:
-    w = Window()
-    w.total, w.errors = total, errors
-    w.lat[bisect_left(FINE_BOUNDS, latency)] += total - slow
-    if slow:
-        w.lat[bisect_left(FINE_BOUNDS, slow_latency)] += slow
-    return w
+from proxy.process.demo_apps import start_app
+from proxy.process.runtime import Slotswitch
+from proxy.release.evidence import HangCounter
+from proxy.routing.stats import MAX_ENDPOINTS, OTHER_ENDPOINT, SlotStats, Window, endpoint_key
+from tests.conftest import StartProxy
 
 
-def test_no_data_is_inconclusive_never_a_pass() -> None:
-    verdict = assess(POLICY, Window(), window(1000))
-    assert verdict.outcome == "inconclusive"
-    assert "0 requests" in verdict.reasons[0]
-    assert assess(POLICY, window(49), window(1000)).outcome == "inconclusive"
+async def judged(start_proxy: StartProxy, **analysis: Any) -> Slotswitch:
+    policy = {"min_requests": 20, "bake_time": "60s", **analysis}
+    app = await start_proxy(sticky={"by": "none"}, analysis=policy)
+    await app.analyzer.stop()  # the test ticks
+    return app
 
 
-def test_healthy_candidate_passes() -> None:
-    verdict = assess(POLICY, window(500, errors=2), window(500, errors=2))
-    assert verdict.outcome == "pass", verdict
+async def traffic(app: Slotswitch, n: int, path: str = "/") -> list[int]:
+    async with aiohttp.ClientSession() as s:
+        out = []
+        for _ in range(n):
+            async with s.get(f"http://127.0.0.1:{app.proxy_port}{path}") as r:
+                await r.read()
+                out.append(r.status)
+        return out
 
 
-def test_absolute_error_rate_fails() -> None:
-    verdict = assess(POLICY, window(100, errors=10), None)
-    assert verdict.outcome == "fail"
-    assert verdict.rule == "judge_error_rate"
-    assert verdict.numbers["error_rate"] == pytest.approx(0.10)
+@contextlib.asynccontextmanager
+async def hanging(app: Slotswitch, slot: str, n: int) -> AsyncIterator[None]:
+    """Deploy to the idle `slot` an upstream that accepts requests and never answers, switch to it,
+    send it n requests through the proxy, and yield once it holds all n; everything is cancelled on
+    the way out."""
+    held = 0
+    all_held = asyncio.Event()
+    never = asyncio.get_running_loop().create_future()
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal held
+        held += 1
+        if held == n:
+            all_held.set()
+        await never
+        return web.Response(text="too late")
+
+    upstream = web.Application()
+    upstream.router.add_get("/{tail:.*}", handler)
+    runner, port = await start_app(upstream)
+    app.controller.deploy(slot, [f"http://127.0.0.1:{port}"], actor="test")
+    app.controller.switch(slot, actor="test", force=True)
+    session = aiohttp.ClientSession()
+
+    async def one() -> None:
+        async with session.get(f"http://127.0.0.1:{app.proxy_port}/") as r:
+            await r.read()
+
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    try:
+        await asyncio.wait_for(all_held.wait(), 10.0)
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
+        never.cancel()
+        await runner.cleanup()
 
 
-def test_absolute_latency_fails() -> None:
-    verdict = assess(POLICY, window(200, slow=10, slow_latency=3.0), None)
-    assert verdict.outcome == "fail"
-    assert verdict.rule == "judge_latency"
+# -- the counters ----------------------------------------------------------------------------------
 
 
-def test_significantly_worse_than_baseline_fails_inside_thresholds() -> None:
-    # 4 % errors is under the 5 % guardrail, but the baseline has none on as much traffic.
-    verdict = assess(POLICY, window(2000, errors=80), window(2000, errors=0))
-    assert verdict.outcome == "fail"
-    assert verdict.rule == "judge_baseline"
-    assert verdict.numbers["error_rate_p_value"] < 0.01
-
-
-def test_small_noise_against_baseline_passes() -> None:
-    # 3 vs 1 errors in 500: not significant, and under one point of difference anyway.
-    assert assess(POLICY, window(500, errors=3), window(500, errors=1)).outcome == "pass"
-
-
-def test_slower_than_baseline_fails_only_when_significant_and_large() -> None:
-    slower = window(1000, latency=0.2)  # 10x the baseline's typical latency, under max_p99
-    verdict = assess(POLICY, slower, window(1000, latency=0.02))
-    assert verdict.outcome == "fail"
-    assert any("slower" in r for r in verdict.reasons)
-    similar = window(1000, latency=0.021)
-    assert assess(POLICY, similar, window(1000, latency=0.02)).outcome == "pass"
-    # 8 ms against 3 ms: significant on this much data, 2.7x, but only 5 ms slower (a cold pool)
-    cold = window(5000, latency=0.008)
-    assert assess(POLICY, cold, window(5000, latency=0.003)).outcome == "pass"
-
-
-def test_thin_baseline_falls_back_to_thresholds() -> None:
-    verdict = assess(POLICY, window(500, errors=10), window(10))
-    assert verdict.outcome == "pass"  # 2 % errors, within 5 %: nothing significant to compare with
-    assert any("baseline has 10 requests" in r for r in verdict.reasons)
-
-
-def test_compare_to_baseline_off() -> None:
-    policy = POLICY.model_copy(update={"compare_to_baseline": False})
-    assert assess(policy, window(2000, errors=80), window(2000)).outcome == "pass"
-
-
-def test_statistics_helpers() -> None:
-    assert proportion_p_value(50, 1000, 10, 1000) < 1e-6
-    assert proportion_p_value(10, 1000, 10, 1000) == pytest.approx(0.5)
-    assert proportion_p_value(0, 100, 0, 100) == 1.0
-    assert rank_p_value([0, 0, 100], [100, 0, 0]) < 1e-6  # A entirely slower
-    assert rank_p_value([100, 0, 0], [0, 0, 100]) > 0.99
-    assert rank_p_value([], []) == 1.0
-
-
-def test_slot_stats_windows_and_quantiles() -> None:
+def test_status_classes_are_counted_apart() -> None:
     stats = SlotStats((0.1, 1.0))
-    for _ in range(99):
-        stats.record(200, 0.01)
-    stats.record(503, 2.0)
-    assert stats.codes == {200: 99, 503: 1}
-    assert stats.prometheus_buckets() == [99, 0, 1]  # <=0.1, <=1, +Inf
-    assert sum(stats.lat) == 100
-    stats.rotate()
-    stats.record(200, 0.01)
-    w = stats.window(1)
-    assert (w.total, w.errors) == (101, 1)
-    assert w.quantile(0.5) == pytest.approx(0.01, rel=0.13)
-    assert w.quantile(0.999) == pytest.approx(2.0, rel=0.13)
-    assert stats.window(0).total == 1  # only the open tick
-    assert math.isnan(Window().error_rate)
+    for code in (200, 204, 301, 404, 401, 499, 500, 502, 504):
+        stats.record(code, 0.01)
+    tick = stats.current
+    assert (tick.total, tick.errors, tick.client_errors, tick.abandoned) == (9, 3, 2, 1)
+
+
+def test_failures_count_toward_their_endpoint_with_ids_folded() -> None:
+    assert endpoint_key(b"GET", b"/api/orders/12345?x=1") == "GET /api/orders/{id}"
+    assert endpoint_key(b"GET", b"/u/3f2a9c1e-1b2c-4d5e-8f90-123456789abc/x") == "GET /u/{id}/x"
+    assert endpoint_key(b"POST", b"/blob/deadbeef42") == "POST /blob/{id}"
+    assert endpoint_key(b"GET", b"/blob/deadbeef") == "GET /blob/deadbeef"  # a word, no digit
+    assert endpoint_key(b"GET", b"http://h.example/a/7") == "GET /a/{id}"
+    stats = SlotStats(())
+    for i in range(MAX_ENDPOINTS + 5):
+        stats.failed_at(b"GET", f"/e{i}/1".encode())
+    stats.failed_at(b"GET", b"/e0/2")
+    endpoints = stats.current.endpoints
+    assert len(endpoints) == MAX_ENDPOINTS + 1 and endpoints[OTHER_ENDPOINT] == 5
+    assert endpoints["GET /e0/{id}"] == 2
+    window = Window(stats.bounds, [stats.current, stats.current])
+    assert window.endpoints["GET /e0/{id}"] == 4
+
+
+def test_workers_ship_every_counter() -> None:
+    worker, master = SlotStats(()), SlotStats(())
+    worker.current.started += 3
+    worker.record(404, 0.01)
+    worker.record(503, 0.01)
+    worker.failed_at(b"GET", b"/x/1")
+    master.merge(worker.take())
+    tick = master.current
+    assert (tick.started, tick.total, tick.client_errors, tick.errors, tick.endpoints) == (
+        3,
+        2,
+        1,
+        1,
+        {"GET /x/{id}": 1},
+    )
+
+
+def test_hung_requests_are_a_growing_lower_bound() -> None:
+    hang = HangCounter(limit=1.0)
+    assert hang.update(0.0, started=10, completed=0) == 0  # nothing is a second old yet
+    assert hang.update(0.5, started=20, completed=5) == 0
+    assert hang.update(1.0, started=30, completed=8) == 2  # 10 started by t=0, 8 completed since
+    assert hang.update(1.5, started=30, completed=30) == 2  # a running maximum: never shrinks
+    assert hang.update(3.0, started=40, completed=30) == 2  # 30 started by t=2, 30 completed
+    assert hang.update(4.5, started=40, completed=31) == 9
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+async def test_a_switch_to_a_slot_that_never_answers_is_rolled_back_in_seconds(start_proxy: StartProxy) -> None:
+    app = await judged(start_proxy, max_hang="1s")
+    t0 = time.time()
+    await traffic(app, 30)
+    app.analyzer.tick(now=t0)  # blue's traffic before the switch: the baseline
+    async with hanging(app, "green", 25):
+        verdict = app.analyzer.tick(now=t0 + 0.25)
+        assert verdict is not None and verdict.outcome == "inconclusive", verdict  # not a second old yet
+        verdict = app.analyzer.tick(now=t0 + 1.5)
+        assert verdict is not None and verdict.outcome == "fail", verdict
+        snap = app.store.current
+        assert (snap.active, snap.phase, snap.trigger) == ("blue", "rolled_back", "judge")
+        assert snap.details["hung"] == 25 and snap.details["requests"] == 25
+
+
+async def test_a_healthy_bake_passes_at_its_end_and_stops_watching(start_proxy: StartProxy) -> None:
+    app = await judged(start_proxy)
+    t0 = time.time()
+    await traffic(app, 40)
+    app.analyzer.tick(now=t0)
+    app.controller.switch("green", actor="test", force=True)
+    assert app.analyzer.status()["state"] == "judging"
+    await traffic(app, 40)
+    verdict = app.analyzer.tick(now=t0 + 1)
+    assert verdict is not None and verdict.outcome == "pass", verdict
+    status = app.analyzer.status()
+    assert status["state"] == "judging" and status["watch_until"] == pytest.approx(time.time() + 60, abs=5)
+    comparing = status["comparing"]
+    assert (
+        isinstance(comparing, dict) and comparing["baseline"] == "blue" and comparing["baseline_kind"] == "pre_switch"
+    )
+    assert comparing["baseline_requests"] == 40
+    app.analyzer.tick(now=t0 + 62)
+    status = app.analyzer.status()
+    assert (status["state"], status["slot"]) == ("passed", "green")
+    assert app.analyzer.tick(now=t0 + 63) is None  # nothing left to judge
+
+
+async def test_a_quiet_bake_is_inconclusive_then_holds_or_rolls_back(start_proxy: StartProxy) -> None:
+    app = await judged(start_proxy, max_inconclusive="30s")
+    t0 = time.time()
+    app.controller.switch("green", actor="test", force=True)
+    await traffic(app, 5)  # under min_requests
+    app.analyzer.tick(now=t0 + 61)
+    assert app.analyzer.status()["state"] == "judging"  # the bake is over; inconclusive for less than 30 s
+    app.analyzer.tick(now=t0 + 95)
+    status = app.analyzer.status()
+    assert (status["state"], status["on_inconclusive"]) == ("inconclusive", "hold")
+    assert app.store.current.active == "green"  # held, not rolled back
+
+    other = await judged(start_proxy, max_inconclusive="30s", on_inconclusive="rollback")
+    other.controller.switch("green", actor="test", force=True)
+    other.analyzer.tick(now=t0 + 95)
+    assert (other.store.current.active, other.store.current.phase) == ("blue", "rolled_back")
+
+
+async def test_the_slot_a_rollback_reached_is_watched_but_never_rolled_back_again(start_proxy: StartProxy) -> None:
+    app = await judged(start_proxy, max_error_rate=0.5)
+    app.controller.switch("green", actor="test", force=True)
+    app.controller.rollback(actor="test", reason="bad release")
+    assert app.analyzer.status()["state"] == "judging" and app.analyzer.candidate() == "blue"
+    statuses = await traffic(app, 30, "/status/503")  # blue fails too now
+    assert set(statuses) == {503}
+    verdict = app.analyzer.tick(now=time.time() + 1)
+    assert verdict is not None and verdict.outcome == "fail"
+    assert app.store.current.active == "blue"  # not flipped back to the slot that failed first
+    status = app.analyzer.status()
+    assert (status["state"], status["on_inconclusive"]) == ("failed", "alert")
+
+
+async def test_a_ramp_continues_into_its_bake_with_the_same_evidence(start_proxy: StartProxy) -> None:
+    app = await judged(start_proxy)
+    t0 = time.time()
+    app.controller.ramp("green", [50, 100], 0.001, actor="test")
+    await traffic(app, 100)
+    verdict = app.analyzer.tick(now=t0 + 1)
+    assert verdict is not None and verdict.outcome == "pass", verdict
+    snap = app.store.current
+    assert (snap.active, snap.ramp) == ("green", None)  # the last step is the switch
+    status = app.analyzer.status()
+    comparing = status["comparing"]
+    assert status["state"] == "judging" and isinstance(comparing, dict)
+    assert comparing["kind"] == "bake" and comparing["baseline"] == "blue"
+    assert comparing["baseline_kind"] == "pre_switch"  # blue's concurrent traffic, frozen
+    assert 20 <= int(comparing["requests"]) <= 80  # green's share of the ramp, still counted
+    assert not math.isinf(float(status["watch_until"]))  # type: ignore[arg-type]
+
+
+async def test_open_websockets_are_not_hung_requests(start_proxy: StartProxy) -> None:
+    app = await judged(start_proxy, max_hang="1s")
+    t0 = time.time()
+    app.controller.switch("green", actor="test", force=True)
+    async with aiohttp.ClientSession() as s:
+        sockets = [await s.ws_connect(f"http://127.0.0.1:{app.proxy_port}/ws") for _ in range(5)]
+        for ws in sockets:  # each tunnel is up and answering
+            await ws.send_str("ping")
+            assert (await ws.receive_str()) == "ping"
+        app.analyzer.tick(now=t0 + 0.25)
+        verdict = app.analyzer.tick(now=t0 + 5)
+        assert verdict is not None and verdict.outcome != "fail", verdict
+        assert verdict.numbers["hung"] == 0
+        assert app.store.current.primary.runtime.in_flight == 5  # still open, still counted as in flight
+        for ws in sockets:
+            await ws.close()

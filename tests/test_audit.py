@@ -189,7 +189,7 @@ async def test_a_torn_last_line_is_cut_off_at_start(audited: StartProxy, audit_p
 async def test_judge_rollback_records_the_verdict_numbers(
     audited: StartProxy, upstreams: Upstreams, audit_path: Path
 ) -> None:
-    app = await audited(sticky={"by": "none"}, analysis={"min_requests": 20, "failure_limit": 2})
+    app = await audited(sticky={"by": "none"}, analysis={"min_requests": 20})
     await app.analyzer.stop()  # the test drives the judge tick by tick
     app.controller.ramp("green", [50, 100], 3600, actor="deployer")
     rolled = asyncio.Event()
@@ -216,9 +216,17 @@ async def test_judge_rollback_records_the_verdict_numbers(
         "applied",
     )
     assert entry["from"]["weights"] == {"blue": 50, "green": 50}
-    assert entry["details"]["rule"] in ("judge_error_rate", "judge_baseline")
+    assert entry["details"]["rule"] in ("judge_failures", "judge_limit", "judge_endpoint")
     assert entry["details"]["slot"] == "green"
-    assert entry["details"]["error_rate"] > 0.05  # the numbers the verdict was based on
+    # The numbers the verdict was based on: the counts, and the failing test's evidence against its threshold.
+    details = entry["details"]
+    assert details["failures"] >= 1 and details["requests"] >= details["failures"]
+    failing = [
+        k[: -len(".log_e")]
+        for k in details
+        if k.endswith(".log_e") and details[k] >= details[k[:-6] + ".log_threshold"]
+    ]
+    assert failing, details
     async with admin(app, OPERATOR) as s:
         assert (await status(s))["last_change"]["by"] == "judge"
 

@@ -211,7 +211,7 @@ def test_compose_promql_check_reads_zero_not_no_data_for_a_slot_without_5xx(tmp_
     ]
 
     def expect(slot: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        expr = render_promql(check.query, slot, settings.analysis.window)
+        expr = render_promql(check.query, slot, settings.promql.window)
         return {"expr": expr, "eval_time": "2m", "exp_samples": samples}
 
     test = {

@@ -290,7 +290,7 @@ async def test_the_judges_rollback_on_one_replica_applies_to_all(
     redis_server: RedisServer, start_proxy: StartProxy, upstreams: Upstreams
 ) -> None:
     """Each replica judges its own traffic: only b sees green fail, and its rollback reaches a."""
-    policy = {"min_requests": 20, "failure_limit": 2}
+    policy = {"min_requests": 20}
     a, b = [await start_proxy(state=fleet_state(redis_server), sticky={"by": "none"}, analysis=policy) for _ in "ab"]
     for app in (a, b):
         await app.analyzer.stop()  # driven by hand below

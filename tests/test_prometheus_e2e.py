@@ -210,4 +210,4 @@ async def test_prometheus_scrapes_the_proxy_and_the_dashboard_query_returns_data
             await prom.until("a passing PromQL check", promql_check_passes)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nlast results: {last}") from None
-        assert 'slot="green"' in last[0] and "[5s]" in last[0], last
+        assert 'slot="green"' in last[0] and "[30s]" in last[0], last

@@ -81,9 +81,10 @@ async def prometheus() -> AsyncIterator[FakePrometheus]:
     await runner.cleanup()
 
 
-def promql(fake: FakePrometheus, **check: Any) -> dict[str, Any]:
+def promql(fake: FakePrometheus, window: str = "30s", **check: Any) -> dict[str, Any]:
     return {
         "url": fake.url,
+        "window": window,
         "interval": "5s",
         "timeout": "1s",
         "checks": [{"name": "errors", "query": ERRORS_QUERY, "max": 0.05, **check}],
@@ -92,7 +93,7 @@ def promql(fake: FakePrometheus, **check: Any) -> dict[str, Any]:
 
 async def start(start_proxy: StartProxy, fake: FakePrometheus, **overrides: Any) -> Slotswitch:
     """A proxy with PromQL checks whose judge and poller are driven by hand."""
-    analysis = {"min_requests": 20, "failure_limit": 2, **overrides.pop("analysis", {})}
+    analysis = {"min_requests": 20, **overrides.pop("analysis", {})}
     app = await start_proxy(sticky={"by": "none"}, analysis=analysis, promql=promql(fake, **overrides))
     await app.analyzer.stop()
     await app.promql.stop()
@@ -178,7 +179,7 @@ def test_promql_settings_are_validated(upstreams: Upstreams) -> None:
 async def test_queries_name_the_candidate_slot_and_the_analysis_window(
     start_proxy: StartProxy, prometheus: FakePrometheus
 ) -> None:
-    app = await start(start_proxy, prometheus, analysis={"window": "1m"})
+    app = await start(start_proxy, prometheus, window="1m")
     assert await app.promql.poll_once() is None  # nothing to judge: no query
     assert prometheus.queries == []
     app.controller.ramp("green", [50, 100], 3600, actor="test")
@@ -191,7 +192,7 @@ async def test_the_running_poller_starts_with_a_ramp(start_proxy: StartProxy, pr
     app = await start_proxy(promql=promql(prometheus))  # interval 5s: a ramp wakes it at once
     app.controller.ramp("green", [50, 100], 3600, actor="test")
     await asyncio.wait_for(prometheus.asked.wait(), 5.0)
-    assert 'slot="green"' in prometheus.queries[0] and "[5s]" in prometheus.queries[0]
+    assert 'slot="green"' in prometheus.queries[0] and "[30s]" in prometheus.queries[0]
     app.controller.rollback(actor="test")
     assert await app.promql.poll_once() is None
 

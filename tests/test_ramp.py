@@ -109,7 +109,7 @@ async def test_rollback_during_ramp_restores_all_traffic(start_proxy: StartProxy
 
 
 async def test_ramp_steps_advance_only_on_passing_verdicts(start_proxy: StartProxy) -> None:
-    app = await start_proxy(sticky={"by": "none"}, analysis={"min_requests": 20, "window": "60s"})
+    app = await start_proxy(sticky={"by": "none"}, analysis={"min_requests": 20})
     analyzer = app.analyzer
     await analyzer.stop()  # drive the judge by hand
     app.controller.ramp("green", [10, 50, 100], 0.001, actor="test")
@@ -124,7 +124,7 @@ async def test_ramp_steps_advance_only_on_passing_verdicts(start_proxy: StartPro
 
 
 async def test_automatic_rollback_when_green_returns_500s(start_proxy: StartProxy, upstreams: Upstreams) -> None:
-    app = await start_proxy(sticky={"by": "none"}, analysis={"min_requests": 20, "failure_limit": 2})
+    app = await start_proxy(sticky={"by": "none"}, analysis={"min_requests": 20})
     await app.analyzer.stop()
     app.controller.ramp("green", [50, 100], 3600, actor="test")
     rolled = asyncio.Event()
@@ -149,7 +149,7 @@ async def test_automatic_rollback_when_green_returns_500s(start_proxy: StartProx
         assert rolled.is_set(), "the judge did not roll back"
         snap = app.store.current
         assert (snap.active, snap.phase, snap.canary) == ("blue", "rolled_back", None)
-        assert snap.details["rule"] in ("judge_error_rate", "judge_baseline")
+        assert snap.details["rule"] in ("judge_failures", "judge_limit", "judge_endpoint")
         assert app.controller.rollbacks[snap.details["rule"]] == 1  # type: ignore[index]
         after = []
         for _ in range(50):

@@ -64,13 +64,21 @@ def ramp_line(ramp: Json | None) -> str:
 
 
 def analysis_line(an: Json | None) -> str:
-    if not an or an.get("outcome") is None:
-        return "no verdict yet"
-    line = f"{an['outcome']}"
-    if an.get("subject"):
-        line += f" (slot {an['subject']})"
-    if an.get("failures_in_a_row"):
-        line += f", {an['failures_in_a_row']} failure(s) in a row"
+    """The judge's state: judging, passed, failed, inconclusive (with what follows) or not watching."""
+    if not an or not an.get("state"):
+        return "not watching"
+    state = str(an["state"])
+    if state == "not_watching":
+        return "not watching" + (f" ({an['note']})" if an.get("note") else "")
+    line = state + (f" slot {an['slot']}" if an.get("slot") else "")
+    if an.get("since"):
+        line += f" since {when(an['since'])}"
+    if state == "inconclusive":
+        line += f", then {an.get('on_inconclusive') or 'hold'}"
+    if state == "judging" and an.get("outcome"):
+        line += f" ({an['outcome']} so far)"
+    if an.get("watch_until"):
+        line += f", bake until {when(an['watch_until'])}"
     if an.get("reasons"):
         line += ": " + "; ".join(map(str, an["reasons"]))
     return line

@@ -1,28 +1,33 @@
-"""The judge's loop: every tick, read live windows, ask `judge.assess`, and act on the verdict.
+"""The judge's loop: every tick, add the slots' closed ticks to the release's evidence, ask
+`judge.assess`, and act on the verdict.
 
-What is judged:
-- during a ramp: the ramp's target (candidate) against the active slot (baseline), over the same
-  ticks, counted from the start of the ramp;
-- for `analysis.watch_after_switch` after a cutover: the new active slot against the old slot's
-  window as it was at the moment of the switch (the old slot stays warm meanwhile).
+What is judged (proxy.release.evidence): a ramp from its start, against the stable slot's concurrent
+traffic, then for `analysis.bake_time` after its last step; a plain switch for `bake_time` against
+the old slot's last `analysis.baseline_window` before it; the slot a rollback reached, for
+`bake_time`, against absolute limits only. Evidence accumulates over the whole release.
 
 What happens:
-- `failure_limit` failing verdicts in a row roll back at once (Controller.rollback), with the
-  verdict's reasons and numbers in the audit trail and `slotswitch_rollbacks_total{reason}`;
-- a passing verdict advances a ramp once its step's interval is over; an inconclusive one holds
-  it (too little data is never a pass).
+- a failing verdict rolls back at once (Controller.rollback), with the verdict's numbers in the
+  audit trail and `slotswitch_rollbacks_total{reason}`. There is no `failure_limit`: every test is
+  an e-process that stays valid however often it is looked at, so one failing verdict is evidence
+  at the release's error budget (`analysis.false_rollback_rate`). A release reached by a rollback
+  is never rolled back again (the other slot failed): its failure is logged and shown, not acted on.
+- a passing verdict advances a ramp once its step's interval is over, and ends a bake that is over;
+- an inconclusive one holds. Past `analysis.max_inconclusive` in one step (or past a bake's end),
+  `analysis.on_inconclusive` applies: "hold" (the state says inconclusive, since when, and a
+  WARNING is logged once) or "rollback".
 
-With `promql.checks` configured, the latest PromQL verdict for the subject (proxy.release.promql) is a
-second input: a failing check makes the tick's verdict fail (rule "promql"; each PromQL result
-counts once toward `failure_limit`, as Flagger's threshold counts failed checks), and a missing,
-stale or inconclusive result holds a ramp that the in-process judge would advance.
+With `promql.checks` configured, the latest PromQL verdict for the subject (proxy.release.promql)
+is a second input: a failing check fails the tick's verdict (rule "promql"), and a missing, stale or
+inconclusive result holds a ramp that the in-process judge would advance. PromQL checks are fixed
+thresholds, not sequential tests, so they roll back only after `promql.failure_limit` failing
+results in a row (each result counts once, however many ticks see it), as Flagger's threshold does.
 
 `tick()` is synchronous and takes the time as an argument, so tests drive it tick by tick.
 
-Fleet mode (proxy.fleet.sync): each replica judges its own share of the traffic (its windows count
-only the requests it proxied), and a rollback or ramp step it decides is written through the
-shared store as a task started from the tick, so it applies to every replica, or loses the race
-to a change made first on any replica (logged).
+Fleet mode (proxy.fleet): each replica judges its own share of the traffic, and a rollback or ramp
+step it decides is written through the shared store as a task started from the tick, so it
+applies to every replica, or loses the race to a change made first on any replica (logged).
 """
 
 from __future__ import annotations
@@ -31,25 +36,19 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 from proxy.release.control import Conflict, Controller, Refused, Result, SharedApply, StoreUnavailable
+from proxy.release.evidence import Release
 from proxy.release.judge import Verdict, assess
+from proxy.release.policy import State, policy_of
 from proxy.release.promql import PromQLVerdict
 from proxy.routing.state import Snapshot
-from proxy.routing.stats import Window
+from proxy.routing.stats import Tick, Window
 
 log = logging.getLogger("slotswitch.analysis")
-
-
-@dataclass(frozen=True, slots=True)
-class Watch:
-    slot: str
-    until: float
-    since_tick: int
-    baseline: Window
 
 
 class Analyzer:
@@ -57,142 +56,219 @@ class Analyzer:
         self.controller = controller
         self.store = controller.store
         self.ticks = 0
-        self.failures = 0  # failing verdicts in a row
+        self.release: Release | None = None
+        self.reached_by_rollback = False  # the release's slot is where a rollback went
+        self.history: dict[str, deque[Tick]] = {}  # each slot's closed ticks, for a pre-switch baseline
+        self.state = State("not_watching", "", time.time())
         self.last: Verdict | None = None
-        self.subject = ""  # what the last verdict was about
-        self.watch: Watch | None = None
-        self.ramp_since_tick = 0
-        self.subject_since = 0.0  # time.time() when the current ramp or watch began
         self.promql: PromQLVerdict | None = None  # the latest PromQL result (proxy.release.promql)
-        self._promql_counted = 0  # seq of the last failing PromQL result counted toward failure_limit
+        self._promql_counted = 0  # seq of the last failing PromQL result counted
+        self.failures = 0  # failing PromQL results in a row (fixed-threshold checks: `promql.failure_limit`)
         self._task: asyncio.Task[None] | None = None
-        self.fleet: SharedApply | None = None  # fleet mode: decisions go through the shared store (proxy.fleet)
+        self.fleet: SharedApply | None = None  # fleet mode: decisions go through the shared store
         self._action: asyncio.Task[None] | None = None  # a decision being written to the shared store
         self.store.subscribe(self._on_publish)
 
-    def _window_ticks(self, snap: Snapshot) -> int:
-        policy = snap.settings.analysis
-        return max(1, math.ceil(policy.window / policy.tick))
+    # -- what a publish starts or ends ------------------------------------------------------------
+
+    def _baseline_history(self, slot: str, snap: Snapshot) -> Window:
+        return Window(snap.routes[slot].runtime.stats.bounds, self.history.get(slot, ()))
+
+    def _begin(self, new: Snapshot, slot: str, kind: str, baseline: str | None, concurrent: bool, now: float) -> None:
+        policy = policy_of(new.settings.analysis)
+        history_slot = baseline if baseline is not None else slot
+        release = Release.begin(
+            slot,
+            "ramp" if kind == "ramp" else "bake",
+            now,
+            policy,
+            bounds=new.routes[slot].runtime.stats.bounds,
+            history=self._baseline_history(history_slot, new),
+            baseline_slot=baseline,
+            concurrent=concurrent,
+        )
+        if kind != "ramp":
+            release.until = now + new.settings.analysis.bake_time
+        self.release, self.reached_by_rollback = release, kind == "rollback"
+        self._promql_counted = self.promql.seq if self.promql is not None else 0
+        self.failures = 0
+        self.state = State("judging", slot, now)
 
     def _on_publish(self, old: Snapshot, new: Snapshot) -> None:
-        if new.action == "ramp":
-            self.ramp_since_tick = self.ticks
-            self.subject_since = time.time()
-            self.failures = 0
-        if new.active != old.active and new.action == "switch":
-            old_stats = new.routes[old.active].runtime.stats
-            baseline = old_stats.window(self._window_ticks(new))
-            until = time.time() + new.settings.analysis.watch_after_switch
-            self.watch = Watch(new.active, until, self.ticks, baseline)
-            self.subject_since = time.time()
-            self.failures = 0
-        if new.action == "rollback":
-            self.watch = None
-            self.failures = 0
+        now = time.time()
+        release = self.release
+        if new.action == "ramp" and new.ramp is not None:
+            self._begin(new, new.ramp.target, "ramp", new.active, True, now)
+        elif new.action == "promote" and release is not None and release.kind == "ramp":
+            release.new_step(now)
+        elif new.action == "switch" and new.active != old.active:
+            if release is not None and release.kind == "ramp" and release.slot == new.active and old.ramp is not None:
+                release.kind = "bake"  # the ramp's last step: the same evidence, the baseline frozen
+                release.freeze_baseline()
+                release.until = now + new.settings.analysis.bake_time
+                release.new_step(now)
+            else:
+                self._begin(new, new.active, "switch", old.active, False, now)
+            if new.settings.analysis.bake_time <= 0:
+                self._end("passed", new.active, now, "no bake time: not judged after the switch")
+        elif new.action == "rollback":
+            if new.active != old.active and new.settings.analysis.bake_time > 0:
+                self._begin(new, new.active, "rollback", None, False, now)
+            elif self.release is not None:
+                self._end("failed" if self.state.name == "failed" else "not_watching", new.active, now, "rolled back")
+
+    def _end(self, name: str, slot: str, now: float, note: str = "") -> None:
+        self.release = None
+        self.state = State(name, slot, now, note=note)
+
+    # -- the tick -----------------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> Verdict | None:
-        """One judge tick: rotate the windows, judge, and act. Returns the verdict (None: nothing to judge)."""
+        """One judge tick: rotate the counters, judge, and act. Returns the verdict (None: nothing to judge)."""
         now = time.time() if now is None else now
         self.ticks += 1
-        for runtime in self.controller.registry.runtimes.values():
-            runtime.stats.rotate()
         snap = self.store.current
-        subject = self._subject(snap, now)
-        if subject is None:
-            self.last, self.subject = None, ""
+        keep = max(1, math.ceil(snap.settings.analysis.baseline_window / snap.settings.analysis.tick))
+        for name, route in snap.routes.items():
+            stats = route.runtime.stats
+            stats.rotate()
+            history = self.history.get(name)
+            if history is None or history.maxlen != keep:
+                history = self.history[name] = deque(history or (), maxlen=keep)
+            history.append(stats.ring[-1])
+        release = self.release
+        if release is None or release.slot not in snap.routes:
+            self.last = None
             return None
-        name, candidate, baseline = subject
-        verdict, counts = self._with_promql(snap, name, assess(snap.settings.analysis, candidate, baseline), now)
-        self.last, self.subject = verdict, name
+        base_tick = None
+        if release.baseline_slot is not None and release.baseline_slot in snap.routes:
+            base_tick = snap.routes[release.baseline_slot].runtime.stats.ring[-1]
+        release.feed(now, snap.routes[release.slot].runtime.stats.ring[-1], base_tick)
+        policy = policy_of(snap.settings.analysis)
+        verdict = assess(policy, release.evidence(compare=snap.settings.analysis.compare_to_baseline))
+        verdict, acts = self._with_promql(snap, release.slot, verdict, now, release.started_at)
+        self.last = verdict
         if verdict.outcome == "fail":
-            if counts:
-                self.failures += 1
-            if self.failures >= snap.settings.analysis.failure_limit:
-                self._roll_back(snap, name, verdict)
+            if acts:
+                self._fail(snap, release, verdict, now)
             return verdict
-        self.failures = 0
-        ramp = snap.ramp
-        due = ramp is not None and not ramp.paused and now - ramp.step_started_at >= ramp.interval
-        if verdict.outcome == "pass" and due:
-            self._advance(snap, verdict)
+        if verdict.rule != "promql" and self.promql is not None and self.promql.outcome == "pass":
+            self.failures = 0
+        self._hold_or_advance(snap, release, verdict, now)
         return verdict
 
+    def _fail(self, snap: Snapshot, release: Release, verdict: Verdict, now: float) -> None:
+        if self.reached_by_rollback:
+            if self.state.name != "failed":
+                log.error(
+                    "slot %s, reached by a rollback, fails analysis too (not rolled back again: the other slot "
+                    "failed first): %s",
+                    release.slot,
+                    "; ".join(verdict.reasons),
+                )
+            self.state = State("failed", release.slot, now, verdict.reasons, "alert")
+            return
+        self.state = State("failed", release.slot, now, verdict.reasons)
+        self._roll_back(snap, release.slot, verdict, f"slot {release.slot} failed analysis: ")
+
+    def _hold_or_advance(self, snap: Snapshot, release: Release, verdict: Verdict, now: float) -> None:
+        settings = snap.settings.analysis
+        ramp = snap.ramp
+        if release.kind == "ramp":
+            if ramp is None or ramp.target != release.slot:
+                return
+            due = not ramp.paused and now - ramp.step_started_at >= ramp.interval
+            if verdict.outcome == "pass":
+                release.inconclusive_since = None
+                self.state = State("judging", release.slot, self.state.since if self.state.name == "judging" else now)
+                if due:
+                    self._advance(snap, verdict)
+                return
+            waited_since = ramp.step_started_at
+        else:
+            if now < release.until:
+                if verdict.outcome == "pass":
+                    release.inconclusive_since = None
+                return
+            if verdict.outcome == "pass":
+                log.info("slot %s passed its bake (%s)", release.slot, _summary(verdict))
+                self._end("passed", release.slot, now)
+                return
+            waited_since = release.until
+        if release.inconclusive_since is None:
+            release.inconclusive_since = now
+        if now - waited_since < settings.max_inconclusive:
+            return
+        if settings.on_inconclusive == "rollback" and not self.reached_by_rollback:
+            self.state = State("inconclusive", release.slot, release.inconclusive_since, verdict.reasons, "rollback")
+            self._roll_back(snap, release.slot, verdict, f"slot {release.slot} stayed inconclusive: ")
+            return
+        if self.state.name != "inconclusive":
+            why = "; ".join(verdict.reasons)
+            log.warning("slot %s inconclusive for %.0fs (holding): %s", release.slot, now - waited_since, why)
+            self.state = State("inconclusive", release.slot, release.inconclusive_since, verdict.reasons, "hold")
+        if release.kind == "bake":
+            self._end("inconclusive", release.slot, release.inconclusive_since, "; ".join(verdict.reasons))
+
     def candidate(self, now: float | None = None) -> str | None:
-        """The slot under judgement now: the ramp's target, or the new active slot while watched."""
-        now = time.time() if now is None else now
-        snap = self.store.current
-        if snap.ramp is not None:
-            return snap.ramp.target
-        watch = self.watch
-        if watch is None or watch.slot != snap.active or now > watch.until or snap.phase == "rolled_back":
-            return None
-        return watch.slot
+        """The slot under judgement now: the ramp's target, or the new active slot while it bakes."""
+        release = self.release
+        return None if release is None else release.slot
 
     def take_promql(self, verdict: PromQLVerdict) -> None:
         """The PromQL poller's sink: keep the latest result for the next ticks."""
         self.promql = verdict
 
-    def _with_promql(self, snap: Snapshot, slot: str, verdict: Verdict, now: float) -> tuple[Verdict, bool]:
-        """The judge's verdict combined with the latest PromQL result, and whether it is a new
-        failure (a failing PromQL result counts once, however many ticks it stays the latest)."""
+    def _with_promql(
+        self, snap: Snapshot, slot: str, verdict: Verdict, now: float, since: float
+    ) -> tuple[Verdict, bool]:
+        """The judge's verdict combined with the latest PromQL result, and whether a failure is to
+        be acted on (a failing PromQL result acts once, however many ticks it stays the latest)."""
         policy = snap.settings.promql
         if not policy.checks or verdict.outcome == "fail":
             return verdict, True
         result = self.promql
-        if result is None or result.slot != slot or result.started < self.subject_since:
+        if result is None or result.slot != slot or result.started < since:
             return _hold(verdict, "waiting for the first PromQL result", {}), False
         if now - result.started > 2 * policy.interval + policy.timeout:
             return _hold(verdict, f"the last PromQL result is {now - result.started:.0f}s old", {}), False
         numbers = {**verdict.numbers, **result.numbers()}
         if result.outcome == "fail":
-            new = result.seq != self._promql_counted
-            self._promql_counted = result.seq
-            return Verdict("fail", result.reasons, "promql", numbers), new
+            if result.seq != self._promql_counted:
+                self._promql_counted = result.seq
+                self.failures += 1
+            return Verdict("fail", result.reasons, "promql", numbers), self.failures >= policy.failure_limit
         if result.outcome == "inconclusive":
             return _hold(verdict, "; ".join(result.reasons), numbers), False
-        return Verdict(verdict.outcome, verdict.reasons, verdict.rule, numbers), False
+        return Verdict(verdict.outcome, verdict.reasons, verdict.rule, numbers, verdict.tests), False
 
-    def _subject(self, snap: Snapshot, now: float) -> tuple[str, Window, Window | None] | None:
-        window = self._window_ticks(snap)
-        if snap.ramp is not None:
-            ticks = min(window, self.ticks - self.ramp_since_tick)
-            candidate = snap.routes[snap.ramp.target].runtime.stats.window(ticks)
-            baseline = snap.primary.runtime.stats.window(ticks)
-            return snap.ramp.target, candidate, baseline
-        watch = self.watch
-        if watch is None or watch.slot != snap.active or now > watch.until or snap.phase == "rolled_back":
-            self.watch = None if watch is not None and now > watch.until else watch
-            return None
-        ticks = min(window, self.ticks - watch.since_tick)
-        return snap.active, snap.primary.runtime.stats.window(ticks), watch.baseline
+    # -- acting -------------------------------------------------------------------------------------
 
-    def _roll_back(self, snap: Snapshot, slot: str, verdict: Verdict) -> None:
+    def _roll_back(self, snap: Snapshot, slot: str, verdict: Verdict, why: str) -> None:
         details: dict[str, object] = {"rule": verdict.rule, "slot": slot, "reasons": list(verdict.reasons)}
-        details.update({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in verdict.numbers.items()})
+        details.update({k: (None if math.isnan(v) else v) for k, v in verdict.numbers.items()})
         rollback = partial(
             self.controller.rollback,
             actor="judge",
             trigger="judge",
-            reason=f"slot {slot} failed analysis: " + "; ".join(verdict.reasons),
+            reason=why + "; ".join(verdict.reasons),
             expect=snap.generation,
             details=details,
         )
 
         def done() -> None:
-            self.failures = 0
             log.error("automatic rollback from %s: %s", slot, "; ".join(verdict.reasons))
 
         self._act(rollback, done, logging.WARNING, "judge could not roll back")
 
     def _advance(self, snap: Snapshot, verdict: Verdict) -> None:
-        numbers: dict[str, object] = {k: v for k, v in verdict.numbers.items() if not math.isnan(v)}
         promote = partial(
             self.controller.promote,
             actor="judge",
             trigger="ramp",
             reason="step passed analysis",
             expect=snap.generation,
-            details=numbers,
+            details={k: v for k, v in _key_numbers(verdict).items() if not math.isnan(v)},
         )
         self._act(promote, lambda: None, logging.INFO, "ramp step not advanced")
 
@@ -222,18 +298,30 @@ class Analyzer:
             return
         done()
 
+    # -- status -------------------------------------------------------------------------------------
+
     def status(self) -> dict[str, object]:
-        verdict = self.last
+        verdict, release, state = self.last, self.release, self.state
+        settings = self.store.current.settings.analysis
+        reasons = list(verdict.reasons) if verdict is not None and release is not None else list(state.reasons)
+        until = None if release is None or release.kind == "ramp" or math.isinf(release.until) else release.until
         return {
-            "subject": self.subject or None,
-            "outcome": verdict.outcome if verdict else None,
-            "reasons": list(verdict.reasons) if verdict else [],
-            "failures_in_a_row": self.failures,
-            "watching_until": self.watch.until if self.watch else None,
+            "state": state.name,
+            "slot": (release.slot if release is not None else state.slot) or None,
+            "since": state.since,
+            "on_inconclusive": state.action or settings.on_inconclusive,
+            "note": state.note,
+            "reasons": reasons,
+            "numbers": _key_numbers(verdict) if verdict is not None and release is not None else {},
+            "watch_until": until,
+            "comparing": release.describe() if release is not None else None,
+            "subject": release.slot if release is not None else None,
+            "outcome": verdict.outcome if verdict is not None and release is not None else None,
+            "watching_until": until,
             "promql": self.promql.as_json() if self.promql is not None else None,
         }
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -256,3 +344,18 @@ class Analyzer:
 def _hold(verdict: Verdict, reason: str, numbers: dict[str, float]) -> Verdict:
     """Not a pass: a verdict the PromQL checks cannot confirm yet holds the ramp."""
     return Verdict("inconclusive", (*verdict.reasons, reason), numbers={**verdict.numbers, **numbers})
+
+
+def _key_numbers(verdict: Verdict) -> dict[str, float]:
+    """The numbers behind a verdict worth recording: counts, and each test's evidence and effect."""
+    keep = ("requests", "failures", "hung", "baseline_requests", "baseline_failures")
+    out = {k: v for k, v in verdict.numbers.items() if k in keep or not k.startswith("endpoint ")}
+    for test in verdict.tests:
+        if test.rejected and test.name.startswith("endpoint "):
+            out.update({k: v for k, v in verdict.numbers.items() if k.startswith(test.name + ".")})
+    return out
+
+
+def _summary(verdict: Verdict) -> str:
+    n = verdict.numbers
+    return f"{n.get('requests', 0):.0f} requests, {n.get('failures', 0):.0f} failures"

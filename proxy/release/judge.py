@@ -1,127 +1,374 @@
-"""The rollback judge: a pure function from (policy, live windows) to a verdict.
+"""The release judge: a pure function from (policy, accumulated evidence) to a verdict.
 
-`assess` never sees a clock, a socket or the store; `proxy.release.analysis` calls it every tick with the
-candidate slot's window and the baseline's, and acts on the verdict. Outcomes (as in Argo
-Rollouts' analysis): "pass", "fail" or "inconclusive". Too little data is inconclusive, never a
-pass, so a ramp on low traffic holds instead of advancing.
+The caller accumulates each arm's counts over the whole release (every ramp step and the bake
+after it), never over a sliding window, and calls `assess` as often as it likes (every tick):
+every test is an e-process (proxy.release.sequential), valid under continuous monitoring, so
+there is no `failure_limit` and no correction for repeated looks.
 
-Statistics:
-- Error rate: a one-sided two-proportion z-test, candidate worse than baseline, at
-  `policy.significance`, and only when the difference is at least MIN_EFFECT (one point).
-- Latency: a one-sided Mann-Whitney U test on the two fine histograms (ties corrected), together
-  with the candidate's p99 exceeding the baseline's by `policy.latency_tolerance` times and by at
-  least `policy.latency_min_delta`.
+Invariants:
+- Pure: no clock, no I/O, no randomness; `assess` is O(classes + thresholds + endpoints).
+- One error budget per release: `policy.false_rollback_rate` (alpha) is split across the tests by
+  fixed weights (failures, 4xx, latency, endpoints, absolute limits) and, inside a group, evenly
+  over a count fixed before the data (the frozen thresholds; `max_endpoints` + 1; two limits).
+  Test i rejects when log E_i >= log(1 / (alpha * share_i)) (Bonferroni over e-values), so a
+  healthy release is rolled back with probability <= alpha in total.
+- Failures are 5xx + transport (proxy-made 502/504, connection failures) + hung (requests the
+  caller saw in flight longer than the hang limit; each counted once, as it ages, and never
+  again when it completes). A hung request also counts as slower than any latency threshold up
+  to the hang limit.
+- Latency thresholds are an input (`Evidence.latency_thresholds`), chosen by `latency_thresholds`
+  from baseline data the tests do not use, and frozen for the release. A baseline count is
+  taken above the threshold rounded down to its bucket bounds, a candidate count above the
+  shifted threshold rounded up: both roundings favour "not worse".
+- No data or too few candidate requests is "inconclusive", never "pass".
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proxy.routing.stats import Window
-from proxy.settings.rollout import Analysis
-
-MIN_EFFECT = 0.01  # an error-rate difference under one percentage point never fails the comparison
+from proxy.release.sequential import (
+    JEFFREYS,
+    Prior,
+    confidence_interval,
+    difference_interval,
+    one_sample_log_e,
+    threshold,
+    two_sample_log_e,
+)
+from proxy.routing.stats import FINE_BOUNDS
 
 Outcome = Literal["pass", "fail", "inconclusive"]
+BaselineKind = Literal["concurrent", "pre_switch"]
+OTHER = "other"  # the pooled endpoint key past `max_endpoints`
+# Error rates of interest are small: half the mixing mass on Beta(0.5, 20) (mean 2.4 %), half on
+# Jeffreys (so a total failure still costs few requests). Latency shares (50 %, 10 %, 1 %) use Jeffreys.
+RATE_PRIOR = Prior(((0.5, 0.5, 0.5), (0.5, 0.5, 20.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class JudgePolicy:
+    """Defaults tuned on bench/judge.py (see bench/README.md, "judge.py")."""
+
+    false_rollback_rate: float = 0.01  # alpha per release, all tests together
+    weight_failures: float = 0.40
+    weight_4xx: float = 0.15
+    weight_latency: float = 0.25
+    weight_endpoints: float = 0.10
+    weight_limits: float = 0.10  # split evenly: max_error_rate, max_p99
+    failure_ratio: float = 1.25  # H0: candidate failure rate <= 1.25 x baseline + 0.1 point
+    failure_margin: float = 0.001
+    client_ratio: float = 1.25  # the same for the 4xx share, with a wider absolute margin
+    client_margin: float = 0.005
+    endpoint_ratio: float = 1.25
+    endpoint_margin: float = 0.002
+    latency_quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
+    latency_rel_margin: float = 0.25  # slower than max(tau * 1.25, tau + 10 ms) counts as slow
+    latency_abs_margin: float = 0.010
+    max_endpoints: int = 50
+    min_requests: int = 50  # candidate requests in the current step before it may pass
+    max_error_rate: float = 0.05
+    max_p99: float = 2.0
+    hang_factor: float = 5.0  # hang limit = clamp(5 x baseline p99, 1 s, 10 s)
+    hang_floor: float = 1.0
+    max_hang: float = 10.0
+    prior: Prior = RATE_PRIOR  # failures, 4xx, endpoints, limits
+    latency_prior: Prior = JEFFREYS
+    interval_alpha: float = 0.05  # reported intervals are anytime-valid 95 % ones
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One slot's outcomes accumulated since the release (or the pre-switch window) began."""
+
+    ok: int = 0
+    client_4xx: int = 0
+    server_5xx: int = 0
+    transport: int = 0
+    hung: int = 0
+    lat: tuple[int, ...] = ()  # completed requests per bucket of `bounds` (+ overflow); empty = none
+    bounds: tuple[float, ...] = FINE_BOUNDS
+    endpoints: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (requests, failures)
+
+    @property
+    def requests(self) -> int:
+        return self.ok + self.client_4xx + self.server_5xx + self.transport + self.hung
+
+    @property
+    def failures(self) -> int:
+        return self.server_5xx + self.transport + self.hung
+
+    def slower_than(self, bound_index: int) -> int:
+        """Completed requests above bounds[bound_index]."""
+        return sum(self.lat[bound_index + 1 :])
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    candidate: Arm
+    baseline: Arm | None  # None: no baseline, absolute limits only
+    baseline_kind: BaselineKind = "concurrent"  # "pre_switch": a fixed window of the old slot
+    latency_thresholds: tuple[float, ...] = ()  # frozen for the release (see `latency_thresholds`)
+    hang_limit: float = math.inf  # the age at which the caller counted a request as hung
+    step_requests: int | None = None  # candidate requests in the current step (None: all of them)
+
+
+@dataclass(frozen=True, slots=True)
+class TestResult:
+    name: str  # e.g. "failures", "latency_p90", "endpoint GET /x", "limit_error_rate"
+    rule: str
+    k_b: int
+    n_b: int
+    k_a: int
+    n_a: int
+    log_e: float
+    log_threshold: float
+    low: float = math.nan  # interval for the effect (p_b - p_a, or p_b for a limit)
+    high: float = math.nan
+
+    @property
+    def rejected(self) -> bool:
+        return self.log_e >= self.log_threshold
+
+    @property
+    def estimate(self) -> float:
+        rate_b = self.k_b / self.n_b if self.n_b else math.nan
+        if self.rule == "judge_limit":
+            return rate_b
+        return rate_b - (self.k_a / self.n_a if self.n_a else math.nan)
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     outcome: Outcome
     reasons: tuple[str, ...] = ()
-    rule: str = ""  # which check failed first: judge_error_rate, judge_latency or judge_baseline
+    rule: str = ""  # the failing test's rule: judge_failures, judge_limit, judge_endpoint, judge_4xx, judge_latency
     numbers: dict[str, float] = field(default_factory=dict)
+    tests: tuple[TestResult, ...] = ()
 
 
-def _one_sided_p(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+RULE_ORDER = ("judge_failures", "judge_limit", "judge_endpoint", "judge_4xx", "judge_latency")
 
 
-def proportion_p_value(errors_a: int, total_a: int, errors_b: int, total_b: int) -> float:
-    """P-value that the rate of A is no greater than B's (small means A is worse)."""
-    pooled = (errors_a + errors_b) / (total_a + total_b)
-    se = math.sqrt(pooled * (1.0 - pooled) * (1.0 / total_a + 1.0 / total_b))
-    if se == 0.0:
-        return 1.0
-    return _one_sided_p((errors_a / total_a - errors_b / total_b) / se)
+def assess(policy: JudgePolicy, evidence: Evidence, *, intervals: bool = True) -> Verdict:
+    """The verdict on the evidence so far. `intervals=False` skips the reported intervals only."""
+    cand, base = evidence.candidate, evidence.baseline
+    tests = _limit_tests(policy, evidence)
+    if base is not None and base.requests:
+        tests += _comparison_tests(policy, evidence, base)
+    if intervals:
+        tests = [_with_interval(policy, t) if t.rejected or not t.name.startswith("endpoint") else t for t in tests]
+    numbers = _numbers(cand, base, tests)
+    failed = sorted((t for t in tests if t.rejected), key=lambda t: RULE_ORDER.index(t.rule))
+    if failed:
+        return Verdict("fail", tuple(_describe(t) for t in failed), failed[0].rule, numbers, tuple(tests))
+    notes = [] if base is not None and base.requests else ["no baseline: absolute limits only"]
+    step = cand.requests if evidence.step_requests is None else evidence.step_requests
+    if cand.requests == 0:
+        return Verdict("inconclusive", ("no candidate requests yet", *notes), numbers=numbers, tests=tuple(tests))
+    if step < policy.min_requests:
+        why = f"{step} candidate requests in this step, {policy.min_requests} needed"
+        return Verdict("inconclusive", (why, *notes), numbers=numbers, tests=tuple(tests))
+    return Verdict("pass", tuple(notes), numbers=numbers, tests=tuple(tests))
 
 
-def rank_p_value(a: list[int], b: list[int]) -> float:
-    """Mann-Whitney U on two histograms over the same ordered buckets: P(A not slower than B)."""
-    n_a, n_b = sum(a), sum(b)
-    n = n_a + n_b
-    if not n_a or not n_b:
-        return 1.0
-    u = 0.0
-    below_b = 0
-    ties = 0.0
-    for count_a, count_b in zip(a, b, strict=True):
-        u += count_a * (below_b + 0.5 * count_b)
-        below_b += count_b
-        t = count_a + count_b
-        ties += t**3 - t
-    variance = n_a * n_b / 12.0 * ((n + 1) - ties / (n * (n - 1)))
-    if variance <= 0.0:
-        return 1.0
-    return _one_sided_p((u - n_a * n_b / 2.0) / math.sqrt(variance))
+def _limit_tests(policy: JudgePolicy, ev: Evidence) -> list[TestResult]:
+    cand = ev.candidate
+    level = threshold(policy.false_rollback_rate * policy.weight_limits / 2.0)
+    n, k = cand.requests, cand.failures
+    out = [TestResult("limit_error_rate", "judge_limit", k, n, 0, 0, _one(policy, k, n, policy.max_error_rate), level)]
+    n_lat = sum(cand.lat) + cand.hung
+    if n_lat >= 10.0 / (1.0 - 0.99):  # a p99 needs >= 1000 samples to mean anything
+        k = _slow(cand, policy.max_p99, ev.hang_limit, up=True)
+        out.append(TestResult("limit_p99", "judge_limit", k, n_lat, 0, 0, _one(policy, k, n_lat, 0.01), level))
+    return out
 
 
-def assess(policy: Analysis, candidate: Window, baseline: Window | None) -> Verdict:
-    numbers = {
-        "requests": float(candidate.total),
-        "error_rate": candidate.error_rate,
-        "p99_s": candidate.quantile(0.99),
-    }
-    if candidate.total < policy.min_requests:
-        reason = f"only {candidate.total} requests in the window, {policy.min_requests} needed"
-        return Verdict("inconclusive", (reason,), numbers=numbers)
-    fails: list[tuple[str, str]] = []
-    if candidate.error_rate > policy.max_error_rate:
-        fails.append(("judge_error_rate", f"error rate {candidate.error_rate:.2%} > {policy.max_error_rate:.2%}"))
-    if numbers["p99_s"] > policy.max_p99:
-        fails.append(("judge_latency", f"p99 {numbers['p99_s'] * 1000:.0f}ms > {policy.max_p99 * 1000:.0f}ms"))
-    notes: list[str] = []
-    if policy.compare_to_baseline and baseline is not None:
-        if baseline.total >= policy.min_requests:
-            fails += _compare(policy, candidate, baseline, numbers)
+def _one(policy: JudgePolicy, k: int, n: int, p0: float) -> float:
+    return one_sample_log_e(k, n, p0, policy.prior)
+
+
+def _comparison_tests(policy: JudgePolicy, ev: Evidence, base: Arm) -> list[TestResult]:
+    alpha, cand = policy.false_rollback_rate, ev.candidate
+    out = [
+        _two("failures", "judge_failures", (base.failures, base.requests), (cand.failures, cand.requests),
+             policy.failure_ratio, policy.failure_margin, alpha * policy.weight_failures, policy),
+        _two("4xx", "judge_4xx", (base.client_4xx, base.requests), (cand.client_4xx, cand.requests),
+             policy.client_ratio, policy.client_margin, alpha * policy.weight_4xx, policy),
+    ]  # fmt: skip
+    taus = ev.latency_thresholds
+    for tau in taus:
+        shifted = shift_threshold(tau, policy)
+        k_a, n_a = _slow(base, tau, math.inf, up=False), sum(base.lat) + base.hung
+        k_b, n_b = _slow(cand, shifted, ev.hang_limit, up=True), sum(cand.lat) + cand.hung
+        share = alpha * policy.weight_latency / len(taus)
+        out.append(_two(f"latency_{tau * 1000:g}ms", "judge_latency", (k_a, n_a), (k_b, n_b), 1.0, 0.0, share, policy))
+    share = alpha * policy.weight_endpoints / (policy.max_endpoints + 1)
+    for key in _endpoint_keys(cand, policy.max_endpoints + 1):
+        n_b, k_b = cand.endpoints.get(key, (0, 0))
+        n_a, k_a = base.endpoints.get(key, (0, 0))
+        out.append(_two(f"endpoint {key}", "judge_endpoint", (k_a, n_a), (k_b, n_b),
+                        policy.endpoint_ratio, policy.endpoint_margin, share, policy))  # fmt: skip
+    return out
+
+
+def _two(
+    name: str,
+    rule: str,
+    base: tuple[int, int],
+    cand: tuple[int, int],
+    ratio: float,
+    margin: float,
+    alpha: float,
+    policy: JudgePolicy,
+) -> TestResult:
+    prior = policy.latency_prior if rule == "judge_latency" else policy.prior
+    log_e = two_sample_log_e(base[0], base[1], cand[0], cand[1], ratio, margin, prior)
+    return TestResult(name, rule, cand[0], cand[1], base[0], base[1], log_e, threshold(alpha))
+
+
+def _endpoint_keys(cand: Arm, limit: int) -> list[str]:
+    """The candidate's endpoint keys, at most `limit` (the caller pools the rest into OTHER)."""
+    return sorted(cand.endpoints)[:limit]
+
+
+def _slow(arm: Arm, tau: float, hang_limit: float, *, up: bool) -> int:
+    """Requests slower than tau: tau rounded up (candidate) or down (baseline) to the arm's bounds."""
+    bounds = arm.bounds
+    if up:
+        index = _first_at_least(bounds, tau)
+        slow = sum(arm.lat[index + 1 :]) if index < len(bounds) else 0
+        return slow + (arm.hung if hang_limit >= tau else 0)
+    index = _first_at_least(bounds, tau)
+    if index == len(bounds) or bounds[index] > tau:
+        index -= 1  # the largest bound <= tau; -1 means "everything is slower"
+    return sum(arm.lat[index + 1 :]) + arm.hung
+
+
+def _first_at_least(bounds: tuple[float, ...], value: float) -> int:
+    lo, hi = 0, len(bounds)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if bounds[mid] < value:
+            lo = mid + 1
         else:
-            notes.append(f"baseline has {baseline.total} requests: compared with thresholds only")
-    if fails:
-        return Verdict("fail", tuple(r for _, r in fails) + tuple(notes), fails[0][0], numbers)
-    return Verdict("pass", tuple(notes), numbers=numbers)
+            hi = mid
+    return lo
 
 
-def _compare(policy: Analysis, candidate: Window, baseline: Window, numbers: dict[str, float]) -> list[tuple[str, str]]:
-    fails = []
-    numbers["baseline_requests"] = float(baseline.total)
-    numbers["baseline_error_rate"] = baseline.error_rate
-    numbers["baseline_p99_s"] = baseline.quantile(0.99)
-    p_err = proportion_p_value(candidate.errors, candidate.total, baseline.errors, baseline.total)
-    numbers["error_rate_p_value"] = p_err
-    if p_err < policy.significance and candidate.error_rate - baseline.error_rate >= MIN_EFFECT:
-        fails.append(
-            (
-                "judge_baseline",
-                f"error rate {candidate.error_rate:.2%} is significantly above the baseline's "
-                f"{baseline.error_rate:.2%} (p={p_err:.2g})",
-            )
-        )
-    p_lat = rank_p_value(candidate.lat, baseline.lat)
-    numbers["latency_p_value"] = p_lat
-    # Significant AND large: thousands of samples make any shift significant, and a freshly
-    # switched slot's cold connection pool adds a few ms; neither is a bad release.
-    slower = (
-        numbers["p99_s"] > numbers["baseline_p99_s"] * policy.latency_tolerance
-        and numbers["p99_s"] - numbers["baseline_p99_s"] >= policy.latency_min_delta
-    )
-    if p_lat < policy.significance and slower:
-        fails.append(
-            (
-                "judge_baseline",
-                f"p99 {numbers['p99_s'] * 1000:.0f}ms is significantly slower than the baseline's "
-                f"{numbers['baseline_p99_s'] * 1000:.0f}ms (p={p_lat:.2g})",
-            )
-        )
-    return fails
+def shift_threshold(tau: float, policy: JudgePolicy) -> float:
+    """tau': what "materially slower than tau" means for the candidate."""
+    return max(tau * (1.0 + policy.latency_rel_margin), tau + policy.latency_abs_margin)
+
+
+def _with_interval(policy: JudgePolicy, t: TestResult) -> TestResult:
+    a, prior = policy.interval_alpha, policy.latency_prior if t.rule == "judge_latency" else policy.prior
+    if t.rule == "judge_limit":
+        low, high = confidence_interval(t.k_b, t.n_b, a, prior)
+    else:
+        low, high = difference_interval(t.k_a, t.n_a, t.k_b, t.n_b, a, prior)
+    return TestResult(t.name, t.rule, t.k_b, t.n_b, t.k_a, t.n_a, t.log_e, t.log_threshold, low, high)
+
+
+def _numbers(cand: Arm, base: Arm | None, tests: Iterable[TestResult]) -> dict[str, float]:
+    numbers = {"requests": float(cand.requests), "failures": float(cand.failures), "hung": float(cand.hung)}
+    if base is not None:
+        numbers |= {"baseline_requests": float(base.requests), "baseline_failures": float(base.failures)}
+    for t in tests:
+        numbers |= {f"{t.name}.log_e": t.log_e, f"{t.name}.log_threshold": t.log_threshold}
+        numbers |= {f"{t.name}.estimate": t.estimate, f"{t.name}.low": t.low, f"{t.name}.high": t.high}
+    return numbers
+
+
+def _describe(t: TestResult) -> str:
+    rate_b = t.k_b / t.n_b if t.n_b else math.nan
+    head = f"{t.name}: candidate {rate_b:.2%} ({t.k_b}/{t.n_b})"
+    if t.rule != "judge_limit":
+        rate_a = t.k_a / t.n_a if t.n_a else math.nan
+        head += f" vs baseline {rate_a:.2%} ({t.k_a}/{t.n_a})"
+    interval = f", 95% CS [{t.low:+.2%}, {t.high:+.2%}]" if not math.isnan(t.low) else ""
+    return f"{head}{interval}: log E {t.log_e:.1f} >= {t.log_threshold:.1f} (E = {math.exp(min(t.log_e, 700)):.3g})"
+
+
+def latency_thresholds(
+    lat: Iterable[int], bounds: tuple[float, ...], quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
+) -> tuple[float, ...]:
+    """Thresholds for the latency test from a baseline histogram: the bucket bound holding each
+    quantile q that has >= 10 / (1 - q) samples (none from the overflow bucket), deduplicated."""
+    counts = list(lat)
+    n = sum(counts)
+    out: list[float] = []
+    for q in sorted(quantiles):
+        if n < 10.0 / (1.0 - q):
+            continue
+        value = _quantile(counts, bounds, q, n)
+        if math.isfinite(value) and value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def _quantile(counts: list[int], bounds: tuple[float, ...], q: float, n: int) -> float:
+    seen = 0
+    for i, c in enumerate(counts):
+        seen += c
+        if c and seen >= q * n:
+            return bounds[i] if i < len(bounds) else math.inf
+    return math.inf
+
+
+def hang_limit(lat: Iterable[int], bounds: tuple[float, ...], policy: JudgePolicy) -> float:
+    """The age at which an unanswered request counts as hung: clamp(hang_factor x baseline p99,
+    hang_floor, max_hang); max_hang when the baseline has too few samples (< 1000) for a p99."""
+    counts = list(lat)
+    n = sum(counts)
+    if n < 1000:
+        return policy.max_hang
+    p99 = _quantile(counts, bounds, 0.99, n)
+    return min(policy.max_hang, max(policy.hang_floor, policy.hang_factor * p99))
+
+
+class Tally:
+    """A mutable accumulator the caller keeps per arm (the live loop and bench/judge.py alike).
+
+    Endpoint keys take one of `max_endpoints` places in order of first appearance (which depends on
+    routing, never on outcomes); later keys are pooled under OTHER.
+    """
+
+    __slots__ = ("bounds", "counts", "endpoints", "lat", "max_endpoints")
+
+    def __init__(self, bounds: tuple[float, ...] = FINE_BOUNDS, max_endpoints: int = 50) -> None:
+        self.bounds = bounds
+        self.max_endpoints = max_endpoints
+        self.counts = [0, 0, 0, 0, 0]  # ok, client_4xx, server_5xx, transport, hung
+        self.lat = [0] * (len(bounds) + 1)
+        self.endpoints: dict[str, list[int]] = {}
+
+    def add(
+        self,
+        counts: tuple[int, int, int, int, int],
+        lat: Iterable[int] = (),
+        endpoints: Iterable[tuple[str, int, int]] = (),
+    ) -> None:
+        """Add counts (ok, 4xx, 5xx, transport, hung), latency bucket counts and (key, requests, failures)."""
+        for i, c in enumerate(counts):
+            self.counts[i] += c
+        for i, c in enumerate(lat):
+            if c:
+                self.lat[i] += c
+        for key, requests, failures in endpoints:
+            slot = self.endpoints.get(key)
+            if slot is None:
+                if len(self.endpoints) >= self.max_endpoints and key != OTHER:
+                    slot = self.endpoints.setdefault(OTHER, [0, 0])
+                else:
+                    slot = self.endpoints[key] = [0, 0]
+            slot[0] += requests
+            slot[1] += failures
+
+    def arm(self) -> Arm:
+        ok, c4, c5, transport, hung = self.counts
+        eps = {k: (v[0], v[1]) for k, v in self.endpoints.items()}
+        return Arm(ok, c4, c5, transport, hung, tuple(self.lat), self.bounds, eps)

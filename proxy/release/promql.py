@@ -237,7 +237,7 @@ class PromQLPoller:
             return None
         client = self._client(snap)
         started = time.time()
-        window = snap.settings.analysis.window
+        window = policy.window
         results = await asyncio.gather(*(self._bounded(client, c, slot, window, policy.timeout) for c in policy.checks))
         self.seq += 1
         verdict = PromQLVerdict(self.seq, slot, started, tuple(results))

@@ -7,29 +7,71 @@ Field comments here are the descriptions docs/config-reference.md shows (tools/g
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from proxy.settings.types import ConfigModel, Duration
+from proxy.settings.types import ConfigModel, Duration, parse_duration
+
+
+def _bake(value: object) -> float:
+    """A duration, or `forever` (math.inf): how long a new active slot stays under judgement."""
+    if isinstance(value, str) and value.strip().lower() == "forever":
+        return math.inf
+    return parse_duration(value)
+
+
+BakeTime = Annotated[float, BeforeValidator(_bake)]
+# Keys of the judge before its anytime-valid tests, and what replaced them.
+_REMOVED_ANALYSIS = {
+    "failure_limit": "every test is anytime-valid, so one failing verdict rolls back: tune `false_rollback_rate`",
+    "significance": "use `false_rollback_rate` (one error budget for the whole release)",
+    "window": "evidence accumulates over the whole ramp and bake; PromQL checks take `promql.window`",
+    "latency_tolerance": "use `latency_margin` (relative) and `latency_margin_min` (absolute)",
+    "latency_min_delta": "use `latency_margin_min`",
+    "watch_after_switch": "renamed `bake_time`",
+}
 
 
 class Analysis(ConfigModel):
-    """The rollback judge's policy: absolute guardrails and a comparison with the other slot."""
+    """The rollback judge's policy: anytime-valid comparisons with the stable slot, and absolute limits."""
 
-    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
-    max_p99: Duration = 2.0
-    min_requests: int = Field(default=50, ge=1)
-    window: Duration = 5.0
-    failure_limit: int = Field(default=2, ge=1)
-    compare_to_baseline: bool = True
-    watch_after_switch: Duration = 60.0
-    tick: Duration = 0.25
-    significance: float = Field(default=0.01, gt=0.0, lt=0.5)
-    latency_tolerance: float = Field(default=1.5, ge=1.0)  # candidate p99 may be this many times the baseline's
-    latency_min_delta: Duration = 0.05  # ... and must also be this much slower to count (cold pools add ms)
+    false_rollback_rate: float = Field(default=0.01, gt=0.0, le=0.2)  # chance of rolling back a healthy release
+    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)  # absolute limit on failures (5xx, hung, 499)
+    max_p99: Duration = 2.0  # absolute limit on p99, applied from 1000 candidate requests on
+    min_requests: int = Field(default=50, ge=1)  # candidate requests in a ramp step before it may pass
+    compare_to_baseline: bool = True  # off: absolute limits only
+    bake_time: BakeTime = 600.0  # judged after a switch or a ramp's last step: a duration, 0 or `forever`
+    baseline_window: Duration = 300.0  # the old slot's traffic before a switch that the new slot is compared with
+    max_inconclusive: Duration = 300.0  # a step or bake inconclusive this long takes `on_inconclusive`
+    on_inconclusive: Literal["hold", "rollback"] = "hold"  # hold (and alert) or roll back
+    error_ratio: float = Field(default=1.25, ge=1.0)  # a failure or 4xx rate up to this times the baseline's ...
+    error_margin: float = Field(default=0.001, ge=0.0, le=0.5)  # ... plus this is not a regression
+    latency_margin: float = Field(default=0.25, ge=0.0)  # slower by this fraction of a baseline quantile ...
+    latency_margin_min: Duration = 0.010  # ... and by at least this much counts as slower
+    hang_floor: Duration = 1.0  # a request in flight longer than max(this, 5 x baseline p99) counts as failed
+    max_hang: Duration = 10.0  # ... and never later than this
+    tick: Duration = 0.25  # how often the judge looks (its tests stay valid however often)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            gone = [f"`{key}` was removed: {why}" for key, why in _REMOVED_ANALYSIS.items() if key in data]
+            if gone:
+                raise ValueError("; ".join(gone))
+        return data
+
+    @model_validator(mode="after")
+    def _hang(self) -> Analysis:
+        if self.hang_floor > self.max_hang:
+            raise ValueError("hang_floor must not exceed max_hang")
+        if self.tick <= 0:
+            raise ValueError("tick must be positive")
+        return self
 
 
 class Check(ConfigModel):
@@ -122,8 +164,10 @@ class PromQL(ConfigModel):
     """Optional checks against an external Prometheus, polled during ramps and watch windows."""
 
     url: str = "http://127.0.0.1:9090"
+    window: Duration = Field(default=30.0, gt=0)  # the range a check's query covers ({{window}})
     interval: Duration = Field(default=5.0, gt=0)
     timeout: Duration = Field(default=2.0, gt=0)
+    failure_limit: int = Field(default=2, ge=1)  # failing results in a row that roll back (fixed thresholds)
     checks: tuple[PromQLCheck, ...] = ()
 
     @field_validator("url")
