@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
+import socket
+import sys
 from typing import Any
 
 import aiohttp
@@ -14,6 +19,7 @@ from admin.console.routes import CONSOLE, CSP
 from admin.console.stream import QUEUE_CAP, Broadcaster, Listener
 from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy
+from tests.procutil import track
 from tests.test_auth import VIEWER_ENV, VIEWER_SECRET, admin_app
 
 
@@ -147,3 +153,35 @@ async def test_shutdown_ends_open_streams(proxy: Slotswitch) -> None:
         await asyncio.wait_for(proxy.stop(timeout=0.5), 5)
         await asyncio.wait_for(r.content.read(), 5)  # the stream ends: the server closed it
     assert hub(proxy).closed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_slotswitch_demo_prints_the_console_url() -> None:
+    ports = [free_port() for _ in range(4)]
+    args = [f"--{n}={p}" for n, p in zip(("port", "admin-port", "blue-port", "green-port"), ports, strict=True)]
+    proc = track(
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "demo", *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = None
+        while url is None:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+            assert line, "demo exited"
+            found = re.search(r"console\s+(http://\S+)", line)
+            url = found[1] if found else None
+        assert url == f"http://127.0.0.1:{ports[1]}/ui"
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            assert r.status == 200 and r.content_type == "text/html"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 20)

@@ -83,14 +83,17 @@ async def get_events(request: web.Request) -> web.StreamResponse:
 
 
 def add_console_routes(app: web.Application) -> None:
-    services = app[SERVICES]
-    hub = Broadcaster(Sampler(services, app[AUDIT]))
-    services.controller.store.subscribe(lambda old, new: hub.wake())
-    app[CONSOLE] = hub
+    """The routes; the broadcaster is made when the app starts (it reads the app's services)."""
+
+    async def open_hub(app: web.Application) -> None:
+        hub = Broadcaster(Sampler(app[SERVICES], app[AUDIT]))
+        app[SERVICES].controller.store.subscribe(lambda old, new: hub.wake())
+        app[CONSOLE] = hub
 
     async def close_streams(app: web.Application) -> None:
-        await hub.close()
+        await app[CONSOLE].close()
 
+    app.on_startup.append(open_hub)
     app.on_shutdown.append(close_streams)
     for path, (name, body, kind) in _load().items():
         app.router.add_get(path, _static_handler(body, kind), name=name)

@@ -5,7 +5,8 @@
 "use strict";
 
 const TOKEN_KEY = "slotswitch.token";
-const WINDOW_S = 300; // the charts show the last five minutes
+const WINDOW_S = 300; // the charts show up to the last five minutes ...
+const MIN_SPAN_S = 60; // ... and at least one
 const COLORS = { blue: "#3b82f6", green: "#22c55e" };
 const OTHER_COLORS = ["#a855f7", "#f59e0b", "#ec4899", "#14b8a6"];
 
@@ -291,13 +292,17 @@ function renderCharts(s) {
     color: colorOf(name, i), values: view.points.map((p) => [p.t, p.slots[name] ? p.slots[name][key] : null]),
   }));
   const now = s.t;
-  draw($("chart-rps"), series("rps"), now, (v) => num(v, 0));
-  draw($("chart-err"), series("error_ratio"), now, (v) => (v * 100).toFixed(1) + "%");
-  draw($("chart-lat"), [...series("p99_ms"), ...series("p50_ms").map((x) => ({ ...x, dash: true }))], now,
-    (v) => num(v, 0));
-  draw($("chart-inflight"), series("in_flight"), now, (v) => num(v, 0));
-  draw($("chart-weight"), series("weight"), now, (v) => num(v, 0), 100);
+  const first = view.points.length ? view.points[0].t : now;
+  const span = Math.min(WINDOW_S, Math.max(MIN_SPAN_S, now - first));
+  const draw = (canvas, lines, fmt, fixedMax) => drawChart(canvas, lines, now, span, fmt, fixedMax);
+  draw($("chart-rps"), series("rps"), axis);
+  draw($("chart-err"), series("error_ratio"), (v) => +(v * 100).toFixed(2) + "%");
+  draw($("chart-lat"), [...series("p99_ms"), ...series("p50_ms").map((x) => ({ ...x, dash: true }))], axis);
+  draw($("chart-inflight"), series("in_flight"), axis);
+  draw($("chart-weight"), series("weight"), axis, 100);
 }
+
+function axis(v) { return String(+v.toFixed(v >= 10 ? 0 : 2)); }
 
 function niceMax(v) {
   if (!(v > 0)) return 1;
@@ -306,7 +311,7 @@ function niceMax(v) {
   return 10 * p;
 }
 
-function draw(canvas, series, now, fmt, fixedMax) {
+function drawChart(canvas, series, now, span, fmt, fixedMax) {
   const ratio = window.devicePixelRatio || 1;
   const w = canvas.clientWidth, h = canvas.clientHeight;
   if (!w || !h) return;
@@ -319,7 +324,7 @@ function draw(canvas, series, now, fmt, fixedMax) {
   for (const s of series) for (const [, v] of s.values) if (v !== null && v > max) max = v;
   max = fixedMax || niceMax(max);
   const left = 40, bottom = 16, top = 4, right = 4;
-  const x = (t) => left + (w - left - right) * (1 - (now - t) / WINDOW_S);
+  const x = (t) => left + (w - left - right) * (1 - (now - t) / span);
   const y = (v) => top + (h - top - bottom) * (1 - v / max);
   g.font = "11px system-ui, sans-serif";
   g.fillStyle = "#8b98a5";
@@ -330,7 +335,7 @@ function draw(canvas, series, now, fmt, fixedMax) {
     g.beginPath(); g.moveTo(left, yy); g.lineTo(w - right, yy); g.stroke();
     g.fillText(fmt(max * f), 2, yy + 4);
   }
-  g.fillText("-5m", left, h - 3);
+  g.fillText(span >= 120 ? `-${Math.round(span / 60)}m` : `-${Math.round(span)}s`, left, h - 3);
   g.fillText("now", w - right - 22, h - 3);
   for (const s of series) {
     g.strokeStyle = s.color;
@@ -339,7 +344,7 @@ function draw(canvas, series, now, fmt, fixedMax) {
     g.beginPath();
     let pen = false;
     for (const [t, v] of s.values) {
-      if (v === null || v === undefined || now - t > WINDOW_S) { pen = false; continue; }
+      if (v === null || v === undefined || now - t > span) { pen = false; continue; }
       if (pen) g.lineTo(x(t), y(v)); else g.moveTo(x(t), y(v));
       pen = true;
     }
