@@ -79,7 +79,8 @@ AUTH = web.AppKey("auth", Authenticator)
 AUDIT = web.AppKey("audit", AuditLog)
 ACTOR = web.RequestKey("actor", str)  # the caller's token NAME, set by `trust` before the handler runs
 
-PUBLIC = frozenset({"/v1/health", "/openapi.json"})  # served without a token
+# Served without a token: the console's page and files hold no data (admin/console/routes.py STATIC).
+PUBLIC = frozenset({"/v1/health", "/openapi.json", "/ui", "/ui/console.css", "/ui/console.js", "/ui/favicon.svg"})
 READS = frozenset({"GET", "HEAD"})
 
 # Shared with the OpenAPI document, so the handlers accept exactly what it describes. Matched with

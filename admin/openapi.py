@@ -223,6 +223,10 @@ IF_MATCH_PARAM: Json = {
 }
 
 
+def _file(kind: str) -> Json:
+    return {"description": kind, "content": {kind: {"schema": STRING}}}
+
+
 def _read(op_id: str, summary: str, ok: Json, errors: tuple[int, ...] = (401,), **extra: Any) -> Json:
     return {
         "operationId": op_id,
@@ -326,6 +330,31 @@ PATHS: Json = {
             required=True,
             errors=_SLOT,
             parameters=[{"name": "slot", "in": "path", "required": True, "schema": STRING}],
+        )
+    },
+    "/v1/whoami": {
+        "get": _read(
+            "whoami",
+            "The caller's token name (never its secret) and role.",
+            _json("Who", _obj(["name", "role"], name=STRING, role={"type": "string", "enum": ["viewer", "operator"]})),
+        )
+    },
+    "/v1/events": {
+        "get": _read(
+            "events",
+            "The live state as server-sent events, for the console: a `backlog` event (recent chart points), "
+            "then a `state` event about once a second and at once after a change (status, per-slot rates, the "
+            "judge, recent history). The stream stays open.",
+            {"description": "An event stream", "content": {"text/event-stream": {"schema": STRING}}},
+        )
+    },
+    **{
+        path: {"get": _read(op_id, summary, _file(kind), (), security=[])}
+        for path, op_id, summary, kind in (
+            ("/ui", "console", "The web console's page (no token needed; its data needs one).", "text/html"),
+            ("/ui/console.css", "console_css", "The console's style sheet.", "text/css"),
+            ("/ui/console.js", "console_js", "The console's script.", "text/javascript"),
+            ("/ui/favicon.svg", "console_icon", "The console's icon.", "image/svg+xml"),
         )
     },
     "/v1/alerts": {

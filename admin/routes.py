@@ -28,6 +28,7 @@ from admin.api import (
     json_body,
     text,
 )
+from admin.console import add_console_routes
 from admin.metrics import exposition
 from admin.openapi import body_fields, document_for
 from admin.views import change_json, status_json
@@ -199,3 +200,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/promote", post_promote, name="promote")
     app.router.add_put("/v1/slots/{slot}", put_slot, name="deploy")
     add_alert_routes(app)  # POST /v1/alerts, the Alertmanager webhook (admin/alerts.py)
+    add_console_routes(app)  # GET /ui, /v1/whoami, /v1/events: the web console (admin/console/)

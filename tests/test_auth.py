@@ -26,7 +26,8 @@ from tests.test_admin_api import admin, assert_error, call, status
 OPERATOR_SECRET = "op-7c1f0e9b4d"
 VIEWER_SECRET = "view-2a8d51e3"
 VIEWER_ENV = "SLOTSWITCH_TEST_VIEWER_TOKEN"
-PUBLIC = {("GET", "/v1/health"), ("GET", "/openapi.json")}
+CONSOLE_FILES = ("/ui", "/ui/console.css", "/ui/console.js", "/ui/favicon.svg")
+PUBLIC = {("GET", "/v1/health"), ("GET", "/openapi.json"), *(("GET", path) for path in CONSOLE_FILES)}
 
 
 def tokens(token_file: Path) -> list[dict[str, str]]:
@@ -68,6 +69,9 @@ def matrix(app: Slotswitch, ups: Upstreams) -> list[tuple[str, str, dict[str, An
         ("GET", "/metrics", None),
         ("GET", "/v1/history", None),
         ("GET", "/openapi.json", None),
+        ("GET", "/v1/whoami", None),
+        ("GET", "/v1/events", None),
+        *(("GET", path, None) for path in CONSOLE_FILES),
         ("POST", "/v1/ramp", {"slot": "green", "steps": [50], "interval": "1h"}),
         ("POST", "/v1/pause", {"reason": "look at the graphs"}),
         ("POST", "/v1/resume", None),
@@ -118,13 +122,16 @@ async def test_role_matrix(secured: Slotswitch, upstreams: Upstreams) -> None:
 async def call_any(
     s: aiohttp.ClientSession, method: str, path: str, body: dict[str, Any] | None
 ) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
-    """Like `call`, but /metrics answers text: its body comes back as {"text": ...}."""
+    """Like `call`, but /metrics and the console's files answer text: their body comes back as
+    {"text": ...}; the event stream (/v1/events), which never ends, as {} once its headers arrive."""
     kwargs = {"json": body} if body is not None else {}
-    if path != "/metrics":
+    if path != "/metrics" and path != "/v1/events" and path not in CONSOLE_FILES:
         return await call(s, method, path, **kwargs)
     async with s.request(method, path) as r:
         if r.content_type == "application/json":
             return r.status, await r.json(), r
+        if r.content_type == "text/event-stream":
+            return r.status, {}, r
         return r.status, {"text": await r.text()}, r
 
 

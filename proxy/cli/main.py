@@ -79,6 +79,7 @@ DEMO_HELP = """\
 slotswitch demo is running:
   proxy      http://127.0.0.1:{proxy}/        (active slot: blue, answers "v1")
   admin API  http://127.0.0.1:{admin}/v1/status
+  console    http://127.0.0.1:{admin}/ui      (live view and release buttons; no login on loopback)
   blue app   http://127.0.0.1:{blue}/   green app http://127.0.0.1:{green}/
 
 Try:
