@@ -24,6 +24,7 @@ from admin.metrics import make_metrics_app, make_registry
 from proxy import native
 from proxy.datapath.pool import UpstreamPool
 from proxy.datapath.server import ProxyServer
+from proxy.datapath.tls import CertInfo, TLSError, check_client
 from proxy.fleet.persist import StateError, StateStore, initial_snapshot, open_store, persisting
 from proxy.fleet.sync import Fleet, FleetStartError
 from proxy.process.workers import WorkerSet
@@ -65,10 +66,13 @@ class Slotswitch:
         empty, mean files next to the config file, or memory only without one)."""
         self.settings = settings
         self.config_path = Path(config_path) if config_path else None
+        self.proxy_port = 0
+        self.redirect_port = 0  # redirect_http's bound port; 0 when it is not set
         self.token = os.environ.get(TOKEN_ENV, "") if token is None else token
         self.loop = asyncio.get_running_loop()
         loop = self.loop
-        self.registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
+        config = self.config_path
+        self.registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port, config))
         # Everything the config points at is checked before anything is written: tokens, state, audit log.
         try:
             self.auth = Authenticator(self._credentials(settings))  # replaced whole by reload()
@@ -78,6 +82,10 @@ class Slotswitch:
         first = self._first_snapshot(reset_state)
         self.store = Store(first)
         self.server = ProxyServer(self.store, loop, config_path=self.config_path)
+        try:  # the listener's certificates and the upstreams' TLS files: every problem at once
+            self._check_tls(settings)
+        except TLSError as exc:
+            raise StartupError("\n".join(exc.errors)) from None
         self.controller = Controller(self.store, self.registry, self.server)
         self.health = HealthChecker(self.store, self.server)
         self.controller.gates.append(self.health.gate)
@@ -109,7 +117,6 @@ class Slotswitch:
         )
         self._admin_runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
-        self.proxy_port = 0
         self.admin_port = 0
         self.metrics_port = 0  # admin.metrics_listen's bound port; 0 when it is not set
         self.stopped = asyncio.Event()
@@ -144,8 +151,38 @@ class Slotswitch:
         """Every admin token's secret, read now; AuthConfigError if one cannot be read or none is
         configured where one is required. The admin listener is the running one (it needs a restart)."""
         credentials = load_credentials(settings.admin, self.token, self.config_path)
-        check_exposure(self.settings.admin.listen, settings.admin.insecure_loopback, credentials)
+        check_exposure(
+            self.settings.admin.listen,
+            settings.admin.insecure_loopback,
+            credentials,
+            tls=self.settings.admin.tls,
+            allow_plaintext=settings.admin.allow_plaintext,
+        )
         return credentials
+
+    def _check_tls(self, settings: Settings) -> None:
+        """Load the listener's certificates (new handshakes get them) after checking the upstreams' TLS
+        files; TLSError with every problem, and nothing changed, if one cannot be used."""
+        errors = [
+            problem
+            for name, slot in settings.slots.items()
+            if any(up.https for up in slot.upstreams)
+            and (problem := check_client(slot.tls, self.config_path, f"slots.{name}.tls")) is not None
+        ]
+        if errors:
+            raise TLSError(errors)
+        if (settings.tls is None) != (self.server.tls is None) and self.proxy_port:
+            log.warning(
+                "tls added to or removed from the listener in the config: that takes effect only after a restart"
+            )
+        elif settings.tls is not None:
+            self.server.load_tls(settings)
+        for pool in self.registry.pools.values():
+            pool.reload_tls()
+
+    @staticmethod
+    def days_left(info: CertInfo) -> float:
+        return (info.not_after - time.time()) / 86400
 
     def _store_up(self) -> bool:
         return self.fleet is not None and self.fleet.up
@@ -164,6 +201,12 @@ class Slotswitch:
         else:
             await self.server.listen(host, port)
             self.proxy_port = self.server.bound_port()
+            if self.settings.redirect_http.listen:
+                rhost, rport = parse_listen(self.settings.redirect_http.listen)
+                await self.server.listen_redirect(rhost, rport, self.proxy_port)
+                self.redirect_port = self.server.bound_port(redirect=True)
+        if self.workers is not None:
+            self.redirect_port = self.workers.redirect_port
         self.gates.proxy_port = self.proxy_port
         self.analyzer.start()
         self.promql.start()
@@ -189,6 +232,15 @@ class Slotswitch:
             parse_listen(admin.listen)[0],
             self.admin_port,
         )
+        if self.server.tls is not None:
+            for info in self.server.tls.expiries():
+                log.info("tls certificate %s (%s) expires in %.0f days", info.name, info.path, self.days_left(info))
+        if self.redirect_port:
+            log.info(
+                "redirecting http on port %d to https (%s forwarded)",
+                self.redirect_port,
+                self.settings.redirect_http.acme_prefix or "nothing",
+            )
         if self._metrics_runner is not None:  # a line of its own: the line above keeps its format
             log.info(
                 "metrics on %s:%d (GET /metrics, no token)", parse_listen(admin.metrics_listen)[0], self.metrics_port
@@ -200,7 +252,9 @@ class Slotswitch:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         host, port = parse_listen(listen)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # admin.tls: the traffic listener's context, so a SIGHUP renews both
+        tls = self.server.tls.front if self.settings.admin.tls and self.server.tls is not None else None
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:
@@ -225,8 +279,18 @@ class Slotswitch:
         except AuthConfigError as exc:
             log.error("config reload refused, keeping the running config:\n%s", exc)
             return False
+        try:
+            self._check_tls(settings)
+        except TLSError as exc:
+            log.error("config reload refused, keeping the running config and certificates:\n%s", "\n".join(exc.errors))
+            return False
+        if self.workers is not None:
+            self.workers.reload_tls(settings)
         old = self.settings
         moved = settings.listen != old.listen or settings.admin.listen != old.admin.listen
+        moved = (
+            moved or settings.redirect_http.listen != old.redirect_http.listen or settings.admin.tls != old.admin.tls
+        )
         if moved or settings.admin.metrics_listen != old.admin.metrics_listen:
             log.warning("listen addresses changed in the config: they take effect only after a restart")
         if settings.state != self.settings.state or settings.admin.audit_log != self.settings.admin.audit_log:
