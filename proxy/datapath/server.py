@@ -136,15 +136,15 @@ class ProxyServer:
         self._trusted_exact = frozenset(str(n.network_address) for n in nets if n.num_addresses == 1)
         self._trusted_nets = tuple(n for n in nets if n.num_addresses > 1)
         tls = settings.tls
-        self.xfp_line = wire.XFP_HTTPS if tls is not None else wire.XFP_HTTP
-        self.resp_tail = (tls.hsts.header() if tls is not None else b"") + wire.VIA
+        self.xfp_line = wire.XFP_HTTPS if tls.enabled else wire.XFP_HTTP
+        self.resp_tail = (tls.hsts.header() if tls.enabled else b"") + wire.VIA
         self.acme_prefix = settings.redirect_http.acme_prefix.encode("latin-1")
         self.handshake_timeout = t.header_read or 60.0
 
     def load_tls(self, settings: Settings) -> None:
         """Load the listener's certificates: the first time, the context of the listener to come; later
         (SIGHUP), new handshakes get the new ones. TLSError (the running ones kept) when a pair is bad."""
-        if settings.tls is None:
+        if not settings.tls.enabled:
             return
         certs = load_certs(settings.tls, self.config_path)
         if self.tls is None:

@@ -171,11 +171,9 @@ class Slotswitch:
         ]
         if errors:
             raise TLSError(errors)
-        if (settings.tls is None) != (self.server.tls is None) and self.proxy_port:
-            log.warning(
-                "tls added to or removed from the listener in the config: that takes effect only after a restart"
-            )
-        elif settings.tls is not None:
+        if settings.tls.enabled != (self.server.tls is not None) and self.proxy_port:
+            log.warning("tls added to or removed from the listener: that takes effect only after a restart")
+        elif settings.tls.enabled:
             self.server.load_tls(settings)
         for pool in self.registry.pools.values():
             pool.reload_tls()

@@ -172,7 +172,7 @@ class Metrics(ConfigModel):
 
 class Settings(ConfigModel):
     listen: str = "127.0.0.1:8080"
-    tls: ListenerTLS | None = None  # TLS termination on `listen`; none = plain HTTP
+    tls: ListenerTLS = ListenerTLS()
     redirect_http: RedirectHTTP = RedirectHTTP()
     slots: dict[Annotated[str, StringConstraints(pattern=SLOT_NAME.pattern)], SlotConfig]
     active: str
@@ -236,9 +236,9 @@ class Settings(ConfigModel):
         unknown = [name for name in self.health.checks if name not in self.slots]
         if unknown:
             raise ValueError(f"health.checks: no slot named {', '.join(map(repr, unknown))}")
-        if self.tls is None and self.redirect_http.listen:
+        if not self.tls.enabled and self.redirect_http.listen:
             raise ValueError("redirect_http: redirects to https need tls on the listener")
-        if self.tls is None and self.admin.tls:
+        if not self.tls.enabled and self.admin.tls:
             raise ValueError("admin.tls: serves the listener's certificates, so it needs tls")
         return self
 

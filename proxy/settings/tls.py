@@ -46,10 +46,10 @@ class Hsts(ConfigModel):
 
 class ListenerTLS(ConfigModel):
     """TLS termination on the traffic listener: TLS 1.2 and 1.3, Mozilla's "intermediate" ciphers, ALPN
-    http/1.1, session tickets. Give `cert` and `key`, or `certificates` (chosen by SNI, the first as the
-    default), or both (then `cert`/`key` is the default and comes first)."""
+    http/1.1, session tickets. On when `cert` and `key` or `certificates` are set (chosen by SNI, the
+    first as the default; with both, `cert`/`key` is the default and comes first)."""
 
-    cert: str = ""
+    cert: str = ""  # "" (and no certificates) = plain HTTP on `listen`
     key: str = ""
     certificates: tuple[CertPair, ...] = ()
     hsts: Hsts = Hsts()
@@ -57,12 +57,14 @@ class ListenerTLS(ConfigModel):
     ticket_key_rotation: Duration = 43200.0
 
     @model_validator(mode="after")
-    def _some_pair(self) -> ListenerTLS:
+    def _pair(self) -> ListenerTLS:
         if bool(self.cert) != bool(self.key):
-            raise ValueError("tls: set both cert and key, or neither (and use tls.certificates)")
-        if not self.cert and not self.certificates:
-            raise ValueError("tls: set cert and key, or at least one entry of tls.certificates")
+            raise ValueError("set both cert and key, or neither (and use tls.certificates)")
         return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert or self.certificates)
 
     def pairs(self) -> tuple[CertPair, ...]:
         """Every pair, the default first."""
