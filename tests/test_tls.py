@@ -320,3 +320,44 @@ def test_tls_error_lists_every_pair(ca: TestCA) -> None:
     with pytest.raises(TLSError) as err:
         load_certs(settings, None)
     assert len(err.value.errors) == 2
+
+
+def _resumed(port: int, ctx: ssl.SSLContext, tries: int) -> list[bool]:
+    """One full handshake, then `tries` new connections offering its session: which of them resumed."""
+    import socket
+
+    def request(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        ):
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            while tls.recv(65536):  # TLS 1.3 tickets arrive after the handshake: read the whole answer
+                pass
+            return tls.session, tls.session_reused
+
+    session, _ = request(None)
+    return [request(session)[1] for _ in range(tries)]
+
+
+async def test_workers_serve_tls_and_resume_sessions_across_workers(upstreams: Upstreams, ca: TestCA) -> None:
+    settings = parse_settings(
+        settings_for(upstreams, tls=_tls(ca), redirect_http={"listen": "127.0.0.1:0"}, workers=2)
+    )
+    app = Slotswitch(settings, token="", workers=2)
+    await app.start()
+    try:
+        assert app.workers is not None and len(app.workers.workers) == 2
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):  # tickets of both
+            ctx = ca.client_context()
+            ctx.maximum_version = version
+            resumed = await asyncio.to_thread(_resumed, app.proxy_port, ctx, 20)
+            assert all(resumed), resumed  # 20 connections spread over 2 workers, every one resumed
+        status, headers, _ = await get(app.proxy_port, ca.client_context(), "localhost", "/")
+        assert status == 200 and headers["x-slotswitch-slot"] == "blue"
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.redirect_port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert f"Location: https://localhost:{app.proxy_port}/x\r\n".encode() in await reader.read(-1)
+        writer.close()
+    finally:
+        await app.stop(1.0)

@@ -27,6 +27,7 @@ from proxy.datapath.server import ProxyServer
 from proxy.datapath.tls import CertInfo, TLSError, check_client
 from proxy.fleet.persist import StateError, StateStore, initial_snapshot, open_store, persisting
 from proxy.fleet.sync import Fleet, FleetStartError
+from proxy.process import tickets
 from proxy.process.workers import WorkerSet
 from proxy.release.analysis import Analyzer
 from proxy.release.audit import AuditLog, reset_entry
@@ -120,6 +121,7 @@ class Slotswitch:
         self.admin_port = 0
         self.metrics_port = 0  # admin.metrics_listen's bound port; 0 when it is not set
         self.stopped = asyncio.Event()
+        self._ticket_task: asyncio.Task[None] | None = None
 
     def _open_state(self, state_path: str | Path | None) -> StateStore | None:
         path = beside_config(self.settings.state.file, self.config_path, ".state.json")
@@ -194,6 +196,10 @@ class Slotswitch:
                 raise StartupError(str(exc)) from None
         await self.health.start()
         await self.health.run_round()  # the gate and /v1/status have data from the start
+        if self.server.tls is not None:  # before the workers start: they get the keys in their init message
+            self._rotate_tickets()
+            if self.settings.tls.ticket_key_rotation > 0:
+                self._ticket_task = asyncio.get_running_loop().create_task(self._ticket_rotation())
         if self.workers is not None:
             self.proxy_port = await self.workers.start()
         else:
@@ -243,6 +249,20 @@ class Slotswitch:
             log.info(
                 "metrics on %s:%d (GET /metrics, no token)", parse_listen(admin.metrics_listen)[0], self.metrics_port
             )
+
+    def _rotate_tickets(self) -> None:
+        """New session ticket keys, the same in every worker (proxy.process.tickets)."""
+        assert self.server.tls is not None
+        keys = tickets.new_keys()
+        if self.workers is not None:
+            self.workers.set_ticket_keys(keys)
+        tickets.install(self.server.tls.front, keys)  # this process's listener, or the admin API's
+
+    async def _ticket_rotation(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tls.ticket_key_rotation or 3600.0)
+            if self.settings.tls.ticket_key_rotation > 0 and self.server.tls is not None:
+                self._rotate_tickets()
 
     async def _serve(self, app: web.Application, setting: str, listen: str) -> tuple[web.AppRunner, int]:
         """Serve `app` on `listen` (the value of config key `setting`); returns its runner and bound port.
@@ -313,6 +333,8 @@ class Slotswitch:
             await self.workers.wait_exit(timeout)
         cut = await self.server.shutdown(timeout)
         self.controller.drainer.cancel_all()
+        if self._ticket_task is not None:
+            self._ticket_task.cancel()
         await self.analyzer.stop()
         if self.fleet is not None:
             await self.fleet.stop()

@@ -8,9 +8,9 @@ generation it now routes by. Every REPORT_INTERVAL it sends what it counted (req
 errors, in-flight, drains) for the master to add up for /metrics and the judge.
 
 Messages from the master: init {settings, state, health, port, redirect_port, internal_secret,
-config_path}, state {state}, settings {settings, state}, health {health}, tls {settings} (SIGHUP: read
-the certificates again), stop {timeout}. To the master: ready
-{pid, port}, ack {generation}, report {slots}, bye {cut}.
+config_path, ticket_keys}, state {state}, settings {settings, state}, health {health}, tls {settings}
+(SIGHUP: read the certificates again), tickets {keys} (rotated session ticket keys), stop {timeout}.
+To the master: ready {pid, port}, ack {generation}, report {slots}, bye {cut}.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from proxy.datapath.pool import UpstreamPool
 from proxy.datapath.server import ProxyServer
 from proxy.datapath.tls import TLSError
+from proxy.process import tickets
 from proxy.process.runtime import configure_logging, reuseport_socket
 from proxy.release.drain import Drainer
 from proxy.routing.state import Registry, Snapshot, Store, build_snapshot, routing_fields
@@ -69,6 +70,7 @@ class Worker:
         self.store.subscribe(self.drainer.on_publish)
         self.server = ProxyServer(self.store, self.loop, config_path=self.config_path)
         self.server.load_tls(settings)  # checked by the master just before
+        self.set_ticket_keys(message.get("ticket_keys", ""))
         # The master's secret: its smoke and warm-up requests may land on any worker.
         self.server.internal_secret = message["internal_secret"].encode()
         self.apply_health(message.get("health", {}))
@@ -96,6 +98,10 @@ class Worker:
             for pool in route.pools if route else ():
                 if pool.url in pools:
                     pool.set_health(pools[pool.url])
+
+    def set_ticket_keys(self, keys: str) -> None:
+        if keys and self.server is not None and self.server.tls is not None:
+            tickets.install(self.server.tls.front, bytes.fromhex(keys))
 
     def reload_tls(self, settings: Settings) -> None:
         assert self.server is not None
@@ -137,6 +143,8 @@ class Worker:
                     self.apply_state(message["state"])
                 elif kind == "settings":
                     self.apply_state(message["state"], parse_settings(message["settings"]))
+                elif kind == "tickets":
+                    self.set_ticket_keys(message["keys"])
                 elif kind == "tls":
                     self.reload_tls(parse_settings(message["settings"]))
                 elif kind == "health":

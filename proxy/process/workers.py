@@ -60,6 +60,7 @@ class WorkerSet:
         self._sock: socket.socket | None = None
         self._redirect_sock: socket.socket | None = None
         self.redirect_port = 0  # redirect_http's port, held like the traffic port; 0 = none
+        self.ticket_keys = b""  # the TLS session ticket keys every worker uses (proxy.process.tickets)
         self._health: dict[str, dict[str, bool]] = {}
         app.store.subscribe(self.on_publish)
         app.health.listeners.append(self.on_health)
@@ -109,6 +110,7 @@ class WorkerSet:
                 "health": self._health,
                 "port": self.port,
                 "redirect_port": self.redirect_port,
+                "ticket_keys": self.ticket_keys.hex(),
                 "internal_secret": self.app.server.internal_secret.decode(),
                 # Relative paths in the settings (preview.secret_file) resolve against its directory.
                 "config_path": str(config.absolute()) if (config := self.app.config_path) is not None else None,
@@ -166,6 +168,11 @@ class WorkerSet:
         message = {"type": "tls", "settings": settings.model_dump(mode="json")}
         for worker in self.workers:
             self._send(worker, message)
+
+    def set_ticket_keys(self, keys: bytes) -> None:
+        self.ticket_keys = keys
+        for worker in self.workers:
+            self._send(worker, {"type": "tickets", "keys": keys.hex()})
 
     def health_vector(self) -> dict[str, dict[str, bool]]:
         snap = self.app.store.current
