@@ -341,9 +341,7 @@ def _resumed(port: int, ctx: ssl.SSLContext, tries: int) -> list[bool]:
 
 
 async def test_workers_serve_tls_and_resume_sessions_across_workers(upstreams: Upstreams, ca: TestCA) -> None:
-    settings = parse_settings(
-        settings_for(upstreams, tls=_tls(ca), redirect_http={"listen": "127.0.0.1:0"}, workers=2)
-    )
+    settings = parse_settings(settings_for(upstreams, tls=_tls(ca), redirect_http={"listen": "127.0.0.1:0"}, workers=2))
     app = Slotswitch(settings, token="", workers=2)
     await app.start()
     try:
