@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,17 @@ class TestCA:
         self.ca_file = folder / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_file))
 
-    def issue(self, *names: str, key_type: trustme.KeyType = trustme.KeyType.ECDSA) -> Pair:
-        """A leaf certificate for `names` (the chain file holds the leaf then the CA), and its key."""
+    def issue(self, *names: str, key_type: trustme.KeyType = trustme.KeyType.ECDSA, days: float = 90) -> Pair:
+        """A leaf certificate for `names` valid for `days` more days (the chain file holds the leaf then
+        the CA), and its key."""
         self.count += 1
-        leaf = self.ca.issue_cert(*names, key_type=key_type)
+        now = datetime.datetime.now(datetime.UTC)
+        leaf = self.ca.issue_cert(
+            *names,
+            key_type=key_type,
+            not_before=now - datetime.timedelta(hours=1),
+            not_after=now + datetime.timedelta(days=days),
+        )
         cert = self.folder / f"leaf{self.count}.pem"
         key = self.folder / f"leaf{self.count}.key"
         leaf.private_key_pem.write_to_path(str(key))

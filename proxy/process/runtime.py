@@ -27,7 +27,7 @@ from proxy.datapath.server import ProxyServer
 from proxy.datapath.tls import CertInfo, TLSError, check_client
 from proxy.fleet.persist import StateError, StateStore, initial_snapshot, open_store, persisting
 from proxy.fleet.sync import Fleet, FleetStartError
-from proxy.process import tickets
+from proxy.process import libssl
 from proxy.process.workers import WorkerSet
 from proxy.release.analysis import Analyzer
 from proxy.release.audit import AuditLog, reset_entry
@@ -177,6 +177,8 @@ class Slotswitch:
             log.warning("tls added to or removed from the listener: that takes effect only after a restart")
         elif settings.tls.enabled:
             self.server.load_tls(settings)
+            assert self.server.tls is not None
+            libssl.set_groups(self.server.tls.front)
         for pool in self.registry.pools.values():
             pool.reload_tls()
 
@@ -253,10 +255,10 @@ class Slotswitch:
     def _rotate_tickets(self) -> None:
         """New session ticket keys, the same in every worker (proxy.process.tickets)."""
         assert self.server.tls is not None
-        keys = tickets.new_keys()
+        keys = libssl.new_keys()
         if self.workers is not None:
             self.workers.set_ticket_keys(keys)
-        tickets.install(self.server.tls.front, keys)  # this process's listener, or the admin API's
+        libssl.install(self.server.tls.front, keys)  # this process's listener, or the admin API's
 
     async def _ticket_rotation(self) -> None:
         while True:

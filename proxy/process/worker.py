@@ -28,7 +28,7 @@ from typing import Any
 from proxy.datapath.pool import UpstreamPool
 from proxy.datapath.server import ProxyServer
 from proxy.datapath.tls import TLSError
-from proxy.process import tickets
+from proxy.process import libssl
 from proxy.process.runtime import configure_logging, reuseport_socket
 from proxy.release.drain import Drainer
 from proxy.routing.state import Registry, Snapshot, Store, build_snapshot, routing_fields
@@ -70,6 +70,8 @@ class Worker:
         self.store.subscribe(self.drainer.on_publish)
         self.server = ProxyServer(self.store, self.loop, config_path=self.config_path)
         self.server.load_tls(settings)  # checked by the master just before
+        if self.server.tls is not None:
+            libssl.set_groups(self.server.tls.front)
         self.set_ticket_keys(message.get("ticket_keys", ""))
         # The master's secret: its smoke and warm-up requests may land on any worker.
         self.server.internal_secret = message["internal_secret"].encode()
@@ -101,7 +103,7 @@ class Worker:
 
     def set_ticket_keys(self, keys: str) -> None:
         if keys and self.server is not None and self.server.tls is not None:
-            tickets.install(self.server.tls.front, bytes.fromhex(keys))
+            libssl.install(self.server.tls.front, bytes.fromhex(keys))
 
     def reload_tls(self, settings: Settings) -> None:
         assert self.server is not None

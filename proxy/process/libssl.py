@@ -1,8 +1,15 @@
-"""Session ticket keys shared by every worker, so a client resumes on whichever worker it lands on.
+"""What Python's ssl module cannot set on the listener's SSLContext, set through libssl itself:
 
-Python's ssl module has no API for ticket keys; OpenSSL has one (SSL_CTX_ctrl with
-SSL_CTRL_SET_TLSEXT_TICKET_KEYS: 16 bytes of key name, 32 of HMAC key, 32 of AES key). This module
-calls it through ctypes on the listener's SSL_CTX, which it reaches only when every check passes:
+- session ticket keys shared by every worker, so a client resumes on whichever worker it lands on
+  (SSL_CTX_ctrl with SSL_CTRL_SET_TLSEXT_TICKET_KEYS: 16 bytes of key name, 32 of HMAC key, 32 of AES key);
+- the key exchange groups of Mozilla's intermediate profile, X25519, P-256 and P-384 (OpenSSL's
+  default list also offers P-521 and X448), with SSL_CTRL_SET_GROUPS_LIST. Without libssl the listener
+  offers P-256 alone (ssl's set_ecdh_curve), still within the profile.
+
+Both apply to the listener's first context (`ServerTLS.front`): OpenSSL takes a connection's groups and
+its ticket keys from the context it was created with, whichever context SNI then moves it to.
+
+This module calls SSL_CTX_ctrl through ctypes on the listener's SSL_CTX, which it reaches only when every check passes:
 CPython with the usual object header, the libssl that this process has mapped (the one `_ssl` uses),
 and SSL_CTX_get_options on the pointer read back equal to the context's own `options` (so the pointer
 is the SSL_CTX of that context). When a check fails, `install` returns False and says why, and each
@@ -27,6 +34,8 @@ log = logging.getLogger("slotswitch.tls")
 KEYS_LENGTH = 80
 _SET_KEYS = 59  # SSL_CTRL_SET_TLSEXT_TICKET_KEYS
 _GET_KEYS = 58  # SSL_CTRL_GET_TLSEXT_TICKET_KEYS
+_SET_GROUPS_LIST = 92  # SSL_CTRL_SET_GROUPS_LIST
+GROUPS = b"X25519:P-256:P-384"
 
 
 def new_keys() -> bytes:
@@ -82,6 +91,16 @@ def install(ctx: ssl.SSLContext, keys: bytes) -> bool:
         log.warning("libssl refused the session ticket keys: each worker keeps its own")
         return False
     return True
+
+
+def set_groups(ctx: ssl.SSLContext) -> None:
+    """Offer X25519, P-256 and P-384 for the key exchange; P-256 alone if libssl cannot be reached."""
+    found = _ssl_ctx(ctx)
+    if not isinstance(found, str):
+        lib, pointer = found
+        if lib.SSL_CTX_ctrl(pointer, _SET_GROUPS_LIST, 0, ctypes.c_char_p(GROUPS)) == 1:
+            return
+    ctx.set_ecdh_curve("prime256v1")
 
 
 def installed(ctx: ssl.SSLContext) -> bytes | None:
