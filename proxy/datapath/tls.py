@@ -14,7 +14,7 @@ Invariants:
   cannot be read or whose key does not match its certificate; the running set is then kept.
 - Session tickets are issued and read by `front` (OpenSSL keeps the session context of the
   connection's first SSL_CTX), so resumption survives a certificate swap. Their keys are shared
-  with the other workers and rotated by proxy.datapath.tickets where libssl allows it.
+  with the other workers and rotated by proxy.process.libssl where libssl allows it.
 - Every context: TLS 1.2 and 1.3 only, Mozilla "intermediate" TLS 1.2 ciphers (ECDHE with AES-GCM
   and ChaCha20-Poly1305), no compression, the client's cipher preference, ALPN http/1.1.
 """
