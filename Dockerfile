@@ -5,7 +5,7 @@
 #     slotswitch
 # The config must listen on 0.0.0.0:8080 and admin.listen on 0.0.0.0:9901 to be reachable (the
 # HEALTHCHECK asks 127.0.0.1:9901, or SLOTSWITCH_HEALTHCHECK_URL); a non-loopback admin.listen needs
-# a token (admin.tokens or SLOTSWITCH_ADMIN_TOKEN). The mounted config is read-only, so set
+# a token (admin.tokens or SLOTSWITCH_ADMIN_TOKEN), and TLS (admin.tls) or admin.allow_plaintext: true. The mounted config is read-only, so set
 # `state: {file: /var/lib/slotswitch/state.json}` and `admin: {audit_log: /var/lib/slotswitch/audit.jsonl}`
 # (the defaults, next to the config file, are not writable here and the start fails, naming the file).
 # `workers: 0` means one per CPU of the host, not of the container's CPU limit: set `workers` to the

@@ -10,12 +10,15 @@
 - Roles: a viewer may only read (GET, HEAD); an operator may do everything.
 - No token at all is allowed only on a loopback address with `admin.insecure_loopback: true`;
   every caller is then the operator "loopback".
+- Tokens on a non-loopback listener need TLS (`admin.tls`), or `admin.allow_plaintext: true`,
+  which is logged as a WARNING at every start and reload.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +35,8 @@ TOKEN_ENV = "SLOTSWITCH_ADMIN_TOKEN"
 ENV_TOKEN_NAME = "env"
 READ_METHODS = frozenset({"GET", "HEAD"})
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")  # a bearer credential: visible ASCII, no spaces
+
+log = logging.getLogger("slotswitch.auth")
 
 
 class AuthConfigError(ValueError):
@@ -128,11 +133,26 @@ def _read_all(
     return named, errors
 
 
-def check_exposure(listen: str, insecure_loopback: bool, credentials: tuple[Credential, ...]) -> None:
-    """Without any token the admin API is open: allow that only on loopback, and only on request."""
-    if credentials:
-        return
+def check_exposure(
+    listen: str,
+    insecure_loopback: bool,
+    credentials: tuple[Credential, ...],
+    *,
+    tls: bool = False,
+    allow_plaintext: bool = False,
+) -> None:
+    """Without any token the admin API is open: allow that only on loopback, and only on request.
+    With tokens off loopback, bearer tokens cross the network: only over TLS, unless allowed."""
     host, _ = parse_listen(listen)
+    if credentials:
+        if not is_loopback(host) and not tls:
+            if not allow_plaintext:
+                raise AuthConfigError(
+                    f"admin.listen is {listen}, not loopback, without TLS: bearer tokens would cross the network "
+                    "in clear text. Set admin.tls: true (with tls on the listener), or admin.allow_plaintext: true"
+                )
+            log.warning("the admin API on %s takes bearer tokens over plain HTTP (admin.allow_plaintext)", listen)
+        return
     if not is_loopback(host):
         raise AuthConfigError(
             f"admin.listen is {listen}, not loopback, and no admin token is configured "

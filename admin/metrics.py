@@ -16,6 +16,7 @@ Where /metrics is served, always from the one registry of the process that holds
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
@@ -139,6 +140,16 @@ class SlotswitchCollector(Collector):
         store_up = GaugeMetricFamily("slotswitch_state_store_up", "1 when the state store is reachable.")
         store_up.add_metric([], 0.0 if self.store_up is not None and not self.store_up() else 1.0)
         yield store_up
+        expiry = GaugeMetricFamily(
+            "slotswitch_tls_certificate_expiry_seconds",
+            "Seconds until the listener's certificate expires (negative: expired), by its first name.",
+            labels=["name"],
+        )
+        tls = self.controller.server.tls
+        now = time.time()
+        for cert in tls.expiries() if tls is not None else ():
+            expiry.add_metric([cert.name], cert.not_after - now)
+        yield expiry
         info = GaugeMetricFamily(
             "slotswitch_build_info",
             "Build information; data_path is compiled (mypyc) or python.",

@@ -166,6 +166,22 @@ SCHEMAS: Json = {
             reason=STRING,
             at=NUMBER,
         ),
+        tls=_nullable(
+            _obj(
+                ["certificates"],
+                certificates={
+                    "type": "array",
+                    "items": _obj(
+                        ["name", "names", "file", "not_after", "expires_in_s"],
+                        name=STRING,
+                        names={"type": "array", "items": STRING},
+                        file=STRING,
+                        not_after=STRING,
+                        expires_in_s=INT,
+                    ),
+                },
+            )
+        ),
     ),
     "Change": {
         "description": "The status after the call, plus whether it changed anything and the slot active before.",

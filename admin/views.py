@@ -61,7 +61,17 @@ def status_json(services: Services) -> dict[str, Any]:
             "reason": snap.reason,
             "at": snap.changed_at,
         },
+        "tls": tls_json(services),
     }
+
+
+def tls_json(services: Services) -> dict[str, Any] | None:
+    """The listener's certificates and their expiry; None on a plain-HTTP listener."""
+    tls = services.controller.server.tls
+    if tls is None:
+        return None
+    now = time.time()
+    return {"certificates": [info.as_dict(now) for info in tls.expiries()]}
 
 
 def change_json(services: Services, result: Result) -> dict[str, Any]:

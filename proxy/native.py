@@ -37,6 +37,7 @@ COMPILED = (
     "proxy.datapath.llhttp",
     "proxy.datapath.exchange",
     "proxy.datapath.scan",
+    "proxy.datapath.tls",
     "proxy.datapath.upstream",
     "proxy.datapath.relay",
     "proxy.datapath.headers",

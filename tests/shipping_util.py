@@ -69,6 +69,7 @@ def exported_series() -> set[str]:
 
 METRIC_RE = re.compile(r"(?<![\w:])slotswitch_[a-z_]+")
 NOT_METRICS = {"slotswitch_rollback", "slotswitch_preview"}  # an alert label, a cookie name
+TLS_ONLY_METRICS = {"slotswitch_tls_certificate_expiry_seconds"}  # exported only with tls on the listener
 
 
 def free_port() -> int:

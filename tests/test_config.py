@@ -153,8 +153,8 @@ def test_single_error_has_its_path(overrides: dict[str, Any], expected: str) -> 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("ftp://127.0.0.1:21", "not a URL of the form http://host:port: 'ftp://127.0.0.1:21'"),
-        ("127.0.0.1:5002", "not a URL of the form http://host:port: '127.0.0.1:5002'"),
+        ("ftp://127.0.0.1:21", "not a URL of the form http://host:port or https://host:port: 'ftp://127.0.0.1:21'"),
+        ("127.0.0.1:5002", "not a URL of the form http://host:port or https://host:port: '127.0.0.1:5002'"),
         ("http://127.0.0.1:5002/app", "an upstream URL has no path or query: 'http://127.0.0.1:5002/app'"),
         ("http://127.0.0.1:99999", "bad port in 'http://127.0.0.1:99999'"),
     ],
@@ -170,7 +170,7 @@ def test_only_upstream_bad_is_one_error() -> None:
     data = minimal()
     data["slots"]["green"]["upstreams"] = ["green.internal:8080"]
     assert errors_of(data) == [
-        "slots.green.upstreams[0]: not a URL of the form http://host:port: 'green.internal:8080'"
+        "slots.green.upstreams[0]: not a URL of the form http://host:port or https://host:port: 'green.internal:8080'"
     ]
 
 
@@ -234,7 +234,7 @@ def test_several_errors_are_all_reported_at_once() -> None:
         "limits.body: expected a size like 8192, 8KiB or 1MiB, got 'lots'",
         "admin.listen: expected host:port, got '0.0.0.0:99999'",
         "workers: Input should be greater than or equal to 0",
-        "slots.green.upstreams[1]: not a URL of the form http://host:port: 'tcp://127.0.0.1:5003'",
+        "slots.green.upstreams[1]: not a URL of the form http://host:port or https://host:port: 'tcp://127.0.0.1:5003'",
     ]
     assert sorted(errors) == sorted(expected)
 

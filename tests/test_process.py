@@ -141,8 +141,17 @@ async def test_public_admin_without_token_refuses_to_start(
     assert not any("slotswitch listening" in line for line in proc.lines), proc.output
 
 
-async def test_public_admin_with_token_starts_and_requires_it(spawn: Spawn, upstreams: Upstreams) -> None:
+async def test_public_admin_without_tls_needs_allow_plaintext(spawn: Spawn, upstreams: Upstreams) -> None:
     proc = await spawn(settings_for(upstreams, admin={"listen": "0.0.0.0:0"}), env={TOKEN_ENV: "proc-s3cret"})
+    assert await proc.wait_exit() == 1
+    assert "not loopback, without TLS" in proc.output and "admin.allow_plaintext" in proc.output
+    assert all("proc-s3cret" not in line for line in proc.lines)
+
+
+async def test_public_admin_with_token_starts_and_requires_it(spawn: Spawn, upstreams: Upstreams) -> None:
+    admin = {"listen": "0.0.0.0:0", "allow_plaintext": True}
+    proc = await spawn(settings_for(upstreams, admin=admin), env={TOKEN_ENV: "proc-s3cret"})
+    await proc.expect("takes bearer tokens over plain HTTP")
     await proc.started()
     assert proc.admin_host == "0.0.0.0"
     assert (await admin_get(proc.admin_port, "/v1/status")).status == 401

@@ -62,20 +62,21 @@ def rates(before: Totals, after: Totals, runtime: SlotRuntime, seconds: float) -
 
 
 def compares(services: Services) -> dict[str, Any]:
-    """What the judge compares right now: the candidate, the baseline and the window."""
-    snap = services.controller.store.current
-    policy = snap.settings.analysis
-    out: dict[str, Any] = {"window_s": policy.window, "tick_s": policy.tick, "min_requests": policy.min_requests}
-    if snap.ramp is not None:
-        out["candidate"] = snap.ramp.target
-        out["baseline"] = f"{snap.active}, over the same ticks since the ramp began"
-    elif services.analyzer.candidate() is not None:
-        out["candidate"] = snap.active
-        out["baseline"] = f"{snap.previous}, its window as it was at the switch"
+    """What the judge compares right now: the candidate, the baseline, and since when."""
+    policy = services.controller.store.current.settings.analysis
+    out: dict[str, Any] = {"tick_s": policy.tick, "min_requests": policy.min_requests}
+    comparing = services.analyzer.status().get("comparing")
+    if not isinstance(comparing, dict):
+        return out | {"candidate": None, "baseline": None}
+    baseline = comparing.get("baseline")
+    kind = comparing.get("baseline_kind")
+    if baseline is None:
+        described = "absolute limits only"
+    elif kind == "concurrent":
+        described = f"{baseline}, its concurrent traffic since the release began"
     else:
-        out["candidate"] = None
-        out["baseline"] = None
-    return out
+        described = f"{baseline}, its traffic before the switch ({comparing.get('baseline_requests')} requests)"
+    return out | {"candidate": comparing.get("slot"), "baseline": described, "since": comparing.get("since")}
 
 
 def analysis_json(services: Services) -> dict[str, Any]:

@@ -110,6 +110,22 @@ def up_cell(healthy: object) -> str:
     return "up" if healthy is True else "DOWN" if healthy is False else "?"
 
 
+def tls_lines(tls: object) -> list[tuple[str, str]]:
+    """One line per listener certificate: its name and how long until it expires."""
+    if not isinstance(tls, dict):
+        return []
+    lines = []
+    for cert in tls.get("certificates") or []:
+        if not isinstance(cert, dict):
+            continue
+        left = cert.get("expires_in_s")
+        days = f"{left / 86400:.0f} days" if isinstance(left, int | float) else "?"
+        warn = "  EXPIRES SOON" if isinstance(left, int | float) and left < 14 * 86400 else ""
+        name, until = text(cert.get("name")), text(cert.get("not_after"))
+        lines.append(("certificate", f"{name} expires {until} (in {days}){warn}"))
+    return lines
+
+
 def render_status(st: Json) -> str:
     head = [
         ("active", f"{text(st.get('active'))} (previous {text(st.get('previous'))})"),
@@ -119,6 +135,7 @@ def render_status(st: Json) -> str:
         ("ramp", ramp_line(st.get("ramp"))),
         ("analysis", analysis_line(st.get("analysis"))),
         ("last change", change_line(st.get("last_change"))),
+        *tls_lines(st.get("tls")),
     ]
     width = max(len(k) for k, _ in head)
     lines = [f"{k.ljust(width)}  {v}" for k, v in head]

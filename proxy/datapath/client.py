@@ -36,6 +36,8 @@ from proxy.datapath.wire import (
     DL_UPSTREAM,
     RB_PIPELINE,
     RB_TUNNEL,
+    VIA,
+    XFP_HTTP,
     Reject,
 )
 
@@ -66,6 +68,8 @@ class ClientConnection(asyncio.Protocol):
         "peer",
         "pipeline",
         "read_block",
+        "redirect",
+        "resp_tail",
         "server",
         "timer",
         "timer_at",
@@ -74,11 +78,16 @@ class ClientConnection(asyncio.Protocol):
         "tunnel",
         "write_paused",
         "xff_line",
+        "xfp_line",
     )
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, redirect: bool = False) -> None:
         # Global state
         self.server = server
+        # A connection of the redirect_http listener: plain HTTP in front of a TLS listener.
+        self.redirect = redirect
+        self.xfp_line = XFP_HTTP if redirect else server.xfp_line
+        self.resp_tail = VIA if redirect else server.resp_tail
         self.loop = server.loop
         self.clock = server.clock
         # Per-connection state

@@ -199,6 +199,9 @@ class Exchange:
         """Route the request: read the snapshot once; the exchange stays on this slot until it ends."""
         client = self.client
         server = client.server
+        if client.redirect and not (server.acme_prefix and self.target.startswith(server.acme_prefix)):
+            self.redirect()
+            return
         snap = server.store.current
         # Fast path: no ramp and nothing that asks for the idle slot.
         plain = snap.canary is None and not self.preview and not server.preview_cookie
@@ -221,6 +224,30 @@ class Exchange:
         if self.content_length > 0 or self.chunked:
             client.set_deadline(wire.DL_BODY)  # a bodyless request gets DL_UPSTREAM in client_done
         pool.acquire(self)
+
+    def redirect(self) -> None:
+        """On the redirect_http listener: 308 to the same host and target over https."""
+        client = self.client
+        transport = client.transport
+        host = wire.authority_host(self.host)
+        if transport is None:
+            self._end()
+            return
+        if not host or not self.target.startswith(b"/"):
+            self.fail("bad_host" if not host else "bad_request")
+            return
+        self.status = 308
+        bodyless = self.content_length <= 0 and not self.chunked
+        keep = self.keep_alive and (self.request_done or bodyless)
+        location = b"".join((b"Location: https://", host, client.server.https_port, self.target, wire.CRLF))
+        parts = [wire.REDIRECT_HEAD, location]
+        if not keep:
+            parts.append(wire.CONN_CLOSE)
+        parts.append(wire.VIA)
+        parts.append(wire.CRLF)
+        transport.write(b"".join(parts))
+        self._end()
+        client.exchange_done(self, keep)
 
     def attach(self, conn: UpstreamConnection) -> None:
         """An upstream connection is ours: send the head and whatever body has arrived."""

@@ -28,7 +28,6 @@ class _Counter:
 
 
 _ids: Final = _Counter()
-XFP_HTTP: Final = b"X-Forwarded-Proto: http\r\n"
 HTTP11: Final = b" HTTP/1.1\r\n"
 TAIL: Final = wire.VIA + wire.CRLF
 
@@ -45,7 +44,9 @@ def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> by
         host = ex.host
         if host != client.fwd_host:  # cached per connection: a client keeps sending the same Host
             client.fwd_host = host
-            client.fwd_block = client.xff_line + XFP_HTTP + (b"X-Forwarded-Host: " + host + wire.CRLF if host else b"")
+            client.fwd_block = (
+                client.xff_line + client.xfp_line + (b"X-Forwarded-Host: " + host + wire.CRLF if host else b"")
+            )
         parts.append(client.fwd_block)
     if not ex.request_id:
         _ids.last += 1
@@ -64,7 +65,7 @@ def _trusted_block(ex: Exchange, client: ClientConnection) -> bytes:
     """Forwarding headers when the peer is a trusted proxy: its X-Forwarded-* are kept and extended."""
     xff = ex.xff
     parts = [b"X-Forwarded-For: " + b", ".join(xff) + b", " + client.peer + wire.CRLF if xff else client.xff_line]
-    parts.append(b"X-Forwarded-Proto: " + ex.xfp + wire.CRLF if ex.xfp else XFP_HTTP)
+    parts.append(b"X-Forwarded-Proto: " + ex.xfp + wire.CRLF if ex.xfp else client.xfp_line)
     forwarded_host = ex.xfh or ex.host
     if forwarded_host:
         parts.append(b"X-Forwarded-Host: " + forwarded_host + wire.CRLF)

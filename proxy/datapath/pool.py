@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from proxy.datapath.tls import client_context
 from proxy.datapath.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from proxy.datapath.exchange import Exchange
     from proxy.settings.model import Settings
+    from proxy.settings.tls import UpstreamTLS
 
 log = logging.getLogger("slotswitch.upstream")
 
 
 class UpstreamPool:
     __slots__ = (
+        "config_path",
         "connect_timeout",
         "connecting",
         "conns",
@@ -44,20 +49,37 @@ class UpstreamPool:
         "passive_connect",
         "port",
         "retired",
+        "server_hostname",
         "serving",
         "slot",
+        "ssl",
+        "tls_settings",
         "url",
         "usable",
         "waiters",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, slot: str, url: str, host: str, port: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        slot: str,
+        url: str,
+        host: str,
+        port: int,
+        config_path: Path | None = None,
+    ) -> None:
         self.loop = loop
         self.slot = slot
         self.url = url
         self.host = host
         self.port = port
-        self.host_line = b"Host: %s\r\n" % url.removeprefix("http://").encode("idna")
+        self.host_line = b"Host: %s\r\n" % url.partition("://")[2].encode("idna")
+        # TLS to an https:// upstream: the context (None for http://), built in configure() from the
+        # slot's `tls` settings (relative paths resolve against `config_path`), rebuilt when they change.
+        self.config_path = config_path
+        self.ssl: ssl.SSLContext | None = None
+        self.server_hostname: str | None = None
+        self.tls_settings: UpstreamTLS | None = None
         self.idle: list[UpstreamConnection] = []  # a stack: append and pop are compiled list operations
         self.conns: set[UpstreamConnection] = set()
         self.waiters: deque[Exchange] = deque()
@@ -88,6 +110,30 @@ class UpstreamPool:
         self.passive_connect = health.passive_connect_failures
         self.passive_5xx = health.passive_5xx
         self.passive_backoff = health.passive_backoff
+        slot = settings.slots.get(self.slot)
+        if self.url.startswith("https://") and slot is not None and slot.tls != self.tls_settings:
+            self._configure_tls(slot.tls)
+
+    def _configure_tls(self, tls: UpstreamTLS) -> None:
+        try:
+            self.ssl = client_context(tls, self.config_path)
+        except (OSError, ssl.SSLError, ValueError) as exc:  # checked at start-up and reload: the files changed since
+            log.error(
+                "upstream %s (slot %s): cannot load its TLS settings, keeping the last: %s", self.url, self.slot, exc
+            )
+            if self.ssl is None:
+                self.ssl = ssl.create_default_context()
+            return
+        self.tls_settings = tls
+        self.server_hostname = tls.server_name or self.host
+        if not tls.verify:
+            log.warning(
+                "upstream %s (slot %s): TLS certificates are not verified (tls.verify: false)", self.url, self.slot
+            )
+
+    def reload_tls(self) -> None:
+        """Read the TLS files again at the next configure() (SIGHUP: renewed CA or client certificate)."""
+        self.tls_settings = None
 
     def failed(self, limit: int) -> None:
         """A connect failure or a 5xx from this upstream (passive health)."""
@@ -159,7 +205,17 @@ class UpstreamPool:
 
     async def _open(self) -> UpstreamConnection:
         async with asyncio.timeout(self.connect_timeout):
-            _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+            if self.ssl is None:
+                _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+            else:
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname,
+                    ssl_handshake_timeout=self.connect_timeout,
+                )
         return conn
 
     def _connected(self, ex: Exchange, task: asyncio.Task[UpstreamConnection]) -> None:

@@ -41,7 +41,7 @@ def response_head(conn: UpstreamConnection, ex: Exchange, code: int, body: bytes
     route = ex.route
     if route is not None:
         parts.append(route.header)
-    parts.append(wire.VIA)  # appends: `+=` of a tuple is a generic call
+    parts.append(ex.client.resp_tail)  # Via (and HSTS on TLS); appends: `+=` of a tuple is a generic call
     parts.append(wire.CRLF)
     if body:
         parts.append(body)

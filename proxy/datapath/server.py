@@ -2,6 +2,11 @@
 
 `ProxyServer.apply(settings)` recomputes the shared values when settings change (start-up,
 SIGHUP); connections read them as attributes, never per request from the settings tree.
+
+With `tls` set, the listener terminates TLS (proxy.datapath.tls: `ServerTLS.front` is its context;
+`load_tls` swaps the certificates for new handshakes) and the connections it accepts forward
+`X-Forwarded-Proto: https` and add the HSTS header; a `redirect_http` listener's connections answer
+308 to the https URL, except under the ACME challenge prefix, which they forward as plain HTTP.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from proxy.datapath import wire
 from proxy.datapath.accesslog import AccessLog
 from proxy.datapath.client import ClientConnection
 from proxy.datapath.scan import Shapes
+from proxy.datapath.tls import ServerTLS, load_certs
 from proxy.datapath.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 from proxy.settings.model import Settings
 from proxy.settings.paths import resolve
@@ -78,6 +84,14 @@ class ProxyServer:
         self._trusted_exact: frozenset[str] = frozenset()
         self._trusted_nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         self._listener: asyncio.Server | None = None
+        self._redirect_listener: asyncio.Server | None = None
+        # TLS (set by load_tls): what a connection of each listener forwards and appends, precomputed.
+        self.tls: ServerTLS | None = None
+        self.xfp_line = wire.XFP_HTTP  # the traffic listener's X-Forwarded-Proto line
+        self.resp_tail = wire.VIA  # the traffic listener's last response header lines (HSTS + Via)
+        self.acme_prefix = b""  # requests on the redirect listener under this prefix are forwarded
+        self.https_port = b""  # b":8443" in the redirect's Location when the TLS port is not 443
+        self.handshake_timeout = 60.0
         self.apply(store.current.settings)
 
     def apply(self, settings: Settings) -> None:
@@ -121,6 +135,22 @@ class ProxyServer:
         nets = [ipaddress.ip_network(item, strict=False) for item in settings.trusted_proxies]
         self._trusted_exact = frozenset(str(n.network_address) for n in nets if n.num_addresses == 1)
         self._trusted_nets = tuple(n for n in nets if n.num_addresses > 1)
+        tls = settings.tls
+        self.xfp_line = wire.XFP_HTTPS if tls.enabled else wire.XFP_HTTP
+        self.resp_tail = (tls.hsts.header() if tls.enabled else b"") + wire.VIA
+        self.acme_prefix = settings.redirect_http.acme_prefix.encode("latin-1")
+        self.handshake_timeout = t.header_read or 60.0
+
+    def load_tls(self, settings: Settings) -> None:
+        """Load the listener's certificates: the first time, the context of the listener to come; later
+        (SIGHUP), new handshakes get the new ones. TLSError (the running ones kept) when a pair is bad."""
+        if not settings.tls.enabled:
+            return
+        certs = load_certs(settings.tls, self.config_path)
+        if self.tls is None:
+            self.tls = ServerTLS(certs)
+        else:
+            self.tls.swap(certs)
 
     def fail_over(self, snap: Snapshot, route: Route) -> tuple[Route, UpstreamPool | None]:
         """Every upstream of `route` is down and failover is on: use the other slot if it is up."""
@@ -160,19 +190,48 @@ class ProxyServer:
         return reply.closes
 
     async def listen(self, host: str, port: int, *, sock: socket.socket | None = None) -> asyncio.Server:
-        if sock is not None:
-            server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096)
+        """The traffic listener: TLS when load_tls loaded certificates."""
+        tls = self.tls
+        if tls is not None:  # every handshake goes through tls.front's SNI callback (see proxy.datapath.tls)
+            server = await self._create(lambda: ClientConnection(self), host, port, sock, tls.front)
         else:
-            server = await self.loop.create_server(
-                lambda: ClientConnection(self), host, port, backlog=4096, reuse_address=True
-            )
+            server = await self._create(lambda: ClientConnection(self), host, port, sock, None)
         self._listener = server
         return server
 
-    def bound_port(self) -> int:
+    async def listen_redirect(
+        self, host: str, port: int, https_port: int, *, sock: socket.socket | None = None
+    ) -> asyncio.Server:
+        """The plain listener of `redirect_http`: 308 to https://<host><https_port><target>."""
+        self.https_port = b"" if https_port == 443 else b":%d" % https_port
+        server = await self._create(lambda: ClientConnection(self, True), host, port, sock, None)
+        self._redirect_listener = server
+        return server
+
+    async def _create(
+        self,
+        factory: Callable[[], ClientConnection],
+        host: str,
+        port: int,
+        sock: socket.socket | None,
+        ssl: Any,
+    ) -> asyncio.Server:
+        if ssl is None:
+            if sock is not None:
+                return await self.loop.create_server(factory, sock=sock, backlog=4096)
+            return await self.loop.create_server(factory, host, port, backlog=4096, reuse_address=True)
+        if sock is not None:
+            return await self.loop.create_server(
+                factory, sock=sock, backlog=4096, ssl=ssl, ssl_handshake_timeout=self.handshake_timeout
+            )
+        return await self.loop.create_server(
+            factory, host, port, backlog=4096, reuse_address=True, ssl=ssl, ssl_handshake_timeout=self.handshake_timeout
+        )
+
+    def bound_port(self, redirect: bool = False) -> int:
         # Any, not typeshed's asyncio.Server: uvloop's `sockets` is a list, not the tuple typeshed
         # declares, and the compiled module checks declared types.
-        listener: Any = self._listener
+        listener: Any = self._redirect_listener if redirect else self._listener
         assert listener is not None
         return int(listener.sockets[0].getsockname()[1])
 
@@ -181,6 +240,8 @@ class ProxyServer:
         self.stopping = True
         if self._listener is not None:
             self._listener.close()
+        if self._redirect_listener is not None:
+            self._redirect_listener.close()
 
     async def shutdown(self, timeout: float) -> int:
         """Stop accepting, let in-flight requests finish within `timeout`, then cut the rest.

@@ -114,6 +114,8 @@ IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b
 
 SMALL_BODY: Final = 16384  # up to this size a response head and body bytes after it leave in one buffer
 VIA: Final = b"Via: 1.1 slotswitch\r\n"
+XFP_HTTP: Final = b"X-Forwarded-Proto: http\r\n"
+XFP_HTTPS: Final = b"X-Forwarded-Proto: https\r\n"
 CRLF: Final = b"\r\n"
 CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -211,3 +213,19 @@ ERRORS: Final[dict[str, ErrorReply]] = {
     "connect_timeout": _error(504, "upstream connect timed out", False),
     "read_timeout": _error(504, "upstream response timed out", False),
 }
+
+
+# The redirect_http listener's answer: the Location line follows, then Via and the blank line.
+REDIRECT_HEAD: Final = status_line(308) + b"Content-Length: 0\r\n"
+_HOST_CHARS: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_[]:")
+
+
+def authority_host(host: bytes) -> bytes:
+    """The host of a Host header without its port, b"" when it is not a plain host name or address
+    (it goes into a Location header: nothing else may ride along)."""
+    if not host or any(c not in _HOST_CHARS for c in host):
+        return b""
+    if host.startswith(b"["):  # [v6]:port
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else b""
+    return host.partition(b":")[0]

@@ -24,8 +24,10 @@ from admin.metrics import make_metrics_app, make_registry
 from proxy import native
 from proxy.datapath.pool import UpstreamPool
 from proxy.datapath.server import ProxyServer
+from proxy.datapath.tls import CertInfo, TLSError, check_client
 from proxy.fleet.persist import StateError, StateStore, initial_snapshot, open_store, persisting
 from proxy.fleet.sync import Fleet, FleetStartError
+from proxy.process import libssl
 from proxy.process.workers import WorkerSet
 from proxy.release.analysis import Analyzer
 from proxy.release.audit import AuditLog, reset_entry
@@ -65,10 +67,13 @@ class Slotswitch:
         empty, mean files next to the config file, or memory only without one)."""
         self.settings = settings
         self.config_path = Path(config_path) if config_path else None
+        self.proxy_port = 0
+        self.redirect_port = 0  # redirect_http's bound port; 0 when it is not set
         self.token = os.environ.get(TOKEN_ENV, "") if token is None else token
         self.loop = asyncio.get_running_loop()
         loop = self.loop
-        self.registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
+        config = self.config_path
+        self.registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port, config))
         # Everything the config points at is checked before anything is written: tokens, state, audit log.
         try:
             self.auth = Authenticator(self._credentials(settings))  # replaced whole by reload()
@@ -78,6 +83,10 @@ class Slotswitch:
         first = self._first_snapshot(reset_state)
         self.store = Store(first)
         self.server = ProxyServer(self.store, loop, config_path=self.config_path)
+        try:  # the listener's certificates and the upstreams' TLS files: every problem at once
+            self._check_tls(settings)
+        except TLSError as exc:
+            raise StartupError("\n".join(exc.errors)) from None
         self.controller = Controller(self.store, self.registry, self.server)
         self.health = HealthChecker(self.store, self.server)
         self.controller.gates.append(self.health.gate)
@@ -109,10 +118,10 @@ class Slotswitch:
         )
         self._admin_runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
-        self.proxy_port = 0
         self.admin_port = 0
         self.metrics_port = 0  # admin.metrics_listen's bound port; 0 when it is not set
         self.stopped = asyncio.Event()
+        self._ticket_task: asyncio.Task[None] | None = None
 
     def _open_state(self, state_path: str | Path | None) -> StateStore | None:
         path = beside_config(self.settings.state.file, self.config_path, ".state.json")
@@ -144,8 +153,38 @@ class Slotswitch:
         """Every admin token's secret, read now; AuthConfigError if one cannot be read or none is
         configured where one is required. The admin listener is the running one (it needs a restart)."""
         credentials = load_credentials(settings.admin, self.token, self.config_path)
-        check_exposure(self.settings.admin.listen, settings.admin.insecure_loopback, credentials)
+        check_exposure(
+            self.settings.admin.listen,
+            settings.admin.insecure_loopback,
+            credentials,
+            tls=self.settings.admin.tls,
+            allow_plaintext=settings.admin.allow_plaintext,
+        )
         return credentials
+
+    def _check_tls(self, settings: Settings) -> None:
+        """Load the listener's certificates (new handshakes get them) after checking the upstreams' TLS
+        files; TLSError with every problem, and nothing changed, if one cannot be used."""
+        errors = [
+            problem
+            for name, slot in settings.slots.items()
+            if any(up.https for up in slot.upstreams)
+            and (problem := check_client(slot.tls, self.config_path, f"slots.{name}.tls")) is not None
+        ]
+        if errors:
+            raise TLSError(errors)
+        if settings.tls.enabled != (self.server.tls is not None) and self.proxy_port:
+            log.warning("tls added to or removed from the listener: that takes effect only after a restart")
+        elif settings.tls.enabled:
+            self.server.load_tls(settings)
+            assert self.server.tls is not None
+            libssl.set_groups(self.server.tls.front)
+        for pool in self.registry.pools.values():
+            pool.reload_tls()
+
+    @staticmethod
+    def days_left(info: CertInfo) -> float:
+        return (info.not_after - time.time()) / 86400
 
     def _store_up(self) -> bool:
         return self.fleet is not None and self.fleet.up
@@ -159,11 +198,21 @@ class Slotswitch:
                 raise StartupError(str(exc)) from None
         await self.health.start()
         await self.health.run_round()  # the gate and /v1/status have data from the start
+        if self.server.tls is not None:  # before the workers start: they get the keys in their init message
+            self._rotate_tickets()
+            if self.settings.tls.ticket_key_rotation > 0:
+                self._ticket_task = asyncio.get_running_loop().create_task(self._ticket_rotation())
         if self.workers is not None:
             self.proxy_port = await self.workers.start()
         else:
             await self.server.listen(host, port)
             self.proxy_port = self.server.bound_port()
+            if self.settings.redirect_http.listen:
+                rhost, rport = parse_listen(self.settings.redirect_http.listen)
+                await self.server.listen_redirect(rhost, rport, self.proxy_port)
+                self.redirect_port = self.server.bound_port(redirect=True)
+        if self.workers is not None:
+            self.redirect_port = self.workers.redirect_port
         self.gates.proxy_port = self.proxy_port
         self.analyzer.start()
         self.promql.start()
@@ -189,10 +238,33 @@ class Slotswitch:
             parse_listen(admin.listen)[0],
             self.admin_port,
         )
+        if self.server.tls is not None:
+            for info in self.server.tls.expiries():
+                log.info("tls certificate %s (%s) expires in %.0f days", info.name, info.path, self.days_left(info))
+        if self.redirect_port:
+            log.info(
+                "redirecting http on port %d to https (%s forwarded)",
+                self.redirect_port,
+                self.settings.redirect_http.acme_prefix or "nothing",
+            )
         if self._metrics_runner is not None:  # a line of its own: the line above keeps its format
             log.info(
                 "metrics on %s:%d (GET /metrics, no token)", parse_listen(admin.metrics_listen)[0], self.metrics_port
             )
+
+    def _rotate_tickets(self) -> None:
+        """New session ticket keys, the same in every worker (proxy.process.tickets)."""
+        assert self.server.tls is not None
+        keys = libssl.new_keys()
+        if self.workers is not None:
+            self.workers.set_ticket_keys(keys)
+        libssl.install(self.server.tls.front, keys)  # this process's listener, or the admin API's
+
+    async def _ticket_rotation(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tls.ticket_key_rotation or 3600.0)
+            if self.settings.tls.ticket_key_rotation > 0 and self.server.tls is not None:
+                self._rotate_tickets()
 
     async def _serve(self, app: web.Application, setting: str, listen: str) -> tuple[web.AppRunner, int]:
         """Serve `app` on `listen` (the value of config key `setting`); returns its runner and bound port.
@@ -200,7 +272,9 @@ class Slotswitch:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         host, port = parse_listen(listen)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # admin.tls: the traffic listener's context, so a SIGHUP renews both
+        tls = self.server.tls.front if self.settings.admin.tls and self.server.tls is not None else None
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:
@@ -225,8 +299,18 @@ class Slotswitch:
         except AuthConfigError as exc:
             log.error("config reload refused, keeping the running config:\n%s", exc)
             return False
+        try:
+            self._check_tls(settings)
+        except TLSError as exc:
+            log.error("config reload refused, keeping the running config and certificates:\n%s", "\n".join(exc.errors))
+            return False
+        if self.workers is not None:
+            self.workers.reload_tls(settings)
         old = self.settings
         moved = settings.listen != old.listen or settings.admin.listen != old.admin.listen
+        moved = (
+            moved or settings.redirect_http.listen != old.redirect_http.listen or settings.admin.tls != old.admin.tls
+        )
         if moved or settings.admin.metrics_listen != old.admin.metrics_listen:
             log.warning("listen addresses changed in the config: they take effect only after a restart")
         if settings.state != self.settings.state or settings.admin.audit_log != self.settings.admin.audit_log:
@@ -251,6 +335,8 @@ class Slotswitch:
             await self.workers.wait_exit(timeout)
         cut = await self.server.shutdown(timeout)
         self.controller.drainer.cancel_all()
+        if self._ticket_task is not None:
+            self._ticket_task.cancel()
         await self.analyzer.stop()
         if self.fleet is not None:
             await self.fleet.stop()

@@ -7,9 +7,10 @@ one JSON object per line), and it answers every state message with an ack carryi
 generation it now routes by. Every REPORT_INTERVAL it sends what it counted (requests, latency,
 errors, in-flight, drains) for the master to add up for /metrics and the judge.
 
-Messages from the master: init {settings, state, health, port, internal_secret, config_path},
-state {state}, settings {settings, state}, health {health}, stop {timeout}. To the master: ready
-{pid, port}, ack {generation}, report {slots}, bye {cut}.
+Messages from the master: init {settings, state, health, port, redirect_port, internal_secret,
+config_path, ticket_keys}, state {state}, settings {settings, state}, health {health}, tls {settings}
+(SIGHUP: read the certificates again), tickets {keys} (rotated session ticket keys), stop {timeout}.
+To the master: ready {pid, port}, ack {generation}, report {slots}, bye {cut}.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from typing import Any
 
 from proxy.datapath.pool import UpstreamPool
 from proxy.datapath.server import ProxyServer
+from proxy.datapath.tls import TLSError
+from proxy.process import libssl
 from proxy.process.runtime import configure_logging, reuseport_socket
 from proxy.release.drain import Drainer
 from proxy.routing.state import Registry, Snapshot, Store, build_snapshot, routing_fields
 from proxy.settings.model import Settings, parse_settings
+from proxy.settings.types import parse_listen
 
 log = logging.getLogger("slotswitch.worker")
 
@@ -42,7 +46,10 @@ class Worker:
         self.writer = writer
         self.loop = asyncio.get_running_loop()
         self.settings: Settings | None = None
-        self.registry = Registry(lambda name, up, _: UpstreamPool(self.loop, name, up.url, up.host, up.port))
+        self.config_path: Path | None = None
+        self.registry = Registry(
+            lambda name, up, _: UpstreamPool(self.loop, name, up.url, up.host, up.port, self.config_path)
+        )
         self.store: Store | None = None
         self.server: ProxyServer | None = None
         self.drainer = Drainer()
@@ -57,15 +64,24 @@ class Worker:
     async def init(self, message: dict[str, Any]) -> None:
         settings = parse_settings(message["settings"])
         self.settings = settings
+        config_path = message.get("config_path")  # relative paths in the settings resolve against its directory
+        self.config_path = Path(config_path) if config_path else None
         self.store = Store(self._snapshot(message["state"], settings))
         self.store.subscribe(self.drainer.on_publish)
-        config_path = message.get("config_path")  # relative paths in the settings resolve against its directory
-        self.server = ProxyServer(self.store, self.loop, config_path=Path(config_path) if config_path else None)
+        self.server = ProxyServer(self.store, self.loop, config_path=self.config_path)
+        self.server.load_tls(settings)  # checked by the master just before
+        if self.server.tls is not None:
+            libssl.set_groups(self.server.tls.front)
+        self.set_ticket_keys(message.get("ticket_keys", ""))
         # The master's secret: its smoke and warm-up requests may land on any worker.
         self.server.internal_secret = message["internal_secret"].encode()
         self.apply_health(message.get("health", {}))
         host, port = settings.listen_addr
         await self.server.listen(host, port, sock=reuseport_socket(host, message["port"]))
+        if message.get("redirect_port"):
+            rhost, _ = parse_listen(settings.redirect_http.listen)
+            sock = reuseport_socket(rhost, message["redirect_port"])
+            await self.server.listen_redirect(rhost, 0, self.server.bound_port(), sock=sock)
         self.send({"type": "ready", "pid": os.getpid(), "port": self.server.bound_port()})
 
     def apply_state(self, state: dict[str, Any], settings: Settings | None = None) -> None:
@@ -84,6 +100,19 @@ class Worker:
             for pool in route.pools if route else ():
                 if pool.url in pools:
                     pool.set_health(pools[pool.url])
+
+    def set_ticket_keys(self, keys: str) -> None:
+        if keys and self.server is not None and self.server.tls is not None:
+            libssl.install(self.server.tls.front, bytes.fromhex(keys))
+
+    def reload_tls(self, settings: Settings) -> None:
+        assert self.server is not None
+        try:
+            self.server.load_tls(settings)
+        except TLSError as exc:  # the files changed again since the master checked them
+            log.error("certificate reload refused, keeping the running ones: %s", exc)
+        for pool in self.registry.pools.values():
+            pool.reload_tls()
 
     def report(self) -> None:
         assert self.store is not None
@@ -116,6 +145,10 @@ class Worker:
                     self.apply_state(message["state"])
                 elif kind == "settings":
                     self.apply_state(message["state"], parse_settings(message["settings"]))
+                elif kind == "tickets":
+                    self.set_ticket_keys(message["keys"])
+                elif kind == "tls":
+                    self.reload_tls(parse_settings(message["settings"]))
                 elif kind == "health":
                     self.apply_health(message["health"])
                 elif kind == "stop":

@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.routing.state import Snapshot, routing_dict
 from proxy.routing.stats import Report
+from proxy.settings.types import parse_listen
 
 if TYPE_CHECKING:
     from proxy.process.runtime import Slotswitch
+    from proxy.settings.model import Settings
 
 log = logging.getLogger("slotswitch.workers")
 
@@ -56,6 +58,9 @@ class WorkerSet:
         self.stopping = False
         self._activity = asyncio.Event()  # pulsed on every message from a worker
         self._sock: socket.socket | None = None
+        self._redirect_sock: socket.socket | None = None
+        self.redirect_port = 0  # redirect_http's port, held like the traffic port; 0 = none
+        self.ticket_keys = b""  # the TLS session ticket keys every worker uses (proxy.process.tickets)
         self._health: dict[str, dict[str, bool]] = {}
         app.store.subscribe(self.on_publish)
         app.health.listeners.append(self.on_health)
@@ -68,6 +73,10 @@ class WorkerSet:
         host, port = self.app.settings.listen_addr
         self._sock = reuseport_socket(host, port, listen=False)
         self.port = int(self._sock.getsockname()[1])
+        if self.app.settings.redirect_http.listen:
+            rhost, rport_n = parse_listen(self.app.settings.redirect_http.listen)
+            self._redirect_sock = reuseport_socket(rhost, rport_n, listen=False)
+            self.redirect_port = int(self._redirect_sock.getsockname()[1])
         self._health = self.health_vector()
         for index in range(self.count):
             self.workers.append(await self._spawn(index))
@@ -100,6 +109,8 @@ class WorkerSet:
                 "state": routing_dict(snap),
                 "health": self._health,
                 "port": self.port,
+                "redirect_port": self.redirect_port,
+                "ticket_keys": self.ticket_keys.hex(),
                 "internal_secret": self.app.server.internal_secret.decode(),
                 # Relative paths in the settings (preview.secret_file) resolve against its directory.
                 "config_path": str(config.absolute()) if (config := self.app.config_path) is not None else None,
@@ -134,8 +145,9 @@ class WorkerSet:
                 worker.reader_task.cancel()
             if worker.writer is not None:
                 worker.writer.close()
-        if self._sock is not None:
-            self._sock.close()
+        for sock in (self._sock, self._redirect_sock):
+            if sock is not None:
+                sock.close()
         return 0
 
     # -- to the workers ---------------------------------------------------------------------
@@ -150,6 +162,17 @@ class WorkerSet:
             message = {"type": "settings", "state": message["state"], "settings": new.settings.model_dump(mode="json")}
         for worker in self.workers:
             self._send(worker, message)
+
+    def reload_tls(self, settings: Settings) -> None:
+        """SIGHUP: every worker reads `settings`' certificates again (the master has just checked them)."""
+        message = {"type": "tls", "settings": settings.model_dump(mode="json")}
+        for worker in self.workers:
+            self._send(worker, message)
+
+    def set_ticket_keys(self, keys: bytes) -> None:
+        self.ticket_keys = keys
+        for worker in self.workers:
+            self._send(worker, {"type": "tickets", "keys": keys.hex()})
 
     def health_vector(self) -> dict[str, dict[str, bool]]:
         snap = self.app.store.current

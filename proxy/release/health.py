@@ -65,7 +65,12 @@ class HealthChecker:
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
-                _, writer = await asyncio.open_connection(pool.host, pool.port)
+                if pool.ssl is None:
+                    _, writer = await asyncio.open_connection(pool.host, pool.port)
+                else:  # an https:// upstream: the check includes its handshake, with the pool's settings
+                    _, writer = await asyncio.open_connection(
+                        pool.host, pool.port, ssl=pool.ssl, server_hostname=pool.server_hostname
+                    )
             writer.close()
             return {"check": "tcp", "ok": True, "ms": round((time.monotonic() - started) * 1000, 1)}
         except (OSError, TimeoutError) as exc:
@@ -77,7 +82,12 @@ class HealthChecker:
         started = time.monotonic()
         try:
             async with self._session.request(
-                check.method, pool.url + check.path, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+                check.method,
+                pool.url + check.path,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+                ssl=pool.ssl if pool.ssl is not None else True,
+                server_hostname=pool.server_hostname if pool.ssl is not None else None,
             ) as resp:
                 body = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from proxy.settings.rollout import Alerts, Analysis, Gates, Health, PromQL
+from proxy.settings.tls import ListenerTLS, RedirectHTTP, UpstreamTLS
 from proxy.settings.types import (
     SLOT_NAME,
     ConfigModel,
@@ -67,6 +68,7 @@ def _non_empty(value: object) -> object:
 
 class SlotConfig(ConfigModel):
     upstreams: Annotated[tuple[Annotated[Upstream, BeforeValidator(_upstream)], ...], BeforeValidator(_non_empty)]
+    tls: UpstreamTLS = UpstreamTLS()  # for https:// upstreams
 
     @field_serializer("upstreams")
     def _urls(self, upstreams: tuple[Upstream, ...]) -> list[str]:
@@ -114,6 +116,10 @@ class AdminConfig(ConfigModel):
     audit_log: str = ""  # "" = next to the config file as <config>.audit.jsonl (none in-process)
     # "" = none; else host:port of a second listener serving only GET /metrics, with no token
     metrics_listen: str = ""
+    # Serve the admin API and metrics_listen over TLS with the traffic listener's certificates (`tls`).
+    tls: bool = False
+    # Tokens on a non-loopback listener without TLS are refused unless this is true (then a WARNING is logged).
+    allow_plaintext: bool = False
 
     _v_listen = field_validator("listen")(check_listen)
     _v_metrics_listen = field_validator("metrics_listen")(check_optional_listen)
@@ -166,6 +172,8 @@ class Metrics(ConfigModel):
 
 class Settings(ConfigModel):
     listen: str = "127.0.0.1:8080"
+    tls: ListenerTLS = ListenerTLS()
+    redirect_http: RedirectHTTP = RedirectHTTP()
     slots: dict[Annotated[str, StringConstraints(pattern=SLOT_NAME.pattern)], SlotConfig]
     active: str
     drain_timeout: Duration = 30.0
@@ -228,6 +236,10 @@ class Settings(ConfigModel):
         unknown = [name for name in self.health.checks if name not in self.slots]
         if unknown:
             raise ValueError(f"health.checks: no slot named {', '.join(map(repr, unknown))}")
+        if not self.tls.enabled and self.redirect_http.listen:
+            raise ValueError("redirect_http: redirects to https need tls on the listener")
+        if not self.tls.enabled and self.admin.tls:
+            raise ValueError("admin.tls: serves the listener's certificates, so it needs tls")
         return self
 
     @property
@@ -258,7 +270,7 @@ def _format_errors(exc: ValidationError) -> list[str]:
             msg = f"slot names must match {SLOT_NAME.pattern}"
             loc = tuple(p for p in loc if p != "[key]")
         path = _format_loc(loc)
-        if not path and msg.startswith("active: "):  # model-level check that names its own path
+        if not path and msg.startswith(("active: ", "redirect_http: ", "admin.tls: ")):  # names its own path
             errors.append(msg)
         else:
             errors.append(f"{path or '<root>'}: {msg}")

@@ -92,7 +92,7 @@ def check_optional_listen(value: str) -> str:
 
 
 class Upstream(ConfigModel):
-    """One upstream URL of a slot: http://host:port with no path."""
+    """One upstream URL of a slot: http://host:port or https://host:port (TLS, see slots.<name>.tls), no path."""
 
     url: str
     host: str
@@ -101,12 +101,16 @@ class Upstream(ConfigModel):
     @classmethod
     def from_url(cls, url: str) -> Upstream:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"not a URL of the form http://host:port: {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not a URL of the form http://host:port or https://host:port: {url!r}")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(f"an upstream URL has no path or query: {url!r}")
         try:
-            port = parts.port or 80
+            port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
             raise ValueError(f"bad port in {url!r}") from exc
-        return cls(url=f"http://{parts.netloc}", host=parts.hostname, port=port)
+        return cls(url=f"{parts.scheme}://{parts.netloc}", host=parts.hostname, port=port)
+
+    @property
+    def https(self) -> bool:
+        return self.url.startswith("https://")

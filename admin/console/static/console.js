@@ -228,11 +228,14 @@ function renderRelease(s) {
     el("li", { class: i < ramp.step ? "done" : i === ramp.step ? "current" : "" }, `${p}%`)) : []));
 }
 
-const JUDGE_SHOWN = new Set(["outcome", "reasons", "numbers", "compares"]);
+// Shown above, or the same fact under an older name (subject, watching_until): not repeated below.
+const JUDGE_SHOWN = new Set(["state", "reasons", "numbers", "compares", "comparing", "subject", "watching_until"]);
+const STATE_PILL = { judging: "inconclusive", passed: "pass", failed: "fail", inconclusive: "inconclusive" };
 function renderJudge(a) {
   const v = $("verdict");
-  v.textContent = a.outcome || "idle";
-  v.className = "pill " + (a.outcome || "");
+  const state = a.state || "not_watching";
+  v.textContent = state.replace(/_/g, " ") + (state === "judging" && a.outcome ? `: ${a.outcome} so far` : "");
+  v.className = "pill " + (STATE_PILL[state] || "");
   $("reasons").replaceChildren(...(a.reasons || []).map((r) => el("li", {}, r)));
   const numbers = a.numbers || {};
   $("numbers").tBodies[0].replaceChildren(...Object.keys(numbers).sort().map((k) =>
@@ -240,7 +243,7 @@ function renderJudge(a) {
   const facts = [];
   const c = a.compares || {};
   if (c.candidate) facts.push(["compares", `${c.candidate} against ${c.baseline}`]);
-  if (c.window_s !== undefined) facts.push(["window", `${c.window_s}s (tick ${c.tick_s}s, at least ${c.min_requests} requests)`]);
+  if (c.since) facts.push(["evidence", `accumulated since ${new Date(c.since * 1000).toLocaleTimeString()} (looked at every ${c.tick_s}s; a step passes from ${c.min_requests} requests)`]);
   for (const [k, val] of Object.entries(a)) {
     if (JUDGE_SHOWN.has(k) || val === null || (Array.isArray(val) && !val.length)) continue;
     facts.push([k.replace(/_/g, " "), k.endsWith("_until") && typeof val === "number" ? clock(val) : plain(val)]);
