@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from proxy.datapath import wire
 from proxy.datapath.exchange import Exchange
 from proxy.datapath.llhttp import RequestCallbacks
 from proxy.datapath.scan import take_requests
@@ -150,10 +151,16 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as err:  # its own name: compiled, one name has one type
             if self.read_all():
                 return  # llhttp refuses bytes after a request that closes: they are ignored instead
-            log.info("malformed request from %s: %s", self.peer.decode(), err)
-            self.refuse("bad_request")
+            why = str(err)
+            log.info("malformed request from %s: %s", self.peer.decode(), why)
+            # a second `chunked`, or a coding after it, fails in llhttp's header parsing: 501 as any
+            # other coding gets (Exchange.head_complete), not 400
+            self.refuse("not_implemented" if why.startswith("Invalid `Transfer-Encoding`") else "bad_request")
             return
         else:
+            current = self.current
+            if current is not None and current.expect:
+                self.send_continue(current)
             if ex is not None and ex is self.parsing and not ex.method:
                 # This whole read continued a head and did not end it. httptools holds a header until
                 # it ends (on_header checks the limit only then), growing it by one copy per read:
@@ -230,6 +237,13 @@ class ClientConnection(asyncio.Protocol):
         self.body_end = now + total if total else 0.0
         self.set_deadline(DL_BODY, now)
 
+    def send_continue(self, ex: Exchange) -> None:
+        """`ex` expects 100-continue and its body is held for buffering: the proxy answers 100 itself
+        (the Expect header is not forwarded), unless the body has begun to arrive (as nginx does)."""
+        ex.expect = False
+        if ex.held is not None and not ex.body_len and ex.version == "1.1" and self.transport is not None:
+            self.transport.write(wire.CONTINUE_100)
+
     def request_begins(self) -> None:
         if self.deadline_kind == DL_IDLE:
             # The next request on a kept-alive connection: its head must arrive by the idle deadline
@@ -278,6 +292,8 @@ class ClientConnection(asyncio.Protocol):
                 self.unblock_reading(RB_PIPELINE)
             self.current = nxt
             nxt.start()
+            if nxt.expect:
+                self.send_continue(nxt)
         elif self.parsing is None:
             self.set_deadline(DL_IDLE, now)
         else:

@@ -261,8 +261,6 @@ class Exchange:
             self._send_held()  # a pipelined request whose body was read while it waited
             return
         client.unblock_reading(wire.RB_BUFFER)
-        if self.expect and not self.body_len and self.version == "1.1" and client.transport is not None:
-            client.transport.write(wire.CONTINUE_100)  # the client waits for it before it sends the body
 
     def _send_held(self) -> None:
         """The body held is complete (or as large as limits.buffer_body): now take a connection."""
