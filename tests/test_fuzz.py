@@ -3,15 +3,16 @@
 Client side: valid requests (GET with headers, Content-Length and chunked POSTs, trailers, pipelined
 pairs, HTTP/1.0, HEAD, a body that is itself a request, an h2c upgrade) are mutated (byte flips,
 CR/LF/NUL/high-byte/space insertions, truncations, duplicated, oversized and hop-by-hop-nominating
-headers, bad chunk sizes, huge Content-Lengths, bad versions, methods and targets) or replaced by
-random bytes; each case is sent on a fresh connection, in one to three writes, half-closed or not.
-The same bytes are parsed by a reference llhttp parser; the upstream is an echo server that parses
-what the proxy forwards strictly and answers with a digest of the method, target and body and the
-header names it got. Every response must be well formed; one from the upstream must echo exactly the
-request llhttp parsed at its position (no header the client did not send but the proxy's own); any
-other must be a 4xx (or a 501 for a transfer coding other than chunked) with Connection: close and
-the last thing sent; never a 5xx, never a hang. When every request was valid, each is answered by
-the upstream. And nothing the proxy refuses reaches the app: every request the upstream began to
+headers, bad chunk sizes and chunk ends, huge Content-Lengths, Transfer-Encoding codings and lists,
+invalid Hosts, more headers than limits.header_count, bad versions, methods and targets) or replaced
+by random bytes; each case is sent on a fresh connection, in one to three writes, half-closed or
+not. The same bytes are parsed by a reference llhttp parser; the upstream is an echo server that
+parses what the proxy forwards strictly and answers with a digest of the method, target and body and
+the header names it got. Every response must be well formed; one from the upstream must echo exactly
+the request llhttp parsed at its position (no header the client did not send but the proxy's own);
+any other must be a 4xx (or a 501 for a transfer coding other than chunked) with Connection: close
+and the last thing sent; never a 5xx, never a hang. When every request was valid, each is answered
+by the upstream. And nothing the proxy refuses reaches the app: every request the upstream began to
 read was answered by it and its answer reached the client (the upstream counts the messages it
 began; the clients count the answers from it), so no byte of a request the proxy answered itself
 went upstream.
