@@ -220,12 +220,12 @@ class Slotswitch:
         try:
             settings = load_settings(self.config_path)
         except ConfigError as exc:
-            log.error("config reload refused, keeping the running config:\n%s", exc)
+            refused(exc.errors)
             return False
         try:
             credentials = self._credentials(settings)
         except AuthConfigError as exc:
-            log.error("config reload refused, keeping the running config:\n%s", exc)
+            refused(str(exc).splitlines())
             return False
         old = self.settings
         moved = settings.listen != old.listen or settings.admin.listen != old.admin.listen
@@ -309,6 +309,11 @@ async def serve(settings: Settings, config_path: str | Path | None, *, reset_sta
     await stop.wait()
     await app.stop()
     return 0
+
+
+def refused(errors: list[str]) -> None:
+    """A config that cannot be used: every error on a line of its own (each escaped: proxy.logtext)."""
+    log.error("config reload refused, keeping the running config:" + "\n%s" * len(errors), *errors)
 
 
 def log_handler(stream: TextIO | None = None) -> logging.Handler:
