@@ -97,8 +97,10 @@ def validate(body: dict[str, Any]) -> list[dict[str, Any]]:
         if key in body:
             _string_map(body[key], key)
     truncated = body.get("truncatedAlerts", 0)
-    if not isinstance(truncated, int) or isinstance(truncated, bool):
-        raise _bad("truncatedAlerts", "expected an integer")
+    if isinstance(truncated, float) and truncated.is_integer():
+        truncated = int(truncated)  # JSON Schema's integer: 5.0 is one
+    if not isinstance(truncated, int) or isinstance(truncated, bool) or truncated < 0:
+        raise _bad("truncatedAlerts", "expected a count (an integer >= 0)")
     alerts = body.get("alerts")
     if not isinstance(alerts, list):
         raise _bad("alerts", "expected a list of alerts")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from admin.auth import Authenticator
@@ -32,6 +33,23 @@ from proxy.release.health import HealthChecker
 from proxy.settings.types import parse_duration
 
 log = logging.getLogger("slotswitch.admin")
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log (AppRunner's `logger`): a request it cannot parse (a NUL in a header, a bad
+    request line) is the client's error, answered 400 by aiohttp, and worth an INFO line without a
+    traceback; any other failure keeps its ERROR and traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.logger.info("malformed admin request: %s", exc_info.message)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def server_log() -> ServerLog:
+    return ServerLog(logging.getLogger("slotswitch.admin.server"), {})
+
 
 T = TypeVar("T")
 

@@ -104,7 +104,7 @@ SCHEMAS: Json = {
             ["version", "status", "alerts"],
             version={"type": "string", "enum": ["4"]},  # any other version is a 400 (admin/alerts.py)
             groupKey=STRING,
-            truncatedAlerts=INT,
+            truncatedAlerts={"type": "integer", "minimum": 0},
             status={"type": "string", "enum": ["firing", "resolved"]},
             receiver=STRING,
             groupLabels={"type": "object", "additionalProperties": STRING},

@@ -29,7 +29,9 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 PROXY_CPU, LOAD_CPU = "0", "1"
-PATHS = ("/small", "/16k")
+PATHS = ("/small", "/16k", "/post4k")
+# Paths measured with a wrk script: /post4k sends a 4 KiB body (both proxies buffer it before going upstream).
+SCRIPTS = {"/post4k": BENCH_DIR / "post4k.lua"}
 TARGETS = ("direct", "nginx", "slotswitch", "slotswitch-llhttp", "slotswitch-source")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LATENCY_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -264,12 +266,19 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def run_wrk(
-    url: str, duration: float, connections: int, headers: tuple[str, ...] = (), cpu: str | None = LOAD_CPU
+    url: str,
+    duration: float,
+    connections: int,
+    headers: tuple[str, ...] = (),
+    cpu: str | None = LOAD_CPU,
+    script: Path | None = None,
 ) -> WrkResult:
-    """`cpu` None: wrk is not pinned (and gets 2 threads); `headers` are extra -H lines."""
+    """`cpu` None: wrk is not pinned (and gets 2 threads); `headers` are extra -H lines; `script`: wrk -s."""
     pin = ["taskset", "-c", cpu] if cpu is not None else []
     threads = "-t1" if cpu is not None else "-t2"
     extra = [arg for h in headers for arg in ("-H", h)]
+    if script is not None:
+        extra += ["-s", str(script)]
     argv = [*pin, "wrk", threads, f"-c{connections}", f"-d{duration:g}s", "--latency", *extra, url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
@@ -280,7 +289,7 @@ def run_wrk(
 def measure(target: str, port: int, pid: int | None, path: str, rnd: int, args: argparse.Namespace) -> Sample:
     pids = process_tree(pid) if pid else []
     before = cpu_seconds(pids)
-    res = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections)
+    res = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections, script=SCRIPTS.get(path))
     used = cpu_seconds(pids) - before
     us = used * 1e6 / res.requests if pid and res.requests else None
     return Sample(**asdict(res), target=target, path=path, round=rnd, us_cpu_per_req=us)
@@ -379,7 +388,7 @@ def compare(procs: Procs, tmp: Path, args: argparse.Namespace) -> int:
     for port, _ in targets.values():
         for path in PATHS:
             if args.warmup > 0:
-                run_wrk(f"http://127.0.0.1:{port}{path}", args.warmup, args.connections)
+                run_wrk(f"http://127.0.0.1:{port}{path}", args.warmup, args.connections, script=SCRIPTS.get(path))
     samples = [s for rnd in range(1, args.rounds + 1) for s in run_round(rnd, targets, args)]
     rows = summarize(samples)
     print(f"\nmedians of {args.rounds} interleaved round(s), {args.duration:g}s each, wrk -t1 -c{args.connections}:\n")
@@ -653,7 +662,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="end-to-end workers 1 vs 2 (slotswitch and nginx), nothing pinned, wrk -t2 (use --connections 100)",
     )
-    p.add_argument("--soak-path", choices=PATHS, default="/small", help="soak this path (default /small)")
+    p.add_argument("--soak-path", choices=("/small", "/16k"), default="/small", help="soak this path (default /small)")
     p.add_argument("--soak-close", action="store_true", help="soak with Connection: close (a connection per request)")
     p.add_argument(
         "--soak-max-seconds", type=float, default=SOAK_MAX_SECONDS, help="stop the soak after this (default 600)"

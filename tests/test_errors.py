@@ -316,11 +316,12 @@ async def test_close_delimited_body_cut_by_a_reset_or_a_cut_off_is_not_completed
         # versions llhttp takes but the proxy cannot forward: once sent upstream as HTTP/1.1 requests
         (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 400),
         (b"PRI /x\r\nAccept: */*\r\n\r\n", 400),  # HTTP/0.9: no version
-        # a refusal in what follows an (ignored) h2c upgrade was once chained to the upgrade: a 500
+        # a refusal in what follows an (ignored) h2c upgrade was once chained to the upgrade: a 500;
+        # the upgrade request (read whole) is answered first
         (
             b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
             b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
-            414,
+            (200, 414),
         ),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
         (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 40000 + b"\r\n\r\n", 431),
@@ -335,12 +336,13 @@ async def test_close_delimited_body_cut_by_a_reset_or_a_cut_off_is_not_completed
         ),
     ],
 )
-async def test_bad_requests_get_4xx_and_close(start: Start, raw: bytes, status: int) -> None:
+async def test_bad_requests_get_4xx_and_close(start: Start, raw: bytes, status: int | tuple[int, ...]) -> None:
     app = await start(limits={"body": 1000})
     client = await RawClient.connect(app.proxy_port)
     await client.send(raw)
-    resp = await client.read_response()
-    assert resp.status == status
+    for expected in status if isinstance(status, tuple) else (status,):
+        resp = await client.read_response()
+        assert resp.status == expected
     assert resp.header("Connection") == "close"
     assert await client.closed()
     await client.close()

@@ -1,16 +1,21 @@
 """Bounded, deterministic fuzzing of both sides of the data path (a seeded random.Random, fixed seeds).
 
-Client side: valid requests (GET with headers, Content-Length and chunked POSTs, trailers,
-pipelined pairs, HTTP/1.0, HEAD, a body that is itself a request, an h2c upgrade) are mutated
-(byte flips, CR/LF/NUL/high-byte/space insertions, truncations, duplicated, oversized and
-hop-by-hop-nominating headers, bad chunk sizes, huge Content-Lengths, bad versions, methods and
-targets) or replaced by random bytes; each case is sent on a fresh connection, in one to three
-writes, half-closed or not. The same bytes are parsed by a reference llhttp parser; the upstream is
-an echo server that parses what the proxy forwards strictly and answers with a digest of the method,
-target and body and the header names it got. Every response must be well formed; one from the
-upstream must echo exactly the request llhttp parsed at its position (no header the client did not
-send but the proxy's own); any other must be a 4xx with Connection: close and the last thing sent;
-never a 5xx, never a hang. When every request was valid, each is answered by the upstream.
+Client side: valid requests (GET with headers, Content-Length and chunked POSTs, trailers, pipelined
+pairs, HTTP/1.0, HEAD, a body that is itself a request, an h2c upgrade) are mutated (byte flips,
+CR/LF/NUL/high-byte/space insertions, truncations, duplicated, oversized and hop-by-hop-nominating
+headers, bad chunk sizes and chunk ends, huge Content-Lengths, Transfer-Encoding codings and lists,
+invalid Hosts, more headers than limits.header_count, bad versions, methods and targets) or replaced
+by random bytes; each case is sent on a fresh connection, in one to three writes, half-closed or
+not. The same bytes are parsed by a reference llhttp parser; the upstream is an echo server that
+parses what the proxy forwards strictly and answers with a digest of the method, target and body and
+the header names it got. Every response must be well formed; one from the upstream must echo exactly
+the request llhttp parsed at its position (no header the client did not send but the proxy's own);
+any other must be a 4xx (or a 501 for a transfer coding other than chunked) with Connection: close
+and the last thing sent; never a 5xx, never a hang. When every request was valid, each is answered
+by the upstream. And nothing the proxy refuses reaches the app: every request the upstream began to
+read was answered by it and its answer reached the client (the upstream counts the messages it
+began; the clients count the answers from it), so no byte of a request the proxy answered itself
+went upstream.
 
 Upstream side: valid responses (Content-Length, chunked, close-delimited, 1xx before the final one,
 HEAD, 204/304) are mutated the same way, plus bad statuses, duplicated lengths, trailing bytes and
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import random
 import re
@@ -52,6 +58,7 @@ BATCH = 60  # cases run concurrently, each on its own connection
 CASE_BOUND = 5.0  # seconds; the slowest legitimate case waits out one 0.5 s timeout
 BODY_LIMIT = 100_000
 HEAD_LIMIT = 32768  # limits.headers (default)
+HEADER_COUNT = 100  # limits.header_count (default)
 LINE_LIMIT = 8192  # limits.request_line (default)
 TIMEOUTS = {
     "header_read": "500ms",
@@ -322,6 +329,9 @@ class _EchoConn(asyncio.Protocol):
         self.head_done = False
         self.seen = b""
 
+    def on_message_begin(self) -> None:
+        self.up.begun += 1
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
@@ -389,6 +399,7 @@ class EchoUpstream:
     def __init__(self) -> None:
         self.open: set[_EchoConn] = set()
         self.garbage: list[str] = []
+        self.begun = 0  # request messages whose first byte arrived
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -601,7 +612,15 @@ HEADER_LINES = [
     b"Transfer-Encoding: gzip, chunked",
     b"Transfer-Encoding: chunked, gzip",
     b"Transfer-Encoding: identity",
+    b"Transfer-Encoding: xchunked",
+    b"Transfer-Encoding: chunked, chunked",
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
     b"Host: other.test",
+    b"Host: a b",
+    b"Host: a@b/c",
+    b"Host: evil.com, good.com",
+    b"Host: [::1]:8080",
+    b"Host: h.test:80x",
     b"Host:",
     b"Connection: close",
     b"Connection: keep-alive",
@@ -636,7 +655,23 @@ METHODS = [
     b"TRACE",
 ]
 TARGETS = [b"*", b"http://h.test/x", b"/" + b"a" * 9000, b"/a b", b"/\x00", b"/\xff", b"", b"/%00", b"//", b"/?q=\x7f"]
-CHUNK_SIZES = [b"fffffffffffffffffff", b"-1", b"zz", b"5;x=1", b"5 ", b" 5", b"0x5", b"", b"6", b"4", b"0", b"186a1"]
+CHUNK_SIZES = [
+    b"fffffffffffffffffff",
+    b"ffffffffffffffffff1",
+    b"5 x",
+    b"5;a\nb",
+    b"-1",
+    b"zz",
+    b"5;x=1",
+    b"5 ",
+    b" 5",
+    b"0x5",
+    b"",
+    b"6",
+    b"4",
+    b"0",
+    b"186a1",
+]
 LENGTHS = [b"0", b"1", b"4", b"12", b"100", b"99999999999", b"00011", b" 11", b"11 11", b"+11"]
 
 
@@ -664,7 +699,7 @@ def _replace_token(rng: random.Random, data: bytes, pattern: bytes, choices: lis
 
 
 def mutate_request(rng: random.Random, data: bytes) -> bytes:
-    op = rng.randrange(14)
+    op = rng.randrange(16)
     pos = rng.randrange(len(data) + 1)
     if op == 0 and data:  # flip one bit
         i = min(pos, len(data) - 1)
@@ -699,6 +734,12 @@ def mutate_request(rng: random.Random, data: bytes) -> bytes:
         return _replace_token(rng, data, rb"\n([0-9a-f]+)(?:;[^\r]*)?\r\n", CHUNK_SIZES)
     if op == 12:
         return _replace_token(rng, data, rb"Content-Length: ([0-9]+)", LENGTHS)
+    if op == 13 and spans:  # many small headers: over limits.header_count, or just at it
+        at = spans[0][0]
+        count = rng.choice((HEADER_COUNT + 1, HEADER_COUNT - len(spans), 1000))
+        return data[:at] + b"".join(b"X-N%d: v\r\n" % i for i in range(count)) + data[at:]
+    if op == 14:  # chunk data not followed by CRLF
+        return _replace_token(rng, data, rb"\r\n[0-9a-f]+\r\n[^\r]+(\r\n)", [b"", b"XX", b"\n", b"\r"])
     # Append: the same request again, or trailing junk.
     return data + rng.choice([data, b"\r\n", b"GARBAGE\r\n\r\n", bytes(rng.randrange(256) for _ in range(20))])
 
@@ -731,11 +772,40 @@ def client_cases(seed: int) -> list[ClientCase]:
 # Request headers the proxy adds (headers.request_head); any other the upstream sees came from the client's head.
 PROXY_ADDED = {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via"}
 PROXY_ADDED |= {b"transfer-encoding", b"connection", b"upgrade"}  # re-framing, and a WebSocket handshake
+PROXY_ADDED |= {b"content-length"}  # a chunked body read whole goes upstream with its length
+HOST = re.compile(
+    rb"(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*|\[(?P<ip6>[0-9A-Fa-f:.]+)\]|\[v[0-9A-Fa-f]+\.[^\]]+\])"
+    rb"(?::[0-9]*)?"
+)
+
+
+def valid_host(value: bytes) -> bool:
+    """RFC 3986 `host [":" port]`, written apart from the proxy's check (proxy.datapath.wire.valid_host)."""
+    value = value.rstrip(b" \t")
+    m = HOST.fullmatch(value)
+    if m is None or value.startswith(b":"):
+        return False
+    if m.group("ip6") is not None:
+        try:
+            ipaddress.IPv6Address(m.group("ip6").decode())
+        except ValueError:
+            return False
+    return True
+
+
+def te_ok(msg: Message) -> bool:
+    """Transfer-Encoding absent, or exactly one `chunked` in an HTTP/1.1 request without Content-Length."""
+    te = [v for n, v in msg.headers if n.lower() == b"transfer-encoding"]
+    if not te:
+        return True
+    lengths = [n for n, _ in msg.headers if n.lower() == b"content-length"]
+    return len(te) == 1 and te[0].strip(b" \t").lower() == b"chunked" and msg.version == "1.1" and not lengths
 
 
 def proxy_serves(msg: Message) -> bool:
     """Whether the proxy should forward a request llhttp accepted (its own checks, wire.ERRORS)."""
     hosts = sum(1 for name, _ in msg.headers if name.lower() == b"host")
+    host_values = [value for name, value in msg.headers if name.lower() == b"host"]
     head = sum(len(n) + len(v) + 4 for n, v in msg.headers)
     return (
         msg.version in ("1.0", "1.1")
@@ -743,12 +813,16 @@ def proxy_serves(msg: Message) -> bool:
         and (hosts == 1 if msg.version == "1.1" else hosts <= 1)
         and len(msg.target) <= LINE_LIMIT
         and head <= HEAD_LIMIT
+        and len(msg.headers) <= HEADER_COUNT
+        and all(not v or valid_host(v) for v in host_values)
+        and te_ok(msg)
         and len(msg.body) <= BODY_LIMIT
         and all(not v.isdigit() or int(v) <= BODY_LIMIT for n, v in msg.headers if n.lower() == b"content-length")
     )
 
 
-def check_client_case(case: ClientCase, received: bytes, reset: bool) -> None:
+def check_client_case(case: ClientCase, received: bytes, reset: bool) -> int:
+    """Checks one case; returns how many of its answers came from the upstream."""
     messages, outcome = parse_requests(case.data)
     complete = [m for m in messages if m.done]
     where = f"case {case.n} sent {case.data[:600]!r} (in {len(case.pieces)} pieces, half-close {case.half_close})"
@@ -757,6 +831,8 @@ def check_client_case(case: ClientCase, received: bytes, reset: bool) -> None:
         received, lambda i: i < len(messages) and messages[i].method == b"HEAD", eof=not reset
     )
     assert not error, f"{where}: {error}; received {received[:600]!r}"
+    # 100 Continue: the proxy's own, for a body it reads before it takes an upstream connection
+    responses = [resp for resp in responses if resp.status != 100]
     for i, resp in enumerate(responses):
         echo = resp.header(b"x-echo")
         assert resp.complete or reset, f"{where}: response {i} truncated without a reset: {received[:600]!r}"
@@ -771,7 +847,10 @@ def check_client_case(case: ClientCase, received: bytes, reset: bool) -> None:
             forwarded = set(b",".join(resp.header(b"x-echo-names")).split(b","))
             assert forwarded <= sent, f"{where}: request {i} reached the upstream with {forwarded - sent}"
         else:
-            assert 400 <= resp.status < 500, f"{where}: status {resp.status} for client input: {received[:600]!r}"
+            # 4xx, or 501 for a transfer coding other than chunked (as nginx answers)
+            assert 400 <= resp.status < 500 or resp.status == 501, (
+                f"{where}: status {resp.status} for client input: {received[:600]!r}"
+            )
             assert b"close" in b"".join(resp.header(b"connection")), f"{where}: 4xx without close"
             assert i == len(responses) - 1, f"{where}: bytes after a 4xx: {received[:600]!r}"
     if outcome == "ok" and complete and all(proxy_serves(m) for m in complete):
@@ -781,6 +860,7 @@ def check_client_case(case: ClientCase, received: bytes, reset: bool) -> None:
         assert len(answered) == expected and len(responses) == expected, (
             f"{where}: {expected} valid requests, got {received[:600]!r}"
         )
+    return sum(1 for r in responses if r.header(b"x-echo"))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -797,11 +877,23 @@ async def test_fuzz_client_side(start: Start, caplog: pytest.LogCaptureFixture, 
                 )
             except TimeoutError:
                 pytest.fail(f"case {case.n}: no answer nor close within {CASE_BOUND}s for {case.data[:600]!r}")
-            check_client_case(case, received, reset)
+            echoed = check_client_case(case, received, reset)
+            if echoed or not received.startswith(b"HTTP/1.1 200 "):
+                answered[case.n] = (echoed, case.data)
 
+        answered: dict[int, tuple[int, bytes]] = {}
         for first in range(0, len(cases), BATCH):
+            begun = echo.begun
+            answered.clear()
             await asyncio.gather(*(run(case) for case in cases[first : first + BATCH]))
             assert not echo.garbage, echo.garbage
+            # Every message the upstream began was a request the proxy forwarded whole and whose answer
+            # reached its client: none of a request the proxy refused (a 4xx or 5xx of its own).
+            refused = [data[:300] for n, (echoed, data) in sorted(answered.items()) if not echoed]
+            assert echo.begun - begun == sum(e for e, _ in answered.values()), (
+                f"the upstream began {echo.begun - begun} requests, the clients got "
+                f"{sum(e for e, _ in answered.values())} answers from it; cases refused: {refused}"
+            )
             normal = b"GET /normal HTTP/1.1\r\nHost: example.test\r\n\r\n"
             await check_health(app, caplog, normal, echo_digest(b"GET", b"/normal", b"").encode())
     finally:

@@ -97,6 +97,25 @@ REQUESTS = [
     b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\n\n",
     b"GET /x?a=b:c HTTP/1.0\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\x00\n\r\n",
+    # Transfer-Encoding other than one `chunked` (501), and in HTTP/1.0 (400)
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    # Host: RFC 3986 host [":" port], or 400
+    b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a@b/c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: evil.com, good.com\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h:80x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: xn--caf-dma.example:443\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: caf%C3%A9.example\r\n\r\n",
+    # limits.header_count (100): at it, and over it (431)
+    b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-N%d: v\r\n" % i for i in range(99)) + b"\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-N%d: v\r\n" % i for i in range(100)) + b"\r\n",
 ]
 
 # Response heads on both sides of the lines, each answering a plain GET.
@@ -237,6 +256,7 @@ async def test_head_requests_take_llhttps_path(proxied: tuple[Slotswitch, Script
 # -- which heads the fast path takes ----------------------------------------------------------
 
 TAKEN_REQUESTS = (0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 26, 32, 33, 52, 55, 56, 57, 58, 65)
+TAKEN_REQUESTS += (73, 74, 75, 76, 77, 78, 79, 80, 81)  # Hosts (refused after the scan, as by llhttp), 100 headers
 TAKEN_RESPONSES = (0, 1, 2, 3, 4, 5, 6, 12, 14, 17, 25, 29)  # 30 declines only when it arrives whole
 
 

@@ -13,6 +13,9 @@ Invariants:
   backpressure, a pipeline queue, or a body buffered before an upstream is attached).
 - One lazy timer per connection enforces whichever deadline the phase needs (`DL_*`).
 - No byte after a request without keep-alive is read (`self.last`; RFC 9112 §9.6).
+- Bytes that fail to parse behind requests read whole are answered after those (`self.refused`): the
+  valid requests get their responses, then the error, then the connection closes, however the bytes
+  were split into reads; no byte of the refused request has gone upstream.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from proxy.datapath import wire
 from proxy.datapath.exchange import Exchange
 from proxy.datapath.llhttp import RequestCallbacks
 from proxy.datapath.scan import take_requests
@@ -50,6 +54,7 @@ log = logging.getLogger("slotswitch.client")
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
+        "body_end",
         "clock",
         "current",
         "deadline",
@@ -69,6 +74,8 @@ class ClientConnection(asyncio.Protocol):
         "pipeline",
         "read_block",
         "redirect",
+        "refused",
+        "refused_head",
         "resp_tail",
         "server",
         "timer",
@@ -108,11 +115,14 @@ class ClientConnection(asyncio.Protocol):
         self.early = b""  # bytes a WebSocket client sent before the upstream's 101
         self.eof = False
         self.last = False  # a request without keep-alive was read: no more are (RFC 9112 §9.6)
+        self.refused = ""  # the error for bad bytes behind requests still to answer: sent after them
+        self.refused_head = False
         # Timeouts
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.deadline = 0.0
         self.deadline_kind = DL_NONE
+        self.body_end = 0.0  # when the body being read must be complete (timeouts.body_total); 0: no limit
         # Per-request state
         self.parsing: Exchange | None = None
         self.head_raw = 0  # bytes of the reads that continued a head and did not complete it
@@ -150,10 +160,16 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as err:  # its own name: compiled, one name has one type
             if self.read_all():
                 return  # llhttp refuses bytes after a request that closes: they are ignored instead
-            log.info("malformed request from %s: %s", self.peer.decode(), err)
-            self.reject("bad_request")
+            why = str(err)
+            log.info("malformed request from %s: %s", self.peer.decode(), why)
+            # a second `chunked`, or a coding after it, fails in llhttp's header parsing: 501 as any
+            # other coding gets (Exchange.head_complete), not 400
+            self.refuse("not_implemented" if why.startswith("Invalid `Transfer-Encoding`") else "bad_request")
             return
         else:
+            current = self.current
+            if current is not None and current.expect:
+                self.send_continue(current)
             if ex is not None and ex is self.parsing and not ex.method:
                 # This whole read continued a head and did not end it. httptools holds a header until
                 # it ends (on_header checks the limit only then), growing it by one copy per read:
@@ -161,7 +177,7 @@ class ClientConnection(asyncio.Protocol):
                 self.head_raw += len(data)
                 server = self.server
                 if self.head_raw > server.max_line + server.max_headers:
-                    self.reject("headers_too_large")
+                    self.refuse("headers_too_large")
             return
         # Outside the handler: what follows the upgrade request is parsed again, and an exception
         # raised inside an except block would be chained to the one handled there, replacing the
@@ -223,6 +239,20 @@ class ClientConnection(asyncio.Protocol):
             self.pipeline.append(ex)
             self.block_reading(RB_PIPELINE)
 
+    def body_started(self) -> None:
+        """The current request's body is to be read: body_read between its pieces, body_total in all."""
+        now = self.clock()
+        total = self.server.body_total
+        self.body_end = now + total if total else 0.0
+        self.set_deadline(DL_BODY, now)
+
+    def send_continue(self, ex: Exchange) -> None:
+        """`ex` expects 100-continue and its body is held for buffering: the proxy answers 100 itself
+        (the Expect header is not forwarded), unless the body has begun to arrive (as nginx does)."""
+        ex.expect = False
+        if ex.held is not None and not ex.body_len and ex.version == "1.1" and self.transport is not None:
+            self.transport.write(wire.CONTINUE_100)
+
     def request_begins(self) -> None:
         if self.deadline_kind == DL_IDLE:
             # The next request on a kept-alive connection: its head must arrive by the idle deadline
@@ -233,10 +263,10 @@ class ClientConnection(asyncio.Protocol):
         """Reading a request raised `cause` (llhttp's callbacks, or proxy.datapath.scan's path): a Reject is
         answered with its error, anything else is an internal error."""
         if isinstance(cause, Reject):
-            self.reject(cause.reason)
+            self.refuse(cause.reason)
         else:
             log.error("internal error on %s", self.peer.decode(), exc_info=cause)
-            self.reject("internal_error")
+            self.refuse("internal_error")
 
     def read_all(self) -> bool:
         """A request without keep-alive was read (perhaps in this very feed, by on_message_complete)."""
@@ -257,6 +287,11 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.current or self.transport is None:
             return
         self.current = None
+        if self.refused and not self.pipeline:
+            if keep_alive and self.transport is not None:  # the bad bytes' answer, after the good ones'
+                self.server.send_error(self.transport, self.refused, None, self.refused_head)
+            self.close()
+            return
         if not keep_alive or self.server.stopping or (self.eof and not self.pipeline):
             self.close()
             return
@@ -266,10 +301,30 @@ class ClientConnection(asyncio.Protocol):
                 self.unblock_reading(RB_PIPELINE)
             self.current = nxt
             nxt.start()
+            if nxt.expect:
+                self.send_continue(nxt)
         elif self.parsing is None:
             self.set_deadline(DL_IDLE, now)
         else:
             self.set_deadline(DL_HEADER)
+
+    def refuse(self, reason: str) -> None:
+        """The bytes being parsed are refused with ERRORS[reason]. Requests before them that were read
+        whole are answered first (as nginx does), then the error; otherwise it is answered now."""
+        ex = self.current
+        if ex is None or not ex.request_done or self.transport is None:
+            self.reject(reason)
+            return
+        parsing = self.parsing
+        self.refused_head = parsing is not None and (
+            parsing.is_head if parsing.method else self.parser.get_method() == b"HEAD"
+        )
+        while self.pipeline and not self.pipeline[-1].request_done:
+            self.pipeline.pop().abort()  # the refused request itself: never started, nothing went upstream
+        self.refused = reason
+        self.last = True  # nothing more is read
+        self.parsing = None
+        self.llhttp_open = False
 
     def reject(self, reason: str) -> None:
         """Answer a client-side error with ERRORS[reason] and close; in-progress work is dropped."""
@@ -328,7 +383,10 @@ class ClientConnection(asyncio.Protocol):
         `now`: the loop clock, if the caller read it in this same callback."""
         self.deadline_kind = kind
         if kind:  # not DL_NONE
-            deadline = self.deadline = (now if now >= 0 else self.clock()) + self.server.timeout_for[kind]
+            deadline = (now if now >= 0 else self.clock()) + self.server.timeout_for[kind]
+            if kind == DL_BODY and 0 < self.body_end < deadline:
+                deadline = self.body_end  # timeouts.body_total
+            self.deadline = deadline
             if self.timer is None or deadline < self.timer_at:
                 self._cancel_timer()
                 self.timer_at = deadline
@@ -336,8 +394,10 @@ class ClientConnection(asyncio.Protocol):
 
     def touch(self) -> None:
         """Push the current deadline back (called when bytes move)."""
-        if self.deadline_kind != DL_NONE:
-            self.deadline = self.clock() + self.server.timeout_for[self.deadline_kind]
+        kind = self.deadline_kind
+        if kind != DL_NONE:
+            deadline = self.clock() + self.server.timeout_for[kind]
+            self.deadline = self.body_end if kind == DL_BODY and 0 < self.body_end < deadline else deadline
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:

@@ -2,12 +2,18 @@
 
 The life of an exchange:
   parsed (head_complete) -> start(): read the snapshot once, pick the slot and an upstream
-  -> attach(conn): write the head and any body buffered so far -> body streams straight through
+  -> [request_buffering on, a body: the body is read into body_buf (`held` is the pool picked) until it
+     ends or passes limits.buffer_body] -> attach(conn): write the head and the body buffered so far
+  -> any rest of the body streams straight through
   -> the upstream connection relays the response (proxy.datapath.upstream) -> finish().
 
 Invariants:
 - `route.runtime.in_flight` is incremented exactly once in start() and decremented exactly once,
   in _end(), whichever way the exchange ends (finish, error reply, abort).
+- With request_buffering on, nothing of a request with a body goes upstream before its body has been
+  read and its framing checked by the parser, whole or up to limits.buffer_body: a request the proxy
+  refuses for its body never reaches the app, and a client that trickles a body holds no upstream
+  connection. A request without a body takes the same path as with buffering off.
 - A request is retried on another connection only if nothing of its response arrived, it has no
   body, its method is idempotent and the connection that failed had been reused from the pool.
 """
@@ -47,8 +53,10 @@ class Exchange:
         "content_length",
         "cookie",
         "ended",
+        "expect",
         "head",
         "headers",
+        "held",
         "host",
         "host_count",
         "is_head",
@@ -65,6 +73,7 @@ class Exchange:
         "status",
         "sticky",
         "target",
+        "te",
         "upgrade",
         "version",
         "ws",
@@ -96,6 +105,8 @@ class Exchange:
         self.upgrade = b""
         self.ws = False
         self.chunked = False
+        self.te = 0  # Transfer-Encoding: 0 none, 1 one `chunked`, 2 anything else (501)
+        self.expect = False  # Expect: 100-continue
         self.content_length = -1
         self.keep_alive = True
         # Request body.
@@ -103,6 +114,7 @@ class Exchange:
         self.body_len = 0
         self.body_seen = 0
         self.request_done = False
+        self.held: UpstreamPool | None = None  # the pool picked while the body is read first (buffering)
         # Routing and response.
         self.route: Route | None = None
         self.conn: UpstreamConnection | None = None
@@ -132,7 +144,14 @@ class Exchange:
             self.nominated = wire.nominated_names(value, self.nominated)
             self.conn_upgrade = self.conn_upgrade or wire.has_token(value, b"upgrade")
         elif kind == wire.H_TE:
-            self.chunked = value.lower().rstrip().endswith(b"chunked")
+            # Exactly one `chunked` (any case): any other coding, a list, or a second line is 501, as
+            # nginx answers; a coding the proxy would drop or misframe never goes upstream.
+            self.chunked = not self.te and value.strip(b" \t").lower() == b"chunked"
+            self.te = 1 if self.chunked else 2
+        elif kind == wire.H_EXPECT:
+            self.expect = value.strip(b" \t").lower() == b"100-continue"
+            if not self.client.server.buffering:  # buffering: the proxy answers 100 itself (start)
+                self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_UPGRADE:
             self.upgrade = value.strip().lower()
         elif kind == wire.H_XFF:
@@ -173,6 +192,16 @@ class Exchange:
             raise wire.Reject("method_not_allowed")
         if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
             raise wire.Reject("bad_host")
+        if self.host and not wire.valid_host(self.host):
+            raise wire.Reject("bad_host")
+        if self.te:
+            if version == "1.0" or self.content_length >= 0:
+                raise wire.Reject("bad_transfer_encoding")  # RFC 9112 §6.1: 1.0 has no chunked; no smuggling
+            if self.te != 1:
+                raise wire.Reject("not_implemented")
+        if self.conn_upgrade and self.upgrade and (self.content_length > 0 or self.chunked):
+            # llhttp does not read the body of an upgrade request: refused before anything goes upstream
+            raise wire.Reject("bad_request")
         limit = self.client.server.max_body
         if limit and self.content_length > limit:
             raise wire.Reject("body_too_large")
@@ -220,9 +249,12 @@ class Exchange:
         if pool is None:
             self.fail("no_upstream")
             return
-        self.head = request_head(self, client, pool.host_line)
         if self.content_length > 0 or self.chunked:
-            client.set_deadline(wire.DL_BODY)  # a bodyless request gets DL_UPSTREAM in client_done
+            client.body_started()  # a bodyless request gets DL_UPSTREAM in client_done
+            if server.buffering and not self.request_done:
+                self._hold(pool)
+                return
+        self.head = request_head(self, client, pool.host_line)
         pool.acquire(self)
 
     def redirect(self) -> None:
@@ -248,6 +280,32 @@ class Exchange:
         transport.write(b"".join(parts))
         self._end()
         client.exchange_done(self, keep)
+
+    def _hold(self, pool: UpstreamPool) -> None:
+        """request_buffering: read the body (or limits.buffer_body of it) before taking a connection."""
+        client = self.client
+        self.held = pool
+        if self.body_len > client.server.buffer_body:
+            self._send_held()  # a pipelined request whose body was read while it waited
+            return
+        client.unblock_reading(wire.RB_BUFFER)
+
+    def _send_held(self) -> None:
+        """The body held is complete (or as large as limits.buffer_body): now take a connection."""
+        pool = self.held
+        self.held = None
+        if pool is None or self.ended:
+            return
+        if self.chunked and self.request_done:
+            # The whole body is here: it goes upstream with its length, as nginx sends it, and an
+            # app that reads only Content-Length framing gets it as well.
+            self.chunked = False
+            self.content_length = self.body_len
+            self.headers.append(b"Content-Length: %d\r\n" % self.body_len)
+        self.head = request_head(self, self.client, pool.host_line)
+        pool.acquire(self)
+        if self.conn is None and not self.request_done:
+            self.client.block_reading(wire.RB_BUFFER)  # until attach: the rest then streams
 
     def attach(self, conn: UpstreamConnection) -> None:
         """An upstream connection is ours: send the head and whatever body has arrived."""
@@ -297,13 +355,19 @@ class Exchange:
             self.body_buf = []
         self.body_buf.append(chunk)
         self.body_len += len(chunk)
-        if self.body_len > BUFFER_LIMIT:
+        if self.held is not None:
+            self.client.touch()
+            if self.body_len > self.client.server.buffer_body:
+                self._send_held()
+        elif self.body_len > BUFFER_LIMIT:
             self.client.block_reading(wire.RB_BUFFER)
 
     def client_done(self, keep_alive: bool, now: float = -1.0) -> None:
         """The request has been read whole; `now`: the loop clock, if read in this same callback."""
         self.keep_alive = keep_alive
         self.request_done = True
+        if self.held is not None:
+            self._send_held()
         conn = self.conn
         if conn is not None and self.chunked:
             conn.send(wire.LAST_CHUNK)

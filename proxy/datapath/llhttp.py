@@ -24,11 +24,12 @@ TRAILERS: Final = 1 << 62
 
 
 class RequestCallbacks:
-    __slots__ = ("client", "header_bytes")
+    __slots__ = ("client", "header_bytes", "header_count")
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.header_bytes = 0
+        self.header_count = 0
 
     def on_message_begin(self) -> None:
         self.client.llhttp_open = True
@@ -40,6 +41,7 @@ class RequestCallbacks:
         if ex is None:
             ex = client.parsing = Exchange(client)
             self.header_bytes = 0
+            self.header_count = 0
             client.head_raw = 0
             client.request_begins()
         ex.target += url
@@ -55,6 +57,9 @@ class RequestCallbacks:
             # A trailer: never forwarded (the body ends with a bare last chunk), and it must not join
             # the headers of a pipelined request whose head is built only when it starts.
             return
+        self.header_count += 1
+        if self.header_count > self.client.server.max_header_count:
+            raise Reject("too_many_headers")
         ex = self.client.parsing
         assert ex is not None
         kinds = ex.kinds

@@ -15,6 +15,7 @@ bytes for them; for anything else it declines (DECLINE), and the head goes to ll
 A head it takes:
 - arrived whole in this read, from a message boundary, within the size limits;
 - holds only printable ASCII and SP, every CR and LF in a CRLF pair (no tab, control or obs-text);
+- has at most limits.header_count header lines;
 - has every header line exactly `token ": " value`, the value not starting with SP:
   the form in which the slow path's `name + b": " + value` is the line as it came, byte for byte
   (llhttp drops SP before a value and keeps SP after it);
@@ -187,7 +188,9 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
     shapes = server.scan_shapes
     flags = 0  # 1: Connection: close seen, 2: Connection: keep-alive seen (llhttp's flags)
     run = pos = eol + 2  # data[start + run:start + pos] is a run of lines forwarded as they came
+    lines = 0
     while pos < stop:
+        lines += 1
         eol = text.find("\r", pos)
         size = _name(text, data, start, pos, eol)
         if size < 0:
@@ -215,6 +218,8 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
                 ex.add_header(kind, name, value)  # what the slow path does with it, in the same order
             run = eol + 2
         pos = eol + 2
+    if lines > server.max_header_count:
+        return DECLINE  # llhttp's path answers 431
     if pos > run:
         ex.headers.append(data[start + run : start + pos])
     ex.method = method

@@ -66,6 +66,10 @@ class ProxyServer:
         # settings.limits as plain ints, read per request and per header (a settings model attribute is a
         # dict lookup; these are fields of this compiled class). Set in apply().
         self.max_line = self.max_headers = self.max_body = 0
+        self.max_header_count = 100
+        self.buffering = True  # request_buffering: on
+        self.buffer_body = 1 << 20
+        self.body_total = 0.0  # timeouts.body_total; 0: none
         self.header_kinds: dict[bytes, int] = wire.with_spellings(wire.REQUEST_SPECIAL)
         self.scan_heads = native.scan_heads()  # False: every head goes through llhttp
         self.preview_secret = b""
@@ -97,6 +101,10 @@ class ProxyServer:
     def apply(self, settings: Settings) -> None:
         limits = settings.limits
         self.max_line, self.max_headers, self.max_body = limits.request_line, limits.headers, limits.body
+        self.max_header_count = limits.header_count
+        self.buffering = settings.request_buffering == "on"
+        self.buffer_body = limits.buffer_body
+        self.body_total = settings.timeouts.body_total
         if not settings.access_log and self.access is not None:
             self.access.flush()
             self.access = None

@@ -6,6 +6,7 @@ the metric label and the log word. That table is the one place where a failure b
 
 from __future__ import annotations
 
+import ipaddress
 from http import HTTPStatus
 from typing import Final, NamedTuple
 
@@ -40,6 +41,7 @@ H_CONTENT_LENGTH: Final = 9
 H_COOKIE: Final = 10
 H_STICKY: Final = 11  # this one and the next have configured names (ProxyServer.apply)
 H_PREVIEW: Final = 12
+H_EXPECT: Final = 13
 REQUEST_SPECIAL: Final[dict[bytes, int]] = {name: H_HOP for name in HOP_BY_HOP}
 REQUEST_SPECIAL.update(
     {
@@ -53,6 +55,7 @@ REQUEST_SPECIAL.update(
         b"transfer-encoding": H_TE,
         b"content-length": H_CONTENT_LENGTH,
         b"cookie": H_COOKIE,
+        b"expect": H_EXPECT,
     }
 )
 
@@ -164,6 +167,61 @@ def has_token(value: bytes, token: bytes) -> bool:
     return value.lower().find(token) >= 0
 
 
+# Host (RFC 9112 §3.2, RFC 3986 §3.2.2): `host [":" port]`. The usual value (a name or an IPv4 address,
+# perhaps with a port) is checked by one translate: deleting these bytes leaves nothing.
+_REG_NAME: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;="
+_USUAL_HOST: Final = _REG_NAME + b":"
+_HEX: Final = b"0123456789abcdefABCDEF"
+
+
+def valid_host(host: bytes) -> bool:
+    """`host` is `host [":" port]`: a reg-name (pct-encoded too), an IPv4 address or an IP-literal."""
+    if not host.translate(None, _USUAL_HOST):
+        name, colon, port = host.partition(b":")
+        return not colon or (bool(name) and (not port or port.isdigit()))
+    stripped = host.rstrip(b" \t")  # trailing whitespace, which llhttp leaves in a value
+    if stripped != host:
+        return valid_host(stripped)
+    if host.startswith(b"["):
+        return _ip_literal(host)
+    name, colon, port = host.partition(b":")
+    if colon and (not name or (port and not port.isdigit())):
+        return False
+    return not name.translate(None, _REG_NAME + b"%") and _percent_ok(name)
+
+
+def _percent_ok(name: bytes) -> bool:
+    at = name.find(b"%")
+    while at >= 0:
+        if len(name) < at + 3 or name[at + 1] not in _HEX or name[at + 2] not in _HEX:
+            return False
+        at = name.find(b"%", at + 3)
+    return True
+
+
+def _ip_literal(host: bytes) -> bool:
+    """`[` IPv6address or IPvFuture `]` [":" port]."""
+    end = host.find(b"]")
+    if end < 0:
+        return False
+    inner = host[1:end]
+    after = host[end + 1 :]
+    if after and (after[:1] != b":" or (len(after) > 1 and not after[1:].isdigit())):
+        return False
+    if inner[:1] in (b"v", b"V"):  # IPvFuture: "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+        version, _, rest = inner[1:].partition(b".")
+        if not version or version.translate(None, _HEX):
+            return False
+        return bool(rest) and not rest.translate(None, _USUAL_HOST)
+    if inner.find(b"%") >= 0:
+        return False  # a zone ID (RFC 6874) is not a Host
+    try:
+        ipaddress.IPv6Address(inner.decode("ascii"))
+    except ValueError:
+        return False
+    return True
+
+
 def status_line(code: int, reason: bytes = b"") -> bytes:
     if not reason:
         try:
@@ -197,13 +255,16 @@ def _error(status: int, message: str, closes: bool) -> ErrorReply:
 ERRORS: Final[dict[str, ErrorReply]] = {
     "bad_request": _error(400, "malformed request", True),
     "internal_error": _error(500, "internal proxy error", True),
-    "bad_host": _error(400, "missing or repeated Host header", True),
+    "bad_host": _error(400, "missing, repeated or invalid Host header", True),
+    "bad_transfer_encoding": _error(400, "Transfer-Encoding in an HTTP/1.0 request, or beside Content-Length", True),
     "method_not_allowed": _error(405, "CONNECT is not served by this proxy", True),
     "header_timeout": _error(408, "request headers not received in time", True),
     "body_timeout": _error(408, "request body not received in time", True),
     "body_too_large": _error(413, "request body too large", True),
     "uri_too_long": _error(414, "request line too long", True),
     "headers_too_large": _error(431, "request headers too large", True),
+    "too_many_headers": _error(431, "too many request headers", True),
+    "not_implemented": _error(501, "transfer coding not implemented: only chunked is", True),
     "connect_refused": _error(502, "upstream refused the connection", False),
     "upstream_reset": _error(502, "upstream closed the connection", False),
     "bad_response": _error(502, "upstream sent a malformed response", False),

@@ -15,10 +15,11 @@ import socket
 import time
 from functools import partial
 from pathlib import Path
+from typing import TextIO
 
 from aiohttp import web
 
-from admin.api import Services, make_admin_app
+from admin.api import Services, make_admin_app, server_log
 from admin.auth import TOKEN_ENV, AuthConfigError, Authenticator, Credential, check_exposure, load_credentials
 from admin.metrics import make_metrics_app, make_registry
 from proxy import native
@@ -27,6 +28,7 @@ from proxy.datapath.server import ProxyServer
 from proxy.datapath.tls import CertInfo, TLSError, check_client
 from proxy.fleet.persist import StateError, StateStore, initial_snapshot, open_store, persisting
 from proxy.fleet.sync import Fleet, FleetStartError
+from proxy.logtext import EscapingFormatter
 from proxy.process import libssl
 from proxy.process.workers import WorkerSet
 from proxy.release.analysis import Analyzer
@@ -269,7 +271,7 @@ class Slotswitch:
     async def _serve(self, app: web.Application, setting: str, listen: str) -> tuple[web.AppRunner, int]:
         """Serve `app` on `listen` (the value of config key `setting`); returns its runner and bound port.
         A port that cannot be bound is a StartupError naming the key."""
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, logger=server_log())
         await runner.setup()
         host, port = parse_listen(listen)
         # admin.tls: the traffic listener's context, so a SIGHUP renews both
@@ -292,17 +294,17 @@ class Slotswitch:
         try:
             settings = load_settings(self.config_path)
         except ConfigError as exc:
-            log.error("config reload refused, keeping the running config:\n%s", exc)
+            refused(exc.errors)
             return False
         try:
             credentials = self._credentials(settings)
         except AuthConfigError as exc:
-            log.error("config reload refused, keeping the running config:\n%s", exc)
+            refused(str(exc).splitlines())
             return False
         try:
             self._check_tls(settings)
         except TLSError as exc:
-            log.error("config reload refused, keeping the running config and certificates:\n%s", "\n".join(exc.errors))
+            refused(list(exc.errors))  # the running certificates stay too
             return False
         if self.workers is not None:
             self.workers.reload_tls(settings)
@@ -395,11 +397,21 @@ async def serve(settings: Settings, config_path: str | Path | None, *, reset_sta
     return 0
 
 
+def refused(errors: list[str]) -> None:
+    """A config that cannot be used: every error on a line of its own (each escaped: proxy.logtext)."""
+    log.error("config reload refused, keeping the running config:" + "\n%s" * len(errors), *errors)
+
+
+def log_handler(stream: TextIO | None = None) -> logging.Handler:
+    """The handler every process logs through: to stderr, each line escaped (proxy.logtext), so that
+    nothing from outside can forge or split a line."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=level.upper(), handlers=[log_handler()])
 
 
 def raise_nofile() -> tuple[int, int]:

@@ -78,12 +78,27 @@ class SlotConfig(ConfigModel):
 class Limits(ConfigModel):
     request_line: Size = 8192
     headers: Size = 32768
+    header_count: int = Field(default=100, ge=1, le=10_000)  # more request headers -> 431 (Envoy: 100)
     body: Size = 0  # 0 = no limit (the nginx default would be 1 MiB; a proxy in front of an app should not guess)
+    buffer_body: Size = 1024 * 1024  # request_buffering: read and check this much body before an upstream is taken
+
+
+def _on_off(value: object) -> object:
+    # YAML 1.1 reads a bare `on` / `off` as a boolean.
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+OnOff = Annotated[Literal["on", "off"], BeforeValidator(_on_off)]
 
 
 class Timeouts(ConfigModel):
     header_read: Duration = 60.0
     body_read: Duration = 60.0
+    body_total: Duration = 300.0  # the whole request body, from its head on; 0 = no limit
     keepalive: Duration = 75.0
     connect: Duration = 5.0
     upstream_read: Duration = 60.0
@@ -182,6 +197,7 @@ class Settings(ConfigModel):
     trusted_proxies: tuple[str, ...] = ()
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
+    request_buffering: OnOff = "on"  # read (up to limits.buffer_body of) a body before taking an upstream
     pool: Pool = Pool()
     admin: AdminConfig = AdminConfig()
     state: StateConfig = StateConfig()
