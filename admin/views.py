@@ -65,4 +65,7 @@ def status_json(services: Services) -> dict[str, Any]:
 
 
 def change_json(services: Services, result: Result) -> dict[str, Any]:
-    return {"changed": result.changed, "from": result.previous.active, **status_json(services)}
+    body = {"changed": result.changed, "from": result.previous.active, **status_json(services)}
+    if result.message:
+        body["message"] = result.message
+    return body

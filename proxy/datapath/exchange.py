@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from proxy.datapath import wire
 from proxy.datapath.balance import choose, drop_cookie
-from proxy.datapath.headers import request_head
+from proxy.datapath.headers import request_head, resolve_client
 from proxy.datapath.relay import drop_nominated
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ BUFFER_LIMIT: Final = 65536  # request body bytes held before an upstream is att
 
 class Exchange:
     __slots__ = (
+        "addr",
         "attempts",
         "body_buf",
         "body_len",
@@ -47,6 +48,8 @@ class Exchange:
         "content_length",
         "cookie",
         "ended",
+        "forwarded",
+        "fwd_for",
         "head",
         "headers",
         "host",
@@ -56,6 +59,7 @@ class Exchange:
         "kinds",
         "method",
         "nominated",
+        "own",
         "preview",
         "request_done",
         "request_id",
@@ -87,6 +91,11 @@ class Exchange:
         self.host = b""
         self.host_count = 0
         self.xff: list[bytes] | None = None
+        self.forwarded = b""  # the Forwarded header (RFC 7239), read only from a trusted peer
+        # The client's address when the peer is a trusted proxy (headers.resolve_client), and the
+        # X-Forwarded-For line sent upstream; b"" otherwise (the address is then the peer's).
+        self.addr = b""
+        self.fwd_for = b""
         self.xfh = b""
         self.xfp = b""
         self.request_id = False
@@ -108,6 +117,7 @@ class Exchange:
         self.conn: UpstreamConnection | None = None
         self.head = b""
         self.status = 0
+        self.own = False  # the proxy answered (fail): not counted as the upstream's
         self.started = 0.0
         self.attempts = 0
         self.response_started = False
@@ -158,6 +168,9 @@ class Exchange:
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_PREVIEW:
             self.preview = value  # never forwarded, matching secret or not
+        elif kind == wire.H_FORWARDED:
+            self.forwarded = value if not self.forwarded else self.forwarded + b", " + value
+            self.headers.append(name + b": " + value + wire.CRLF)
         # other hop-by-hop headers are dropped
 
     def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
@@ -192,6 +205,8 @@ class Exchange:
             self.xfh = b""
         if b"x-forwarded-proto" in nominated:
             self.xfp = b""
+        if b"forwarded" in nominated:
+            self.forwarded = b""
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -200,6 +215,8 @@ class Exchange:
         client = self.client
         server = client.server
         snap = server.store.current
+        if client.trusted:
+            resolve_client(self, client)  # the client's address, before stickiness reads it
         # Fast path: no ramp and nothing that asks for the idle slot.
         plain = snap.canary is None and not self.preview and not server.preview_cookie
         route = snap.primary if plain else choose(snap, self)
@@ -354,6 +371,7 @@ class Exchange:
             self._end()
             return
         self.status = wire.ERRORS[reason].status
+        self.own = True
         closes = client.server.send_error(client.transport, reason, route, self.is_head)
         self._end()
         # A bodyless request may fail before its message is complete (routing happens at
@@ -379,7 +397,7 @@ class Exchange:
             # 499 (nginx's "client closed request") when the client left before any answer.
             status = self.status or 499
             elapsed = (now if now >= 0 else self.client.clock()) - self.started
-            rt.stats.record(status, elapsed)
+            rt.stats.record(status, elapsed, self.own)
             rt.in_flight -= 1
             if rt.in_flight == 0 and rt.on_idle is not None:
                 rt.on_idle()

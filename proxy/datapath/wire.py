@@ -40,6 +40,7 @@ H_CONTENT_LENGTH: Final = 9
 H_COOKIE: Final = 10
 H_STICKY: Final = 11  # this one and the next have configured names (ProxyServer.apply)
 H_PREVIEW: Final = 12
+H_FORWARDED: Final = 13  # RFC 7239: read for the client address (for=) when the peer is trusted
 REQUEST_SPECIAL: Final[dict[bytes, int]] = {name: H_HOP for name in HOP_BY_HOP}
 REQUEST_SPECIAL.update(
     {
@@ -53,6 +54,7 @@ REQUEST_SPECIAL.update(
         b"transfer-encoding": H_TE,
         b"content-length": H_CONTENT_LENGTH,
         b"cookie": H_COOKIE,
+        b"forwarded": H_FORWARDED,
     }
 )
 

@@ -50,6 +50,20 @@ class Watch:
     until: float
     since_tick: int
     baseline: Window
+    cause: str = "switch"  # or "rollback": the slot a rollback reached is watched too
+    generation: int = 0  # the snapshot that started the watch
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the last judged episode (a ramp and its bake, or a switch's bake) ended."""
+
+    state: str  # "passed", "failed" (and rolled back) or "inconclusive" (the watch ended without a verdict)
+    slot: str
+    since: float
+    generation: int  # the snapshot that began the episode (passed) or the rollback (failed)
+    reasons: tuple[str, ...] = ()
+    numbers: dict[str, object] | None = None
 
 
 class Analyzer:
@@ -68,6 +82,9 @@ class Analyzer:
         self._task: asyncio.Task[None] | None = None
         self.fleet: SharedApply | None = None  # fleet mode: decisions go through the shared store (proxy.fleet)
         self._action: asyncio.Task[None] | None = None  # a decision being written to the shared store
+        self.outcome: Outcome | None = None  # how the last episode ended (the judge state contract)
+        self.episode_generation = 0  # the snapshot that began the current ramp or watch
+        self.inconclusive_since: float | None = None  # when the current run of inconclusive verdicts began
         self.store.subscribe(self._on_publish)
 
     def _window_ticks(self, snap: Snapshot) -> int:
@@ -75,20 +92,36 @@ class Analyzer:
         return max(1, math.ceil(policy.window / policy.tick))
 
     def _on_publish(self, old: Snapshot, new: Snapshot) -> None:
+        now = time.time()
         if new.action == "ramp":
             self.ramp_since_tick = self.ticks
-            self.subject_since = time.time()
+            self.subject_since = now
             self.failures = 0
-        if new.active != old.active and new.action == "switch":
+            self.outcome, self.episode_generation, self.inconclusive_since = None, new.generation, None
+        if new.action == "rollback":
+            if new.trigger in ("judge", "alert"):
+                numbers = {k: v for k, v in new.details.items() if k not in ("from", "to", "reasons", "slot", "rule")}
+                left = str(new.details.get("from", old.ramp.target if old.ramp is not None else old.active))
+                reasons = new.details.get("reasons")
+                why = tuple(str(r) for r in reasons) if isinstance(reasons, list) else (new.reason,)
+                self.outcome = Outcome("failed", left, now, new.generation, why, numbers)
+            else:
+                self.outcome = None
+            self.failures, self.inconclusive_since = 0, None
+        if new.active != old.active and new.action in ("switch", "rollback"):
+            # Any switch, a rollback included, is watched with the same bake time.
             old_stats = new.routes[old.active].runtime.stats
             baseline = old_stats.window(self._window_ticks(new))
-            until = time.time() + new.settings.analysis.watch_after_switch
-            self.watch = Watch(new.active, until, self.ticks, baseline)
-            self.subject_since = time.time()
-            self.failures = 0
-        if new.action == "rollback":
+            until = now + new.settings.analysis.watch_after_switch
+            self.watch = Watch(new.active, until, self.ticks, baseline, new.action, new.generation)
+            self.subject_since = now
+            self.failures, self.inconclusive_since = 0, None
+            if new.action == "switch":
+                self.outcome = None
+                if old.ramp is None or old.ramp.target != new.active:  # a ramp's last step continues its episode
+                    self.episode_generation = new.generation
+        elif new.action == "rollback":  # a ramp dropped: the active slot did not change
             self.watch = None
-            self.failures = 0
 
     def tick(self, now: float | None = None) -> Verdict | None:
         """One judge tick: rotate the windows, judge, and act. Returns the verdict (None: nothing to judge)."""
@@ -104,6 +137,10 @@ class Analyzer:
         name, candidate, baseline = subject
         verdict, counts = self._with_promql(snap, name, assess(snap.settings.analysis, candidate, baseline), now)
         self.last, self.subject = verdict, name
+        if verdict.outcome != "inconclusive":
+            self.inconclusive_since = None
+        elif self.inconclusive_since is None:
+            self.inconclusive_since = now
         if verdict.outcome == "fail":
             if counts:
                 self.failures += 1
@@ -124,9 +161,25 @@ class Analyzer:
         if snap.ramp is not None:
             return snap.ramp.target
         watch = self.watch
-        if watch is None or watch.slot != snap.active or now > watch.until or snap.phase == "rolled_back":
+        if watch is None or watch.slot != snap.active or now > watch.until:
             return None
         return watch.slot
+
+    def _expire(self, now: float) -> None:
+        """End a watch whose bake time is over: its outcome is the last verdict's."""
+        watch = self.watch
+        if watch is None or now <= watch.until:
+            return
+        self.watch = None
+        if watch.cause == "rollback" or watch.slot != self.store.current.active:
+            return  # the watch after a rollback keeps the rollback's outcome
+        last = self.last if self.subject == watch.slot else None
+        numbers = _plain(last.numbers) if last is not None else {}
+        if last is not None and last.outcome == "pass":
+            self.outcome = Outcome("passed", watch.slot, watch.until, self.episode_generation, last.reasons, numbers)
+        else:
+            why = last.reasons if last is not None else ("no verdict: no requests were judged",)
+            self.outcome = Outcome("inconclusive", watch.slot, watch.until, self.episode_generation, why, numbers)
 
     def take_promql(self, verdict: PromQLVerdict) -> None:
         """The PromQL poller's sink: keep the latest result for the next ticks."""
@@ -159,16 +212,16 @@ class Analyzer:
             candidate = snap.routes[snap.ramp.target].runtime.stats.window(ticks)
             baseline = snap.primary.runtime.stats.window(ticks)
             return snap.ramp.target, candidate, baseline
+        self._expire(now)
         watch = self.watch
-        if watch is None or watch.slot != snap.active or now > watch.until or snap.phase == "rolled_back":
-            self.watch = None if watch is not None and now > watch.until else watch
+        if watch is None or watch.slot != snap.active:
             return None
         ticks = min(window, self.ticks - watch.since_tick)
         return snap.active, snap.primary.runtime.stats.window(ticks), watch.baseline
 
     def _roll_back(self, snap: Snapshot, slot: str, verdict: Verdict) -> None:
         details: dict[str, object] = {"rule": verdict.rule, "slot": slot, "reasons": list(verdict.reasons)}
-        details.update({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in verdict.numbers.items()})
+        details.update(_plain(verdict.numbers))
         rollback = partial(
             self.controller.rollback,
             actor="judge",
@@ -178,9 +231,12 @@ class Analyzer:
             details=details,
         )
 
-        def done() -> None:
+        def done(result: Result) -> None:
             self.failures = 0
-            log.error("automatic rollback from %s: %s", slot, "; ".join(verdict.reasons))
+            if result.changed:
+                log.error("automatic rollback from %s: %s", slot, "; ".join(verdict.reasons))
+            else:
+                log.warning("slot %s failed analysis; no rollback: %s", slot, result.message)
 
         self._act(rollback, done, logging.WARNING, "judge could not roll back")
 
@@ -194,35 +250,37 @@ class Analyzer:
             expect=snap.generation,
             details=numbers,
         )
-        self._act(promote, lambda: None, logging.INFO, "ramp step not advanced")
+        self._act(promote, lambda _: None, logging.INFO, "ramp step not advanced")
 
-    def _act(self, verb: Callable[[], Result], done: Callable[[], None], level: int, failed: str) -> None:
+    def _act(self, verb: Callable[[], Result], done: Callable[[Result], None], level: int, failed: str) -> None:
         """Apply the judge's decision. In fleet mode it goes through the shared store (a task, one
         at a time); pinned to the judged generation, it loses to any change made first anywhere."""
         fleet = self.fleet
         if fleet is None:
             try:
-                verb()
+                result = verb()
             except (Conflict, Refused) as exc:
                 log.log(level, "%s: %s", failed, exc)
                 return
-            done()
+            done(result)
             return
         if self._action is not None and not self._action.done():
             return  # the previous decision is still being written
         self._action = asyncio.get_running_loop().create_task(self._act_fleet(fleet, verb, done, level, failed))
 
     async def _act_fleet(
-        self, fleet: SharedApply, verb: Callable[[], Result], done: Callable[[], None], level: int, failed: str
+        self, fleet: SharedApply, verb: Callable[[], Result], done: Callable[[Result], None], level: int, failed: str
     ) -> None:
         try:
-            await fleet.run(verb)
+            result = await fleet.run(verb)
         except (Conflict, Refused, StoreUnavailable) as exc:
             log.log(level, "%s: %s", failed, exc)
             return
-        done()
+        done(result)
 
-    def status(self) -> dict[str, object]:
+    def status(self, now: float | None = None) -> dict[str, object]:
+        now = time.time() if now is None else now
+        self._expire(now)
         verdict = self.last
         return {
             "subject": self.subject or None,
@@ -231,7 +289,43 @@ class Analyzer:
             "failures_in_a_row": self.failures,
             "watching_until": self.watch.until if self.watch else None,
             "promql": self.promql.as_json() if self.promql is not None else None,
+            "judge": self.judge_state(now),
         }
+
+    def judge_state(self, now: float) -> dict[str, object]:
+        """The judge state contract (docs/admin-api.md): one state, its slot, since when, why and
+        the numbers; what follows an inconclusive run; when the watch ends (None: it does not)."""
+        snap, watch, outcome = self.store.current, self.watch, self.outcome
+        subject = self.candidate(now)
+        state: dict[str, object] = {"on_inconclusive": "hold", "watch_until": None, "watching": subject}
+        if subject is not None and not (outcome is not None and watch is not None and watch.cause == "rollback"):
+            verdict = self.last if self.subject == subject else None
+            inconclusive = verdict is not None and verdict.outcome == "inconclusive"
+            since = self.inconclusive_since if inconclusive and self.inconclusive_since else self.subject_since
+            state.update(
+                state="inconclusive" if inconclusive else "judging",
+                slot=subject,
+                since=since,
+                generation=self.episode_generation,
+                reasons=list(verdict.reasons) if verdict else ["waiting for the first verdict"],
+                numbers=_plain(verdict.numbers) if verdict else {},
+                watch_until=watch.until if snap.ramp is None and watch is not None else None,
+            )
+            return state
+        if outcome is not None:
+            state.update(
+                state=outcome.state,
+                slot=outcome.slot,
+                since=outcome.since,
+                generation=outcome.generation,
+                reasons=list(outcome.reasons),
+                numbers=dict(outcome.numbers or {}),
+                watch_until=watch.until if subject is not None and watch is not None else None,
+            )
+            return state
+        state.update(state="not_watching", slot=None, since=self.subject_since or None, generation=0)
+        state.update(reasons=[], numbers={})
+        return state
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -251,6 +345,11 @@ class Analyzer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _plain(numbers: dict[str, float]) -> dict[str, object]:
+    """Numbers for JSON: NaN (no data) becomes None."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in numbers.items()}
 
 
 def _hold(verdict: Verdict, reason: str, numbers: dict[str, float]) -> Verdict:

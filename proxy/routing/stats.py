@@ -36,6 +36,8 @@ class Report(TypedDict):
     total: int
     errors: int
     fine: dict[str, int]
+    upstream_5xx: int
+    upstream_4xx: int
 
 
 class Tick:
@@ -90,7 +92,7 @@ class Window:
 class SlotStats:
     """Everything measured for one slot in this process."""
 
-    __slots__ = ("bounds", "codes", "current", "lat", "lat_sum", "prometheus", "ring")
+    __slots__ = ("bounds", "codes", "current", "lat", "lat_sum", "prometheus", "ring", "upstream_4xx", "upstream_5xx")
 
     def __init__(self, prometheus: tuple[float, ...], ring_ticks: int = 480) -> None:
         self.prometheus = prometheus  # the exported histogram's bounds (le)
@@ -100,9 +102,12 @@ class SlotStats:
         self.lat_sum = 0.0
         self.current = Tick(len(self.lat))
         self.ring: deque[Tick] = deque(maxlen=ring_ticks)
+        # Answers from the upstreams (not the proxy's own 502/503/504), since start.
+        self.upstream_5xx = 0
+        self.upstream_4xx = 0
 
-    def record(self, code: int, seconds: float) -> None:
-        """One finished request (hot path)."""
+    def record(self, code: int, seconds: float, own: bool = False) -> None:
+        """One finished request (hot path). `own`: the proxy answered it (an error of its own)."""
         # bisect_left(self.bounds, seconds), compiled: the C bisect is a generic call that compares
         # boxed floats, three times the cost of this loop on unboxed ones.
         bounds = self.bounds
@@ -123,6 +128,10 @@ class SlotStats:
         tick.lat[i] += 1
         if code >= 500:
             tick.errors += 1
+            if not own:
+                self.upstream_5xx += 1
+        elif code >= 400 and not own:
+            self.upstream_4xx += 1
 
     def prometheus_buckets(self) -> list[int]:
         """Counts per Prometheus bucket (not cumulative; the last is +Inf)."""
@@ -158,7 +167,10 @@ class SlotStats:
             "total": tick.total,
             "errors": tick.errors,
             "fine": {str(i): n for i, n in enumerate(tick.lat) if n},
+            "upstream_5xx": self.upstream_5xx,
+            "upstream_4xx": self.upstream_4xx,
         }
+        self.upstream_5xx = self.upstream_4xx = 0
         self.codes = {}
         self.lat = [0] * len(self.lat)
         self.lat_sum = 0.0
@@ -173,6 +185,8 @@ class SlotStats:
         for index, n in data["lat"].items():
             self.lat[int(index)] += n
         self.lat_sum += data["sum"]
+        self.upstream_5xx += data.get("upstream_5xx", 0)
+        self.upstream_4xx += data.get("upstream_4xx", 0)
         tick = self.current
         tick.total += data["total"]
         tick.errors += data["errors"]
