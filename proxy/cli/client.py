@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 import click
 
+from proxy.cli import history as history_table
 from proxy.cli import render
 from proxy.settings.types import parse_duration
 
@@ -265,9 +266,9 @@ def health(out: Out) -> None:
 @command("history")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest N entries.")
 def history(out: Out, limit: int) -> None:
-    """The change log: switches, rollbacks, ramps and deploys, with who, when and why."""
+    """The change log, one line per change: who, when, what, why and the key numbers (--json: in full)."""
     body = out.client.get(f"/v1/history?limit={limit}")
-    out.result(body, lambda: render.render_history(render.history_entries(body)))
+    out.result(body, lambda: history_table.render_history(history_table.history_entries(body)))
 
 
 # -- switching ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from functools import partial
 from proxy.release.control import Conflict, Controller, Refused, Result, SharedApply, StoreUnavailable
 from proxy.release.judge import Verdict, assess
 from proxy.release.promql import PromQLVerdict
+from proxy.release.split import SplitMeter
 from proxy.routing.state import Snapshot
 from proxy.routing.stats import Window
 
@@ -86,6 +87,7 @@ class Analyzer:
         self.episode_generation = 0  # the snapshot that began the current ramp or watch
         self.inconclusive_since: float | None = None  # when the current run of inconclusive verdicts began
         self.store.subscribe(self._on_publish)
+        self.split = SplitMeter(self.store)  # the split the traffic got (read by the status)
 
     def _window_ticks(self, snap: Snapshot) -> int:
         policy = snap.settings.analysis
@@ -180,6 +182,21 @@ class Analyzer:
         else:
             why = last.reasons if last is not None else ("no verdict: no requests were judged",)
             self.outcome = Outcome("inconclusive", watch.slot, watch.until, self.episode_generation, why, numbers)
+
+    def held(self, now: float) -> str | None:
+        """Why a ramp whose step interval is over has not advanced (None: not held)."""
+        ramp = self.store.current.ramp
+        if ramp is None or ramp.paused or now - ramp.step_started_at < ramp.interval:
+            return None
+        verdict = self.last if self.subject == ramp.target else None
+        if verdict is None:
+            return "held: waiting for the first verdict"
+        if verdict.outcome == "inconclusive":
+            low = any(r.startswith("only ") for r in verdict.reasons)
+            return ("held: needs more traffic: " if low else "held: ") + "; ".join(verdict.reasons)
+        if verdict.outcome == "fail":
+            return "held: failing analysis: " + "; ".join(verdict.reasons)
+        return "due: advances on the next tick"
 
     def take_promql(self, verdict: PromQLVerdict) -> None:
         """The PromQL poller's sink: keep the latest result for the next ticks."""
