@@ -25,6 +25,7 @@ import click
 
 from proxy.cli import history as history_table
 from proxy.cli import render
+from proxy.cli.wait import Outcome, wait_for_drain, wait_for_verdict
 from proxy.settings.types import parse_duration
 
 Json = dict[str, Any]
@@ -37,7 +38,7 @@ REQUEST_TIMEOUT = 10.0
 EXIT_CODES = """\b
 Exit codes:
   0  ok
-  1  failed: any other API error (4xx/5xx), or the proxy rolled back while waiting
+  1  failed: any other API error (4xx/5xx), or (--wait) the judge rolled back or gave no verdict
   2  usage error
   3  timed out waiting (--wait / --timeout)
   4  conflict: refused (409, e.g. a failing health gate) or stale --if-match (412)
@@ -274,35 +275,14 @@ def history(out: Out, limit: int) -> None:
 # -- switching ------------------------------------------------------------------------------
 
 
-def wait_for_drain(client: Client, res: Json, timeout: float) -> Json:
-    """After a switch: poll until no slot that was draining still is; the final drain states."""
-    target = res.get("active")
-    slots = res.get("slots") or {}
-    waiting = [n for n, s in slots.items() if (s.get("drain") or {}).get("state") == "draining"]
-    deadline, pause = time.monotonic() + timeout, 0.05
-    while True:
-        st = client.status()
-        if st.get("phase") == "rolled_back" or st.get("active") != target:
-            why = render.change_line(st.get("last_change"))
-            raise CliError("rolled_back", f"active is now {st.get('active')} ({why})", FAILED)
-        drains = {n: (st["slots"].get(n) or {}).get("drain") or {} for n in waiting}
-        if all(d.get("state") != "draining" for d in drains.values()):
-            return drains
-        left = deadline - time.monotonic()
-        if left <= 0:
-            names = ", ".join(n for n, d in drains.items() if d.get("state") == "draining")
-            message = f"switched to {target}, but {names} still draining after {render.seconds(timeout)}"
-            raise CliError("timeout", message, TIMED_OUT)
-        time.sleep(min(pause, left))
-        pause = min(pause * 1.5, 1.0)
-
-
 @command("switch", mutation=True)
 @click.argument("slot")
 @click.option("--drain-timeout", type=Duration(), help="Cut off the old slot's requests after this [proxy default].")
-@click.option("--wait", is_flag=True, help="Wait until the old slot is drained (or cut off).")
+@click.option(
+    "--wait", is_flag=True, help="Wait for the outcome: the old slot drained and the bake passed (else exit 1 or 3)."
+)
 @click.option("--timeout", type=Duration(), default="2m", show_default=True, help="Give up waiting after this.")
-@click.option("--force", is_flag=True, help="Switch even if the health gate refuses.")
+@click.option("--force", is_flag=True, help="Switch even if the health gate refuses, or to a slot marked failed.")
 def switch(
     out: Out,
     slot: str,
@@ -322,10 +302,29 @@ def switch(
     res = _post(out, "/v1/switch", body, reason, if_match)
     lines = [render.summary("switch", res)]
     if wait:
-        drains = wait_for_drain(out.client, res, timeout) if res.get("changed") else {}
+        started = time.monotonic()
+        try:
+            drains = wait_for_drain(out.client, res, timeout) if res.get("changed") else {}
+        except Outcome as exc:
+            raise CliError(exc.kind, exc.message, exc.code) from None
         out.extra["drain"] = drains
         lines += [f"{n}: {render.drain_cell(d)}" for n, d in drains.items()]
+        left = max(0.0, timeout - (time.monotonic() - started))
+        lines.append(_verdict(out, slot, int(res.get("generation") or 0), left))
     out.result(res, lambda: "\n".join(lines))
+
+
+def _verdict(out: Out, slot: str, generation: int, timeout: float) -> str:
+    """Wait for the judge's outcome on `slot` (proxy/cli/wait.py); a line for a pass, else CliError."""
+    try:
+        judge = wait_for_verdict(out.client, slot, generation, timeout)
+    except Outcome as exc:
+        error = {"code": exc.kind, "message": exc.message, "judge": exc.judge}
+        raise CliError(exc.kind, exc.message, exc.code, error) from None
+    out.extra["judge"] = judge
+    if judge.get("state") == "not_watching":
+        return f"{slot}: no bake (analysis.watch_after_switch is 0)"
+    return f"{slot}: passed analysis ({render.evidence_line({'judge': judge})})"
 
 
 def _simple(verb: str, path: str, doc: str) -> click.Command:
@@ -358,16 +357,29 @@ def _steps(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 @click.argument("slot")
 @click.option("--steps", default="5,25,50,100", show_default=True, callback=_steps, help="Percent steps.")
 @click.option("--interval", type=Duration(positive=True), default="30s", show_default=True, help="Time per step.")
-@click.option("--force", is_flag=True, help="Start even if the health gate refuses.")
+@click.option("--force", is_flag=True, help="Start even if the health gate refuses, or to a slot marked failed.")
+@click.option("--wait", is_flag=True, help="Wait until the ramp and its bake pass (exit 0), or roll back (exit 1).")
+@click.option("--timeout", type=Duration(), default="30m", show_default=True, help="Give up waiting after this.")
 def ramp(
-    out: Out, slot: str, steps: list[int], interval: float, force: bool, reason: str | None, if_match: int | None
+    out: Out,
+    slot: str,
+    steps: list[int],
+    interval: float,
+    force: bool,
+    wait: bool,
+    timeout: float,
+    reason: str | None,
+    if_match: int | None,
 ) -> None:
     """Shift traffic to SLOT in steps; each step advances after --interval on a passing analysis verdict."""
     body: Json = {"slot": slot, "steps": steps, "interval": interval}
     if force:
         body["force"] = True
     res = _post(out, "/v1/ramp", body, reason, if_match)
-    out.result(res, lambda: render.summary("ramp", res))
+    lines = [render.summary("ramp", res)]
+    if wait:
+        lines.append(_verdict(out, slot, int(res.get("generation") or 0), timeout))
+    out.result(res, lambda: "\n".join(lines))
 
 
 @command("set-upstreams", mutation=True)

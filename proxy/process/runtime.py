@@ -30,6 +30,7 @@ from proxy.process.workers import WorkerSet
 from proxy.release.analysis import Analyzer
 from proxy.release.audit import AuditLog, reset_entry
 from proxy.release.audit import event as audit_event
+from proxy.release.audit import refused as audit_refused
 from proxy.release.control import Controller
 from proxy.release.gates import Gates
 from proxy.release.health import HealthChecker
@@ -217,13 +218,24 @@ class Slotswitch:
             return False
         try:
             settings = load_settings(self.config_path)
-        except ConfigError as exc:
-            log.error("config reload refused, keeping the running config:\n%s", exc)
-            return False
-        try:
             credentials = self._credentials(settings)
-        except AuthConfigError as exc:
+        except (ConfigError, AuthConfigError) as exc:
             log.error("config reload refused, keeping the running config:\n%s", exc)
+            self.controller.reloads["refused"] += 1
+            errors = str(exc).splitlines()[:50]
+            self.audit.append(
+                audit_refused(
+                    self.store.current,
+                    time.time(),
+                    actor="sighup",
+                    action="reload",
+                    status=400,
+                    code="invalid_config",
+                    message=f"config reload from {self.config_path} refused: the running config is kept",
+                    details={"errors": errors},
+                    trigger="reload",
+                )
+            )
             return False
         old = self.settings
         moved = settings.listen != old.listen or settings.admin.listen != old.admin.listen

@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 from proxy.datapath.server import ProxyServer
 from proxy.release.drain import Drainer
 from proxy.routing.state import Conflict, Ramp, Registry, Snapshot, Store, build_snapshot
+from proxy.settings.diff import settings_diff
 from proxy.settings.model import Settings
 from proxy.settings.types import Upstream
 
@@ -83,6 +84,7 @@ class Controller:
         self.gates: list[Gate] = []  # health gate, migration gate: each may refuse a target slot
         self.switches: Counter[str] = Counter()  # by trigger
         self.rollbacks: Counter[str] = Counter()  # by reason
+        self.reloads: Counter[str] = Counter()  # config reloads by result: applied, refused
         # When a list, publish() stages new snapshots here instead of committing them, so that a
         # shared store can compare-and-set them first (fleet mode); see commit() and adopt().
         self.staging: list[Snapshot] | None = None
@@ -386,7 +388,7 @@ class Controller:
         upstreams = {name: ups for name, ups in upstreams.items() if name in settings.slots}
         active = base.active if base.active in settings.slots else settings.active
         ramp = base.ramp if base.ramp is not None and base.ramp.target in settings.slots else None
-        return self.publish(
+        new = self.publish(
             base,
             actor=actor,
             reason="config reload",
@@ -397,4 +399,7 @@ class Controller:
             upstreams=upstreams,
             ramp=ramp,
             phase=base.phase if ramp is not None or base.phase != "ramping" else "stable",
+            details=settings_diff(base.settings, settings),
         )
+        self.reloads["applied"] += 1
+        return new
