@@ -10,7 +10,7 @@ import sys
 import click
 
 from proxy.cli.client import register
-from proxy.settings.model import ConfigError, load_settings, parse_settings
+from proxy.settings.model import ConfigError, config_warnings, load_settings, parse_settings
 
 
 class Group(click.Group):
@@ -73,6 +73,8 @@ def check_config(config_path: str) -> None:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
     click.echo(f"{config_path}: ok (slots {', '.join(settings.slots)}; active {settings.active})")
+    for warning in config_warnings(settings):
+        click.echo(f"warning: {warning}", err=True)
 
 
 DEMO_HELP = """\

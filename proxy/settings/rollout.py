@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from proxy.settings.types import ConfigModel, Duration
+from proxy.settings.types import Bool, ConfigModel, Duration
 
 
 class Analysis(ConfigModel):
@@ -24,7 +24,7 @@ class Analysis(ConfigModel):
     min_requests: int = Field(default=50, ge=1)
     window: Duration = 5.0
     failure_limit: int = Field(default=2, ge=1)
-    compare_to_baseline: bool = True
+    compare_to_baseline: Bool = True
     watch_after_switch: Duration = 60.0
     tick: Duration = 0.25
     significance: float = Field(default=0.01, gt=0.0, lt=0.5)
@@ -67,8 +67,8 @@ class Health(ConfigModel):
     passive_connect_failures: int = Field(default=1, ge=1)
     passive_5xx: int = Field(default=5, ge=1)
     passive_backoff: Duration = 10.0
-    failover: bool = False  # send traffic to the other slot when the whole active slot is down
-    gate: bool = True  # refuse a switch or ramp to a slot whose checks do not all pass (unless forced)
+    failover: Bool = False  # send traffic to the other slot when the whole active slot is down
+    gate: Bool = True  # refuse a switch or ramp to a slot whose checks do not all pass (unless forced)
 
 
 class Migrations(ConfigModel):
