@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 from proxy.datapath import wire
 from proxy.datapath.balance import choose, drop_cookie
 from proxy.datapath.headers import request_head, resolve_client
+from proxy.datapath.ratelog import RateLimited
 from proxy.datapath.relay import drop_nominated
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from proxy.routing.state import Route
 
 log = logging.getLogger("slotswitch.exchange")
+warnings: Final = RateLimited(log)  # errors that repeat per request: rate-limited (ratelog)
 
 MAX_ATTEMPTS: Final = 3
 BUFFER_LIMIT: Final = 65536  # request body bytes held before an upstream is attached
@@ -333,7 +335,9 @@ class Exchange:
         self.conn = None
         if self.response_started:
             self._count(reason)
-            log.warning("upstream closed mid-response on slot %s: %s", self._slot(), reason)
+            warnings.warning(
+                "mid_response", self._slot(), f"upstream closed mid-response on slot {self._slot()}: {reason}"
+            )
             self.client.abort()
             self._end()
             return
@@ -359,13 +363,9 @@ class Exchange:
         """Answer the client with the error for `reason` (see wire.ERRORS)."""
         route = self.route
         self._count(reason)
-        log.warning(
-            "%s %s on slot %s: %s",
-            self.method.decode("latin-1"),
-            self.target[:200].decode("latin-1"),
-            self._slot(),
-            reason,
-        )
+        slot = self._slot()
+        method, target = self.method.decode("latin-1"), self.target[:200].decode("latin-1")
+        warnings.warning(reason, slot, f"{method} {target} on slot {slot}: {reason}")
         client = self.client
         if client.transport is None:
             self._end()

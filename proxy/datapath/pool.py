@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from proxy.datapath.ratelog import RateLimited
 from proxy.datapath.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from proxy.settings.model import Settings
 
 log = logging.getLogger("slotswitch.upstream")
+warnings: Final = RateLimited(log)
 
 
 class UpstreamPool:
@@ -177,5 +179,5 @@ class UpstreamPool:
             return
         reason = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_refused"
         self.failed(self.passive_connect)
-        log.warning("connect to %s (slot %s) failed: %s", self.url, self.slot, exc or reason)
+        warnings.warning("connect", self.url, f"connect to {self.url} (slot {self.slot}) failed: {exc or reason}")
         ex.upstream_failed(reason, self)
