@@ -70,15 +70,6 @@ def status_json(services: Services) -> dict[str, Any]:
     }
 
 
-PHASES = {
-    "stable": "one slot takes all new traffic",
-    "switching": "stable, and the slot switched away from is still draining",
-    "ramping": "a ramp shares new traffic between the active slot and its target",
-    "paused": "a ramp held at its current step by an operator",
-    "rolled_back": "the last change was a rollback to the stable slot (a second rollback changes nothing)",
-}
-
-
 def change_json(services: Services, result: Result) -> dict[str, Any]:
     body = {"changed": result.changed, "from": result.previous.active, **status_json(services)}
     if result.message:
