@@ -181,7 +181,8 @@ async def test_gate_refusal_lists_reasons_and_force_overrides(start_proxy: Start
     assert (await cli(proxy, "switch", "green", "--force")).exit_code == 0
 
 
-async def test_switch_wait_returns_after_the_drain(proxy: Slotswitch) -> None:
+async def test_switch_wait_returns_after_the_drain(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(analysis={"watch_after_switch": 0})  # no bake: --wait is about the drain here
     async with slow_request(proxy, 300) as req:
         result = await cli(proxy, "switch", "green", "--wait", "--timeout", "10s", "--json")
         assert result.exit_code == 0, result.stderr
@@ -200,10 +201,12 @@ async def test_switch_wait_times_out_while_the_old_slot_drains(proxy: Slotswitch
         assert await req == "v1 slow 3000\n"  # the drain (5s) lets it finish
 
 
-async def test_switch_wait_reports_a_cut_off(proxy: Slotswitch) -> None:
+async def test_switch_wait_reports_a_cut_off(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(analysis={"watch_after_switch": 0})  # no bake: --wait is about the drain here
     async with slow_request(proxy, 3000) as req:
         result = await cli(proxy, "switch", "green", "--drain-timeout", "100ms", "--wait", "--json")
         assert result.exit_code == 0, result.stderr
+        assert result.exit_code == 0, result.stdout
         assert parsed(result)["drain"]["blue"]["state"] == "cut_off"
         outcome = (await asyncio.gather(req, return_exceptions=True))[0]
         assert outcome != "v1 slow 3000\n"

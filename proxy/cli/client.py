@@ -220,13 +220,19 @@ def _post(out: Out, path: str, body: Json, reason: str | None, if_match: int | N
 
 
 def fingerprint(st: Json) -> object:
-    """What makes `status --watch` redraw: generation, phase, weights and upstream health."""
-    health = {n: [u.get("healthy") for u in s.get("upstreams") or []] for n, s in (st.get("slots") or {}).items()}
-    return (st.get("generation"), st.get("phase"), st.get("weights"), health)
+    """What makes `status --watch --json` print a new line: the routing state, upstream health, drains,
+    the judge's state and the ramp's hold (the human view redraws every --interval)."""
+    slots = st.get("slots") or {}
+    health = {n: [u.get("state", u.get("healthy")) for u in s.get("upstreams") or []] for n, s in slots.items()}
+    drains = {n: (s.get("drain") or {}).get("state") for n, s in slots.items()}
+    judge = (st.get("analysis") or {}).get("judge") or {}
+    held = (st.get("ramp") or {}).get("held")
+    verdict = (judge.get("state"), judge.get("slot"), judge.get("reasons"))
+    return (st.get("generation"), st.get("phase"), st.get("weights"), health, drains, verdict, held)
 
 
 @command("status")
-@click.option("--watch", "-w", is_flag=True, help="Redraw whenever the state changes, until Ctrl-C.")
+@click.option("--watch", "-w", is_flag=True, help="Redraw every --interval (--json: a line per change), until Ctrl-C.")
 @click.option("--interval", type=Duration(positive=True), default="1s", show_default=True, help="Poll interval.")
 @click.option("--max-updates", type=click.IntRange(min=1), hidden=True)
 def status(out: Out, watch: bool, interval: float, max_updates: int | None) -> None:
@@ -240,7 +246,7 @@ def status(out: Out, watch: bool, interval: float, max_updates: int | None) -> N
     try:
         while True:
             st = out.client.status()
-            if (fp := fingerprint(st)) != last:
+            if (fp := fingerprint(st)) != last or not out.as_json:
                 last, shown = fp, shown + 1
                 if out.as_json:
                     out.result(st, str)

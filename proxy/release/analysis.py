@@ -114,8 +114,11 @@ class Analyzer:
             # Any switch, a rollback included, is watched with the same bake time.
             old_stats = new.routes[old.active].runtime.stats
             baseline = old_stats.window(self._window_ticks(new))
-            until = now + new.settings.analysis.watch_after_switch
-            self.watch = Watch(new.active, until, self.ticks, baseline, new.action, new.generation)
+            bake = new.settings.analysis.watch_after_switch
+            until = now + bake
+            self.watch = (
+                Watch(new.active, until, self.ticks, baseline, new.action, new.generation) if bake > 0 else None
+            )
             self.subject_since = now
             self.failures, self.inconclusive_since = 0, None
             if new.action == "switch":
