@@ -36,7 +36,7 @@ async def traffic(app: Slotswitch) -> AsyncIterator[None]:
 
 
 async def fail_green(upstreams: Upstreams, percent: int) -> None:
-    async with aiohttp.ClientSession() as s, s.post(f"{upstreams.green.url}/admin/fail?percent={percent}") as r:
+    async with aiohttp.ClientSession() as s, s.post(f"{upstreams.green.url}/admin/errors?percent={percent}") as r:
         assert r.status == 200
 
 

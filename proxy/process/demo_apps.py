@@ -3,7 +3,7 @@
 Each app answers for one slot ("blue" answers "v1", "green" answers "v2") and marks every
 response with `X-App: <name>`. Routes: `/`, `/health` (flippable with `POST /admin/health?ok=0`),
 `/slow?ms=`, `/stream`, `/ws` (echo), `/status/<code>`, `/echo`, `/sink`, `/download?bytes=`,
-`POST /admin/fail?percent=N` (from then on `/` answers 500 to N % of requests, evenly spread: a
+`POST /admin/errors?percent=N` (from then on `/` answers 500 to N % of requests, evenly spread: a
 bad release for `slotswitch demo --scenario bad-release`), and `/admin/connections`, which counts
 the TCP connections the app accepted, so tests can check how many upstream connections the proxy really opened.
 """
@@ -86,7 +86,7 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=f"{state.body}\n")
 
 
-async def set_fail(request: web.Request) -> web.Response:
+async def set_errors(request: web.Request) -> web.Response:
     """`?percent=N`: `/` answers 500 to N % of requests from now on (0 heals the app)."""
     state = request.app[STATE]
     state.fail_percent = _int_arg(request, "percent", 100, 0, 100)
@@ -228,7 +228,7 @@ def make_app(name: str, body: str) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_post("/admin/health", set_health)
-    app.router.add_post("/admin/fail", set_fail)
+    app.router.add_post("/admin/errors", set_errors)
     app.router.add_get("/admin/connections", connections)
     app.router.add_get("/slow", slow)
     app.router.add_get("/stream", stream)

@@ -2,7 +2,7 @@
 
 The demo sends its own traffic to the proxy on loopback (a few clients, each with its own
 X-Forwarded-For address, through `trusted_proxies: [127.0.0.1]`, as a load balancer would), makes
-green answer 500 to a share of requests (the sample app's POST /admin/fail), and ramps to green.
+green answer 500 to a share of requests (the sample app's POST /admin/errors), and ramps to green.
 The judge sees green's error rate, rolls back to blue and marks green failed; `status --watch`,
 `history` and the metrics show each step. Nothing here is used outside the demo.
 """
@@ -41,7 +41,7 @@ Watch the judge roll it back:
   slotswitch history --admin http://127.0.0.1:{admin}
 Then: `slotswitch rollback` changes nothing (already rolled back), `slotswitch switch green` is
 refused (green failed analysis) until `slotswitch set-upstreams green http://127.0.0.1:{green}`
-redeploys it (after `curl -X POST 'http://127.0.0.1:{green}/admin/fail?percent=0'` heals it).
+redeploys it (after `curl -X POST 'http://127.0.0.1:{green}/admin/errors?percent=0'` heals it).
 """
 
 
@@ -69,7 +69,7 @@ async def _ramp_soon(app: Slotswitch) -> None:
 async def bad_release(app: Slotswitch, green_port: int) -> AsyncIterator[None]:
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{green_port}/admin/fail?percent={FAIL_PERCENT}") as resp,
+        session.post(f"http://127.0.0.1:{green_port}/admin/errors?percent={FAIL_PERCENT}") as resp,
     ):
         resp.raise_for_status()
     addresses = [f"198.51.{100 + i // 200}.{i % 200 + 1}" for i in range(ADDRESSES)]
