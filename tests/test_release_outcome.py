@@ -118,3 +118,20 @@ async def test_switch_wait_exits_3_on_timeout(start_proxy: StartProxy) -> None:
         result = await cli(app, "switch", "green", "--wait", "--timeout", "1s")
     assert result.exit_code == 3, (result.stdout, result.stderr)
     assert "no verdict on green" in result.stderr
+
+
+async def test_health_gate_refuses_a_passively_marked_down_slot(start_proxy: StartProxy) -> None:
+    app = await start_proxy()
+    async with admin(app) as s:
+        code, body, _ = await call(s, "GET", "/v1/status")
+        states = {u["state"] for slot in body["slots"].values() for u in slot["upstreams"]}
+        assert states <= {"pending", "up"}, states
+        pool = app.store.current.routes["green"].pools[0]
+        pool.failed(1)  # what the data path does after a connect failure: marked down for passive_backoff
+        assert not pool.usable
+        code, body, _ = await call(s, "POST", "/v1/switch", json={"slot": "green"})
+        assert code == 409, body
+        assert any("marked down by passive health checks" in r for r in body["error"]["reasons"]), body
+        code, body, _ = await call(s, "GET", "/v1/status")
+        assert body["slots"]["green"]["upstreams"][0]["state"] == "down (passive)"
+    assert app.store.current.active == "blue"
