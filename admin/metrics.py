@@ -127,6 +127,10 @@ class SlotswitchCollector(Collector):
         for reason, n in sorted(({r: 0 for r in ROLLBACK_REASONS} | dict(self.controller.rollbacks)).items()):
             rollbacks.add_metric([reason], float(n))
         yield rollbacks
+        reloads = CounterMetricFamily("slotswitch_reloads", "Config reloads (SIGHUP), by result.", labels=["result"])
+        for result, n in sorted(({"applied": 0, "refused": 0} | dict(self.controller.reloads)).items()):
+            reloads.add_metric([result], float(n))
+        yield reloads
         durations = self.controller.drainer.durations
         counts = [0] * (len(DRAIN_BUCKETS) + 1)
         for d in durations:

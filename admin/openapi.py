@@ -19,6 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from admin.api import DURATION, IF_MATCH, MAX_SECONDS, MAX_TEXT, MAX_UPSTREAMS, POSITIVE_DURATION, UPSTREAM_URL
+from admin.codes import ERROR_CODES, JUDGE_STATES, PHASES
+from admin.codes import listing as _listing
 from proxy.release.audit import KEEP
 
 Json = dict[str, Any]
@@ -54,8 +56,29 @@ REASON: Json = {"type": "string", "maxLength": MAX_TEXT, "description": "Why; re
 SCHEMAS: Json = {
     "Error": _obj(
         ["error"],
-        error=_obj(["code", "message"], code=STRING, message=STRING, reasons={"type": "array", "items": STRING}),
+        error=_obj(
+            ["code", "message"],
+            code={"type": "string", "description": "One of " + _listing(ERROR_CODES) + "."},
+            message=STRING,
+            reasons={"type": "array", "items": STRING},
+        ),
     ),
+    "Judge": {
+        "description": "The judge state contract: one state for the judge, with its slot, since when, why "
+        "and the numbers so far.",
+        **_obj(
+            ["state", "slot", "since", "on_inconclusive", "reasons", "numbers", "watch_until"],
+            state={"type": "string", "enum": list(JUDGE_STATES), "description": _listing(JUDGE_STATES)},
+            slot={**_nullable(STRING), "description": "The slot judged (or that failed or passed)."},
+            since={**_nullable(NUMBER), "description": "When this state began (epoch seconds)."},
+            generation={"type": "integer", "description": "The generation that began the judged episode."},
+            on_inconclusive={"type": "string", "enum": ["hold", "rollback"]},
+            reasons={"type": "array", "items": STRING},
+            numbers=ANY_OBJECT,
+            watch_until={**_nullable(NUMBER), "description": "When the watch ends (epoch seconds); null: no end."},
+            watching=_nullable(STRING),
+        ),
+    },
     "Duration": {
         "description": "Seconds, or a string like 250ms, 30s, 2m, 1h.",
         "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_SECONDS}, {"type": "string", "pattern": DURATION}],
@@ -125,7 +148,12 @@ SCHEMAS: Json = {
         fingerprint=STRING,
     ),
     "Upstream": _obj(
-        ["url", "healthy"], url=STRING, healthy=BOOL, checks={"type": "array"}, checked_at=_nullable(NUMBER)
+        ["url", "healthy"],
+        url=STRING,
+        state={"type": "string", "description": "pending (not checked yet), up, down, or down (passive)."},
+        healthy=BOOL,
+        checks={"type": "array"},
+        checked_at=_nullable(NUMBER),
     ),
     "Slot": _obj(
         ["upstreams", "healthy", "in_flight", "requests", "errors", "drain", "weight"],
@@ -133,6 +161,8 @@ SCHEMAS: Json = {
         healthy=BOOL,
         in_flight=INT,
         requests=INT,
+        upstream_5xx={"type": "integer", "description": "5xx answered by the slot's upstreams (not the proxy's own)."},
+        upstream_4xx={"type": "integer", "description": "4xx answered by the slot's upstreams."},
         errors=INT_MAP,
         drain=_obj(["state"], state=STRING),
         weight={"type": "integer", "minimum": 0, "maximum": 100},
@@ -146,6 +176,7 @@ SCHEMAS: Json = {
         interval_s=NUMBER,
         paused=BOOL,
         next_step_in_s=_nullable(NUMBER),
+        held={**_nullable(STRING), "description": "Why a step that is due has not advanced."},
         note=STRING,
     ),
     "Status": _obj(
@@ -153,10 +184,20 @@ SCHEMAS: Json = {
         active=STRING,
         previous=_nullable(STRING),
         generation={"type": "integer", "minimum": 1},
-        phase=STRING,
+        phase={"type": "string", "enum": list(PHASES), "description": _listing(PHASES)},
         weights=INT_MAP,
         ramp=_nullable(_ref("Ramp")),
-        analysis=ANY_OBJECT,
+        split={
+            "type": "object",
+            "description": "The split the traffic got since the weights last changed, next to the configured "
+            "one (percent), and a warning when they are far apart.",
+        },
+        failed={"type": "object", "description": "Slots that failed analysis, with why (until redeployed or forced)."},
+        analysis={
+            "type": "object",
+            "description": "The judge: `judge` holds the judge state contract (see Judge).",
+            "properties": {"judge": _ref("Judge")},
+        },
         slots={"type": "object", "additionalProperties": _ref("Slot")},
         last_change=_obj(
             ["action", "trigger", "by", "reason", "at"],
@@ -185,7 +226,15 @@ SCHEMAS: Json = {
     ),
     "Change": {
         "description": "The status after the call, plus whether it changed anything and the slot active before.",
-        "allOf": [_ref("Status"), _obj(["changed", "from"], changed=BOOL, **{"from": STRING})],
+        "allOf": [
+            _ref("Status"),
+            _obj(
+                ["changed", "from"],
+                changed=BOOL,
+                message={"type": "string", "description": 'Why nothing changed, e.g. "already rolled back to blue".'},
+                **{"from": STRING},
+            ),
+        ],
     },
     "Routing": _obj(["active", "weights"], active=STRING, weights=INT_MAP),
     "HistoryEntry": _obj(

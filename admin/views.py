@@ -11,11 +11,12 @@ if TYPE_CHECKING:
     from proxy.routing.state import Snapshot
 
 
-def _ramp_json(snap: Snapshot) -> dict[str, Any] | None:
+def _ramp_json(services: Services, snap: Snapshot) -> dict[str, Any] | None:
     ramp = snap.ramp
     if ramp is None:
         return None
-    next_in = max(0.0, ramp.step_started_at + ramp.interval - time.time())
+    now = time.time()
+    next_in = max(0.0, ramp.step_started_at + ramp.interval - now)
     return {
         "slot": ramp.target,
         "steps": list(ramp.steps),
@@ -23,7 +24,8 @@ def _ramp_json(snap: Snapshot) -> dict[str, Any] | None:
         "percent": ramp.percent,
         "interval_s": ramp.interval,
         "paused": ramp.paused,
-        "next_step_in_s": None if ramp.paused else round(next_in, 3),
+        "next_step_in_s": None if ramp.paused or not next_in else round(next_in, 3),
+        "held": services.analyzer.held(now),
         "note": "a step advances only on a passing analysis verdict",
     }
 
@@ -39,6 +41,8 @@ def status_json(services: Services) -> dict[str, Any]:
             "healthy": any(p.usable for p in route.pools),
             "in_flight": rt.in_flight,
             "requests": rt.requests,
+            "upstream_5xx": rt.stats.upstream_5xx,
+            "upstream_4xx": rt.stats.upstream_4xx,
             "errors": dict(rt.errors),
             "drain": dict(rt.drain),
             "weight": weights[name],
@@ -51,8 +55,10 @@ def status_json(services: Services) -> dict[str, Any]:
         "generation": snap.generation,
         "phase": phase,
         "weights": weights,
-        "ramp": _ramp_json(snap),
+        "ramp": _ramp_json(services, snap),
+        "split": services.analyzer.split.status(),
         "analysis": services.analyzer.status(),
+        "failed": dict(snap.failed),
         "slots": slots,
         "last_change": {
             "action": snap.action,
@@ -75,4 +81,7 @@ def tls_json(services: Services) -> dict[str, Any] | None:
 
 
 def change_json(services: Services, result: Result) -> dict[str, Any]:
-    return {"changed": result.changed, "from": result.previous.active, **status_json(services)}
+    body = {"changed": result.changed, "from": result.previous.active, **status_json(services)}
+    if result.message:
+        body["message"] = result.message
+    return body

@@ -217,9 +217,12 @@ async def test_rollback_goes_back_to_the_previous_slot(proxy: Slotswitch) -> Non
         assert body["last_change"]["reason"] == "errors on green"
         assert await served_by(proxy) == "v1"
 
-        code, body, _ = await call(s, "POST", "/v1/rollback")  # no body: default reason
-        assert (code, body["active"], body["generation"]) == (200, "green", 4)
-        assert body["last_change"]["reason"] == "rollback"
+        # Rollback means "back to the stable slot": a second one changes nothing, through either verb.
+        for verb in ("/v1/rollback", "/v1/abort"):
+            code, body, _ = await call(s, "POST", verb)
+            assert (code, body["changed"], body["active"], body["generation"]) == (200, False, "blue", 3)
+            assert body["message"] == "already rolled back to blue"
+        assert await served_by(proxy) == "v1"
 
 
 async def test_rollback_without_history_is_refused(proxy: Slotswitch) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from admin.alerts import Seen
 from proxy.process.runtime import Slotswitch
+from proxy.release.control import Refused
 from tests.conftest import StartProxy
 from tests.test_admin_api import admin, assert_error, call, status
 
@@ -105,8 +106,11 @@ async def test_duplicates_are_ignored_even_in_a_later_ramp(secured: Slotswitch) 
     secured.controller.ramp("green", [50, 100], 3600, actor="test")
     async with admin(secured, AM_SECRET) as s:
         assert (await post(s, payload(alert())))[1]["rolled_back"] is True
+        # The slot stays failed until redeployed or forced; a new ramp to it is refused.
+        with pytest.raises(Refused, match="failed analysis"):
+            secured.controller.ramp("green", [50, 100], 3600, actor="test")
         # Alertmanager re-sends a firing alert every repeat_interval: the same one never acts twice.
-        secured.controller.ramp("green", [50, 100], 3600, actor="test")
+        secured.controller.ramp("green", [50, 100], 3600, actor="test", force=True)
         generation = secured.store.current.generation
         code, answer = await post(s, payload(alert()))
         assert code == 200 and answer["rolled_back"] is False

@@ -180,7 +180,12 @@ async def test_compose_stack_serves_switches_and_rolls_back_on_an_alert(tmp_path
             # The walk-through's automatic rollback: switch to green, break part of it, and let the
             # demo's traffic (at the compose rate) show the judge a worse slot.
             async with aiohttp.ClientSession() as http:
+                # The alert marked green failed: a second try is refused unless redeployed or forced.
                 body = {"slot": "green", "reason": "second try"}
+                async with http.post(f"{admin}/v1/switch", json=body, headers=bearer("operator_token")) as resp:
+                    assert resp.status == 409, await resp.text()
+                    assert "failed analysis" in (await resp.json())["error"]["message"]
+                body = {"slot": "green", "reason": "second try", "force": True}
                 async with http.post(f"{admin}/v1/switch", json=body, headers=bearer("operator_token")) as resp:
                     assert resp.status == 200, await resp.text()
                 green = f"http://127.0.0.1:{next(port for (name, _), port in ports.items() if name == 'green')}"

@@ -135,7 +135,7 @@ def test_bad_sizes(raw: object) -> None:
     ("overrides", "expected"),
     [
         ({"bogus": 1}, "bogus: unknown key"),
-        ({"timeouts": {"conect": "1s"}}, "timeouts.conect: unknown key"),
+        ({"timeouts": {"conect": "1s"}}, "timeouts.conect: unknown key (did you mean 'connect'?)"),
         ({"timeouts": {"connect": "soon"}}, "timeouts.connect: expected a duration like 250ms, 30s or 2m, got 'soon'"),
         ({"active": "red"}, "active: 'red' is not a slot (slots: blue, green)"),
         ({"trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies: not an IP address or CIDR: '10.0.0.0/33'"),
@@ -233,7 +233,7 @@ def test_several_errors_are_all_reported_at_once() -> None:
         "timeouts.extra: unknown key",
         "limits.body: expected a size like 8192, 8KiB or 1MiB, got 'lots'",
         "admin.listen: expected host:port, got '0.0.0.0:99999'",
-        "workers: Input should be greater than or equal to 0",
+        "workers: must be at least 0",
         "slots.green.upstreams[1]: not a URL of the form http://host:port or https://host:port: 'tcp://127.0.0.1:5003'",
     ]
     assert sorted(errors) == sorted(expected)
@@ -279,7 +279,7 @@ def test_load_invalid_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert len(info.value.errors) == 1
-    assert info.value.errors[0].startswith(f"{path}: not valid YAML: ")
+    assert info.value.errors[0].startswith(f"{path}:3:1: not valid YAML: "), info.value.errors
 
 
 def test_load_empty_file_reports_required_keys(tmp_path: Path) -> None:
@@ -336,7 +336,35 @@ def test_check_config_ok(tmp_path: Path) -> None:
     done = check_config(path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{path}: ok (slots blue, green; active blue)\n"
-    assert done.stderr == ""
+    # No token source: `run` would refuse (or need insecure_loopback), and check-config says so.
+    assert done.stderr.startswith("warning: admin.tokens: no token source is configured"), done.stderr
+    done = check_config(write(tmp_path, MINIMAL_YAML + "admin: {insecure_loopback: true}\n"))
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_check_config_field_and_cross_field_errors_at_once(tmp_path: Path) -> None:
+    text = MINIMAL_YAML.replace("active: blue", "active: purple")
+    text += 'access_log: "yes"\nhealth: {checks: {red: []}}\nsticky: {by: cookie}\nworkers: many\n'
+    done = check_config(write(tmp_path, text))
+    assert done.returncode == 1
+    lines = sorted(line.strip() for line in done.stderr.splitlines()[1:])
+    assert lines == sorted(
+        [
+            "access_log: expected true or false (not a string like 'yes')",
+            "workers: expected a whole number",
+            "active: 'purple' is not a slot (slots: blue, green)",
+            "health.checks: no slot named 'red'",
+            "sticky: sticky.by cookie needs a name",
+        ]
+    ), done.stderr
+
+
+def test_check_config_rejects_duplicate_keys_with_their_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_YAML + "drain_timeout: 5s\ndrain_timeout: 10s\n")
+    done = check_config(path)
+    assert done.returncode == 1
+    line = len(MINIMAL_YAML.splitlines()) + 2
+    assert f"  {path}:{line}:1: not valid YAML: duplicate key 'drain_timeout' (first at line {line - 1})" in done.stderr
 
 
 def test_check_config_lists_every_error(tmp_path: Path) -> None:

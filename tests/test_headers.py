@@ -89,6 +89,27 @@ async def test_forwarding_headers_from_trusted_proxy(scripted: Start) -> None:
     assert values(head, "x-request-id") == ["abc"]  # kept, not replaced
 
 
+async def test_trusted_chain_starts_at_the_rightmost_untrusted_address(scripted: Start) -> None:
+    """What a client wrote left of the first untrusted hop is unverifiable: not passed on."""
+    app, up = await scripted(trusted_proxies=["127.0.0.0/8", "10.0.0.0/8"], access_log=False)
+    await request(
+        app.proxy_port,
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6, 1.2.3.4\r\nX-Forwarded-For: 10.0.0.5\r\n\r\n",
+    )
+    assert values(up.heads[0], "x-forwarded-for") == ["1.2.3.4, 10.0.0.5, 127.0.0.1"]
+
+
+async def test_trusted_forwarded_header_gives_the_client_address(scripted: Start) -> None:
+    app, up = await scripted(trusted_proxies=["127.0.0.0/8"])
+    await request(
+        app.proxy_port,
+        b'GET / HTTP/1.1\r\nHost: h\r\nForwarded: for="[2001:db8::7]:4711";proto=https, for=127.0.0.9\r\n\r\n',
+    )
+    head = up.heads[0]
+    assert values(head, "x-forwarded-for") == ["[2001:db8::7]:4711, 127.0.0.9, 127.0.0.1"]
+    assert values(head, "forwarded") == ['for="[2001:db8::7]:4711";proto=https, for=127.0.0.9']
+
+
 async def test_hop_by_hop_and_nominated_request_headers_are_stripped(scripted: Start) -> None:
     app, up = await scripted()
     await request(

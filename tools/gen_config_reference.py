@@ -187,7 +187,12 @@ def example_comments(text: str) -> dict[str, str]:
         path = ".".join(k for _, k in stack)
         prose = _block(path, [raw for i, raw in above if i == indent], found)
         inline, column = _split_inline(rest)
-        found[path] = " ".join(prose + ([inline] if inline else []))
+        if prose and inline and key in " ".join(prose):
+            # A block above a key that names it (and its neighbours) is a note on the group of keys
+            # that follows: the key's own inline words first, as a sentence, then the note.
+            found[path] = f"{inline[0].upper()}{inline[1:].rstrip('.')}. {' '.join(prose)}"
+        else:
+            found[path] = " ".join(prose + ([inline] if inline else []))
         cont = (len(line) - len(rest) + column, path) if column >= 0 else None
         above = []
     return found
@@ -372,12 +377,12 @@ def walk(
     comments = _comments()[0]
     shared = {} if shared is None else shared
     rows: list[Row] = []
-    later: list[tuple[type[BaseModel], str, str]] = []
+    later: list[tuple[type[BaseModel], str, str, str]] = []
     for name, field in model.model_fields.items():
         full = f"{path}.{name}" if path else name
         tp = field.annotation
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            later.append((tp, full, f"`{full}`"))
+            later.append((tp, full, f"`{full}`", ""))
             continue
         # The same model may be described at another path of the example (gates.smoke[] items are health checks).
         example = example_comment(full) or shared.get((model.__name__, name), "")
@@ -389,11 +394,17 @@ def walk(
         container = _container(tp)
         if container is not None and not (model is settings_module.SlotConfig and name == "upstreams"):
             suffix, sub = container
-            later.append((sub, full + suffix, f"`{full + suffix}`"))
+            # Items of a model met before are headed by what this list is for (gates.smoke[] are smoke
+            # requests, though their model is the health check's), not by the model's docstring.
+            later.append((sub, full + suffix, f"`{full + suffix}`", description or ""))
     yield Section(path, title, model_doc(model), tuple(rows))
-    for sub, sub_path, sub_title in later:
+    for sub, sub_path, sub_title, parent in later:
         sections = list(walk(sub, sub_path, sub_title, shared))
-        if not sections[0].doc and "[]" not in sub_path:
+        reused = shared.setdefault(("<section>", sub.__name__), sub_path) != sub_path
+        if parent and reused:
+            first = sections[0]
+            sections[0] = Section(first.path, first.title, parent, first.rows)
+        elif not sections[0].doc and "[]" not in sub_path:
             first = sections[0]
             sections[0] = Section(first.path, first.title, example_comment(sub_path), first.rows)
         yield from sections

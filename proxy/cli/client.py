@@ -23,7 +23,9 @@ from typing import Any, NoReturn
 
 import click
 
+from proxy.cli import history as history_table
 from proxy.cli import render
+from proxy.cli.wait import Outcome, wait_for_drain, wait_for_verdict
 from proxy.settings.types import parse_duration
 
 Json = dict[str, Any]
@@ -36,7 +38,7 @@ REQUEST_TIMEOUT = 10.0
 EXIT_CODES = """\b
 Exit codes:
   0  ok
-  1  failed: any other API error (4xx/5xx), or the proxy rolled back while waiting
+  1  failed: any other API error (4xx/5xx), or (--wait) the judge rolled back or gave no verdict
   2  usage error
   3  timed out waiting (--wait / --timeout)
   4  conflict: refused (409, e.g. a failing health gate) or stale --if-match (412)
@@ -218,13 +220,19 @@ def _post(out: Out, path: str, body: Json, reason: str | None, if_match: int | N
 
 
 def fingerprint(st: Json) -> object:
-    """What makes `status --watch` redraw: generation, phase, weights and upstream health."""
-    health = {n: [u.get("healthy") for u in s.get("upstreams") or []] for n, s in (st.get("slots") or {}).items()}
-    return (st.get("generation"), st.get("phase"), st.get("weights"), health)
+    """What makes `status --watch --json` print a new line: the routing state, upstream health, drains,
+    the judge's state and the ramp's hold (the human view redraws every --interval)."""
+    slots = st.get("slots") or {}
+    health = {n: [u.get("state", u.get("healthy")) for u in s.get("upstreams") or []] for n, s in slots.items()}
+    drains = {n: (s.get("drain") or {}).get("state") for n, s in slots.items()}
+    judge = (st.get("analysis") or {}).get("judge") or {}
+    held = (st.get("ramp") or {}).get("held")
+    verdict = (judge.get("state"), judge.get("slot"), judge.get("reasons"))
+    return (st.get("generation"), st.get("phase"), st.get("weights"), health, drains, verdict, held)
 
 
 @command("status")
-@click.option("--watch", "-w", is_flag=True, help="Redraw whenever the state changes, until Ctrl-C.")
+@click.option("--watch", "-w", is_flag=True, help="Redraw every --interval (--json: a line per change), until Ctrl-C.")
 @click.option("--interval", type=Duration(positive=True), default="1s", show_default=True, help="Poll interval.")
 @click.option("--max-updates", type=click.IntRange(min=1), hidden=True)
 def status(out: Out, watch: bool, interval: float, max_updates: int | None) -> None:
@@ -238,7 +246,7 @@ def status(out: Out, watch: bool, interval: float, max_updates: int | None) -> N
     try:
         while True:
             st = out.client.status()
-            if (fp := fingerprint(st)) != last:
+            if (fp := fingerprint(st)) != last or not out.as_json:
                 last, shown = fp, shown + 1
                 if out.as_json:
                     out.result(st, str)
@@ -265,43 +273,22 @@ def health(out: Out) -> None:
 @command("history")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest N entries.")
 def history(out: Out, limit: int) -> None:
-    """The change log: switches, rollbacks, ramps and deploys, with who, when and why."""
+    """The change log, one line per change: who, when, what, why and the key numbers (--json: in full)."""
     body = out.client.get(f"/v1/history?limit={limit}")
-    out.result(body, lambda: render.render_history(render.history_entries(body)))
+    out.result(body, lambda: history_table.render_history(history_table.history_entries(body)))
 
 
 # -- switching ------------------------------------------------------------------------------
 
 
-def wait_for_drain(client: Client, res: Json, timeout: float) -> Json:
-    """After a switch: poll until no slot that was draining still is; the final drain states."""
-    target = res.get("active")
-    slots = res.get("slots") or {}
-    waiting = [n for n, s in slots.items() if (s.get("drain") or {}).get("state") == "draining"]
-    deadline, pause = time.monotonic() + timeout, 0.05
-    while True:
-        st = client.status()
-        if st.get("phase") == "rolled_back" or st.get("active") != target:
-            why = render.change_line(st.get("last_change"))
-            raise CliError("rolled_back", f"active is now {st.get('active')} ({why})", FAILED)
-        drains = {n: (st["slots"].get(n) or {}).get("drain") or {} for n in waiting}
-        if all(d.get("state") != "draining" for d in drains.values()):
-            return drains
-        left = deadline - time.monotonic()
-        if left <= 0:
-            names = ", ".join(n for n, d in drains.items() if d.get("state") == "draining")
-            message = f"switched to {target}, but {names} still draining after {render.seconds(timeout)}"
-            raise CliError("timeout", message, TIMED_OUT)
-        time.sleep(min(pause, left))
-        pause = min(pause * 1.5, 1.0)
-
-
 @command("switch", mutation=True)
 @click.argument("slot")
 @click.option("--drain-timeout", type=Duration(), help="Cut off the old slot's requests after this [proxy default].")
-@click.option("--wait", is_flag=True, help="Wait until the old slot is drained (or cut off).")
+@click.option(
+    "--wait", is_flag=True, help="Wait for the outcome: the old slot drained and the bake passed (else exit 1 or 3)."
+)
 @click.option("--timeout", type=Duration(), default="2m", show_default=True, help="Give up waiting after this.")
-@click.option("--force", is_flag=True, help="Switch even if the health gate refuses.")
+@click.option("--force", is_flag=True, help="Switch even if the health gate refuses, or to a slot marked failed.")
 def switch(
     out: Out,
     slot: str,
@@ -321,10 +308,29 @@ def switch(
     res = _post(out, "/v1/switch", body, reason, if_match)
     lines = [render.summary("switch", res)]
     if wait:
-        drains = wait_for_drain(out.client, res, timeout) if res.get("changed") else {}
+        started = time.monotonic()
+        try:
+            drains = wait_for_drain(out.client, res, timeout) if res.get("changed") else {}
+        except Outcome as exc:
+            raise CliError(exc.kind, exc.message, exc.code) from None
         out.extra["drain"] = drains
         lines += [f"{n}: {render.drain_cell(d)}" for n, d in drains.items()]
+        left = max(0.0, timeout - (time.monotonic() - started))
+        lines.append(_verdict(out, slot, int(res.get("generation") or 0), left))
     out.result(res, lambda: "\n".join(lines))
+
+
+def _verdict(out: Out, slot: str, generation: int, timeout: float) -> str:
+    """Wait for the judge's outcome on `slot` (proxy/cli/wait.py); a line for a pass, else CliError."""
+    try:
+        judge = wait_for_verdict(out.client, slot, generation, timeout)
+    except Outcome as exc:
+        error = {"code": exc.kind, "message": exc.message, "judge": exc.judge}
+        raise CliError(exc.kind, exc.message, exc.code, error) from None
+    out.extra["judge"] = judge
+    if judge.get("state") == "not_watching":
+        return f"{slot}: no bake (analysis.watch_after_switch is 0)"
+    return f"{slot}: passed analysis ({render.evidence_line({'judge': judge})})"
 
 
 def _simple(verb: str, path: str, doc: str) -> click.Command:
@@ -357,16 +363,29 @@ def _steps(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 @click.argument("slot")
 @click.option("--steps", default="5,25,50,100", show_default=True, callback=_steps, help="Percent steps.")
 @click.option("--interval", type=Duration(positive=True), default="30s", show_default=True, help="Time per step.")
-@click.option("--force", is_flag=True, help="Start even if the health gate refuses.")
+@click.option("--force", is_flag=True, help="Start even if the health gate refuses, or to a slot marked failed.")
+@click.option("--wait", is_flag=True, help="Wait until the ramp and its bake pass (exit 0), or roll back (exit 1).")
+@click.option("--timeout", type=Duration(), default="30m", show_default=True, help="Give up waiting after this.")
 def ramp(
-    out: Out, slot: str, steps: list[int], interval: float, force: bool, reason: str | None, if_match: int | None
+    out: Out,
+    slot: str,
+    steps: list[int],
+    interval: float,
+    force: bool,
+    wait: bool,
+    timeout: float,
+    reason: str | None,
+    if_match: int | None,
 ) -> None:
     """Shift traffic to SLOT in steps; each step advances after --interval on a passing analysis verdict."""
     body: Json = {"slot": slot, "steps": steps, "interval": interval}
     if force:
         body["force"] = True
     res = _post(out, "/v1/ramp", body, reason, if_match)
-    out.result(res, lambda: render.summary("ramp", res))
+    lines = [render.summary("ramp", res)]
+    if wait:
+        lines.append(_verdict(out, slot, int(res.get("generation") or 0), timeout))
+    out.result(res, lambda: "\n".join(lines))
 
 
 @command("set-upstreams", mutation=True)

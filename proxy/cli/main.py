@@ -10,7 +10,7 @@ import sys
 import click
 
 from proxy.cli.client import register
-from proxy.settings.model import ConfigError, load_settings, parse_settings
+from proxy.settings.model import ConfigError, config_warnings, load_settings, parse_settings
 
 
 class Group(click.Group):
@@ -73,6 +73,8 @@ def check_config(config_path: str) -> None:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
     click.echo(f"{config_path}: ok (slots {', '.join(settings.slots)}; active {settings.active})")
+    for warning in config_warnings(settings):
+        click.echo(f"warning: {warning}", err=True)
 
 
 DEMO_HELP = """\
@@ -99,7 +101,14 @@ Ctrl-C stops everything.
 @click.option("--admin-port", default=9901, show_default=True, help="Admin API port on 127.0.0.1.")
 @click.option("--blue-port", default=5001, show_default=True)
 @click.option("--green-port", default=5002, show_default=True)
-def demo(port: int, admin_port: int, blue_port: int, green_port: int) -> None:
+@click.option(
+    "--scenario",
+    type=click.Choice(["plain", "bad-release"]),
+    default="plain",
+    show_default=True,
+    help="bad-release: send traffic, ramp to a green that fails 20 % of requests, and watch the judge roll back.",
+)
+def demo(port: int, admin_port: int, blue_port: int, green_port: int, scenario: str) -> None:
     """Start two sample apps (blue "v1", green "v2") and the proxy in front of them, on loopback."""
     import uvloop
 
@@ -116,12 +125,20 @@ def demo(port: int, admin_port: int, blue_port: int, green_port: int) -> None:
             "active": "blue",
             "drain_timeout": "10s",
             "admin": {"listen": f"127.0.0.1:{admin_port}", "insecure_loopback": True},
+            **(_scenario_settings() if scenario == "bad-release" else {}),
         }
     )
-    sys.exit(uvloop.run(_demo(settings, blue_port, green_port)))
+    sys.exit(uvloop.run(_demo(settings, blue_port, green_port, scenario)))
 
 
-async def _demo(settings: object, blue_port: int, green_port: int) -> int:
+def _scenario_settings() -> dict[str, object]:
+    from proxy.process.demo_scenario import SETTINGS
+
+    return SETTINGS
+
+
+async def _demo(settings: object, blue_port: int, green_port: int, scenario: str = "plain") -> int:
+    from proxy.process import demo_scenario
     from proxy.process.demo_apps import run_demo_apps
     from proxy.process.runtime import Slotswitch
     from proxy.settings.model import Settings
@@ -135,7 +152,12 @@ async def _demo(settings: object, blue_port: int, green_port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    if scenario == "bad-release":
+        click.echo(demo_scenario.help_text(app.admin_port, green_port))
+        async with demo_scenario.bad_release(app, green_port):
+            await stop.wait()
+    else:
+        await stop.wait()
     await app.stop(timeout=2.0)
     for runner in runners:
         await runner.cleanup()

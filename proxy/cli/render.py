@@ -13,8 +13,6 @@ from typing import Any
 
 Json = dict[str, Any]
 
-HISTORY_COLUMNS = ("time", "actor", "action", "from", "to", "reason", "generation", "outcome")
-
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
@@ -60,28 +58,69 @@ def ramp_line(ramp: Json | None) -> str:
     if ramp.get("paused"):
         return line + ", paused"
     nxt = ramp.get("next_step_in_s")
-    return line + (f", next step in {seconds(float(nxt))} on a passing verdict" if nxt is not None else "")
+    if nxt is not None:
+        return line + f", next step in {seconds(float(nxt))} on a passing verdict"
+    return line + (f", {ramp['held']}" if ramp.get("held") else "")
 
 
-def analysis_line(an: Json | None) -> str:
-    """The judge's state: judging, passed, failed, inconclusive (with what follows) or not watching."""
-    if not an or not an.get("state"):
+JUDGE_WORDS = {
+    "judging": "judging",
+    "inconclusive": "inconclusive",
+    "passed": "passed",
+    "failed": "FAILED and rolled back",
+    "not_watching": "not watching",
+}
+
+
+def analysis_line(an: Json | None, now: float | None = None) -> str:
+    """One clear state for the judge (the judge state contract in docs/admin-api.md)."""
+    judge = (an or {}).get("judge")
+    if not isinstance(judge, dict):
         return "not watching"
-    state = str(an["state"])
-    if state == "not_watching":
-        return "not watching" + (f" ({an['note']})" if an.get("note") else "")
-    line = state + (f" slot {an['slot']}" if an.get("slot") else "")
-    if an.get("since"):
-        line += f" since {when(an['since'])}"
+    state = str(judge.get("state"))
+    line = JUDGE_WORDS.get(state, state)
+    if judge.get("slot"):
+        line += f" {judge['slot']}"
+    if judge.get("since") and state != "not_watching":
+        line += f" since {when(judge.get('since'), now)}"
     if state == "inconclusive":
-        line += f", then {an.get('on_inconclusive') or 'hold'}"
-    if state == "judging" and an.get("outcome"):
-        line += f" ({an['outcome']} so far)"
-    if an.get("watch_until"):
-        line += f", bake until {when(an['watch_until'])}"
-    if an.get("reasons"):
-        line += ": " + "; ".join(map(str, an["reasons"]))
+        line += f", then {judge.get('on_inconclusive', 'hold')}"
+    until = judge.get("watch_until")
+    if isinstance(until, int | float) and judge.get("watching"):
+        left = until - (time.time() if now is None else now)
+        line += f"; watching {judge['watching']} for {seconds(max(0.0, left))} more"
+    if state == "not_watching":
+        line += ": no ramp, and no switch within the bake time"
     return line
+
+
+def evidence_line(an: Json | None) -> str:
+    """The judge's reasons and numbers so far."""
+    judge = (an or {}).get("judge") or {}
+    parts = [str(r) for r in judge.get("reasons") or []]
+    numbers = judge.get("numbers") or {}
+    shown = [f"{k}={number(v)}" for k, v in numbers.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    if shown:
+        parts.append(", ".join(shown[:8]))
+    if (an or {}).get("failures_in_a_row"):
+        parts.append(f"{an['failures_in_a_row']} failing verdict(s) in a row")  # type: ignore[index]
+    return "; ".join(parts) or "-"
+
+
+def number(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def split_line(split: Json | None) -> str:
+    if not split:
+        return "-"
+    configured = split.get("configured") or {}
+    observed = split.get("observed") or {}
+    cells = [f"{slot} {observed.get(slot, 0):g}% (configured {w}%)" for slot, w in configured.items()]
+    total = sum((split.get("requests") or {}).values())
+    return (", ".join(cells) or "-") + f" over {total} requests since {when(split.get('since'))}"
 
 
 def change_line(ch: Json | None) -> str:
@@ -106,7 +145,9 @@ def drain_cell(drain: Json | None) -> str:
     return state
 
 
-def up_cell(healthy: object) -> str:
+def up_cell(healthy: object, state: object = None) -> str:
+    if isinstance(state, str):
+        return "up" if state == "up" else state if state == "pending" else state.upper()
     return "up" if healthy is True else "DOWN" if healthy is False else "?"
 
 
@@ -132,11 +173,18 @@ def render_status(st: Json) -> str:
         ("phase", text(st.get("phase"))),
         ("generation", text(st.get("generation"))),
         ("weights", weights(st)),
+        ("traffic got", split_line(st.get("split"))),
         ("ramp", ramp_line(st.get("ramp"))),
-        ("analysis", analysis_line(st.get("analysis"))),
+        ("judge", analysis_line(st.get("analysis"))),
+        ("evidence", evidence_line(st.get("analysis"))),
         ("last change", change_line(st.get("last_change"))),
         *tls_lines(st.get("tls")),
     ]
+    warning = (st.get("split") or {}).get("warning")
+    if warning:
+        head.append(("WARNING", str(warning)))
+    for slot, why in (st.get("failed") or {}).items():
+        head.append(("failed", f"{slot}: {why} (redeploy it with set-upstreams, or force a switch)"))
     width = max(len(k) for k, _ in head)
     lines = [f"{k.ljust(width)}  {v}" for k, v in head]
     rows: list[list[str]] = []
@@ -149,12 +197,16 @@ def render_status(st: Json) -> str:
                     name if first else "",
                     f"{slot.get('weight', '-')}%" if first else "",
                     text(slot.get("in_flight")) if first else "",
+                    text(slot.get("requests")) if first else "",
+                    text(slot.get("upstream_5xx")) if first else "",
+                    text(slot.get("upstream_4xx")) if first else "",
                     drain_cell(slot.get("drain")) if first else "",
                     text(up.get("url")),
-                    up_cell(up.get("healthy")),
+                    up_cell(up.get("healthy"), up.get("state")),
                 ]
             )
-    return "\n".join([*lines, "", table(["SLOT", "WEIGHT", "IN-FLIGHT", "DRAIN", "UPSTREAM", "HEALTH"], rows)])
+    columns = ["SLOT", "WEIGHT", "IN-FLIGHT", "REQUESTS", "5XX", "4XX", "DRAIN", "UPSTREAM", "HEALTH"]
+    return "\n".join([*lines, "", table(columns, rows)])
 
 
 def check_cell(check: Json) -> str:
@@ -173,37 +225,16 @@ def render_health(st: Json) -> str:
     for name, slot in (st.get("slots") or {}).items():
         for up in slot.get("upstreams") or []:
             checks = "; ".join(check_cell(c) for c in up.get("checks") or []) or "not checked yet"
-            rows.append([name, text(up.get("url")), up_cell(up.get("healthy")), when(up.get("checked_at")), checks])
+            rows.append(
+                [
+                    name,
+                    text(up.get("url")),
+                    up_cell(up.get("healthy"), up.get("state")),
+                    when(up.get("checked_at")),
+                    checks,
+                ]
+            )
     return table(["SLOT", "UPSTREAM", "HEALTH", "CHECKED", "CHECKS"], rows)
-
-
-def history_entries(body: object) -> list[Json]:
-    """The entry list of a /v1/history answer: a bare list, or the first list in an object."""
-    if isinstance(body, dict):
-        for key in ("entries", "history", "items"):
-            if isinstance(body.get(key), list):
-                return [e for e in body[key] if isinstance(e, dict)]
-        body = next((v for v in body.values() if isinstance(v, list)), [])
-    return [e for e in body if isinstance(e, dict)] if isinstance(body, list) else []
-
-
-def history_cell(key: str, value: object) -> str:
-    """A routing state `{active, weights}` as its slot (or its split during a ramp); times as dates."""
-    if key in ("time", "at"):
-        return when(value)
-    if isinstance(value, dict) and "active" in value:
-        split = [f"{slot} {w}%" for slot, w in (value.get("weights") or {}).items() if w]
-        return ", ".join(split) if len(split) > 1 else text(value["active"])
-    return text(value)
-
-
-def render_history(entries: list[Json]) -> str:
-    if not entries:
-        return "no changes recorded"
-    keys = {k for e in entries for k in e}
-    columns = [c for c in HISTORY_COLUMNS if c in keys] + sorted(keys - set(HISTORY_COLUMNS))
-    rows = [[history_cell(c, e.get(c)) for c in columns] for e in entries]
-    return table([c.upper() for c in columns], rows)
 
 
 def summary(verb: str, res: Json, slot: str | None = None) -> str:
@@ -211,6 +242,8 @@ def summary(verb: str, res: Json, slot: str | None = None) -> str:
     gen = f"(generation {res.get('generation')})"
     active, ramp = res.get("active"), res.get("ramp")
     if not res.get("changed", True):
+        if res.get("message"):
+            return f"{res['message']}: nothing changed, active {active} {gen}"
         return f"nothing to change: active {active}, phase {res.get('phase')} {gen}"
     if verb in ("ramp", "promote", "pause", "resume") and ramp:
         where = f"{ramp.get('percent')}% (step {int(ramp.get('step', 0)) + 1}/{len(ramp.get('steps') or [])})"

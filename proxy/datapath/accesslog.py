@@ -43,7 +43,7 @@ class AccessLog:
         line = json.dumps(
             {
                 "time": round(time.time(), 3),
-                "client": ex.client.peer.decode("latin-1"),
+                "client": (ex.addr or ex.client.peer).decode("latin-1"),
                 "method": ex.method.decode("latin-1"),
                 "target": ex.target.decode("latin-1"),
                 "version": ex.version,

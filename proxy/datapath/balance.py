@@ -3,7 +3,8 @@
 Called only when the snapshot has a ramp on, or the request carries the preview header, or a
 preview cookie is configured; the common case never gets here (see Exchange.start).
 
-Stickiness: a client's key (IP, cookie or header, per `sticky:`) hashes to a bucket in
+Stickiness: a client's key (its address as headers.resolve_client decided it, behind a trusted
+proxy too; a cookie or a header, per `sticky:`) hashes to a bucket in
 [0, 10000); the canary takes the buckets below its share in basis points. Raising the share only
 moves clients from the old slot to the new one, never back. crc32 is used because it is fast and
 the same in every worker process (Python's hash() is salted per process).
@@ -64,7 +65,7 @@ def choose(snap: Snapshot, ex: Exchange) -> Route:
 def _sticky_key(ex: Exchange) -> bytes:
     by = ex.client.server.sticky_by
     if by == "ip":
-        return ex.client.peer
+        return ex.addr or ex.client.peer  # the client's address (headers.resolve_client)
     if by == "header":
         return ex.sticky
     if by == "cookie":

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Final
 
 from proxy.datapath import wire
 from proxy.datapath.balance import choose, drop_cookie
-from proxy.datapath.headers import request_head
+from proxy.datapath.headers import request_head, resolve_client
+from proxy.datapath.ratelog import RateLimited
 from proxy.datapath.relay import drop_nominated
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from proxy.routing.state import Route
 
 log = logging.getLogger("slotswitch.exchange")
+warnings: Final = RateLimited(log)  # errors that repeat per request: rate-limited (ratelog)
 
 MAX_ATTEMPTS: Final = 3
 BUFFER_LIMIT: Final = 65536  # request body bytes held before an upstream is attached
@@ -42,6 +44,7 @@ BUFFER_LIMIT: Final = 65536  # request body bytes held before an upstream is att
 
 class Exchange:
     __slots__ = (
+        "addr",
         "attempts",
         "body_buf",
         "body_len",
@@ -54,6 +57,8 @@ class Exchange:
         "cookie",
         "ended",
         "expect",
+        "forwarded",
+        "fwd_for",
         "head",
         "headers",
         "held",
@@ -64,6 +69,7 @@ class Exchange:
         "kinds",
         "method",
         "nominated",
+        "own",
         "preview",
         "request_done",
         "request_id",
@@ -96,6 +102,11 @@ class Exchange:
         self.host = b""
         self.host_count = 0
         self.xff: list[bytes] | None = None
+        self.forwarded = b""  # the Forwarded header (RFC 7239), read only from a trusted peer
+        # The client's address when the peer is a trusted proxy (headers.resolve_client), and the
+        # X-Forwarded-For line sent upstream; b"" otherwise (the address is then the peer's).
+        self.addr = b""
+        self.fwd_for = b""
         self.xfh = b""
         self.xfp = b""
         self.request_id = False
@@ -120,6 +131,7 @@ class Exchange:
         self.conn: UpstreamConnection | None = None
         self.head = b""
         self.status = 0
+        self.own = False  # the proxy answered (fail): not counted as the upstream's
         self.started = 0.0
         self.attempts = 0
         self.response_started = False
@@ -177,6 +189,9 @@ class Exchange:
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_PREVIEW:
             self.preview = value  # never forwarded, matching secret or not
+        elif kind == wire.H_FORWARDED:
+            self.forwarded = value if not self.forwarded else self.forwarded + b", " + value
+            self.headers.append(name + b": " + value + wire.CRLF)
         # other hop-by-hop headers are dropped
 
     def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
@@ -221,6 +236,8 @@ class Exchange:
             self.xfh = b""
         if b"x-forwarded-proto" in nominated:
             self.xfp = b""
+        if b"forwarded" in nominated:
+            self.forwarded = b""
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -232,6 +249,8 @@ class Exchange:
             self.redirect()
             return
         snap = server.store.current
+        if client.trusted:
+            resolve_client(self, client)  # the client's address, before stickiness reads it
         # Fast path: no ramp and nothing that asks for the idle slot.
         plain = snap.canary is None and not self.preview and not server.preview_cookie
         route = snap.primary if plain else choose(snap, self)
@@ -408,7 +427,9 @@ class Exchange:
         self.conn = None
         if self.response_started:
             self._count(reason)
-            log.warning("upstream closed mid-response on slot %s: %s", self._slot(), reason)
+            warnings.warning(
+                "mid_response", self._slot(), f"upstream closed mid-response on slot {self._slot()}: {reason}"
+            )
             self.client.abort()
             self._end()
             return
@@ -434,18 +455,15 @@ class Exchange:
         """Answer the client with the error for `reason` (see wire.ERRORS)."""
         route = self.route
         self._count(reason)
-        log.warning(
-            "%s %s on slot %s: %s",
-            self.method.decode("latin-1"),
-            self.target[:200].decode("latin-1"),
-            self._slot(),
-            reason,
-        )
+        slot = self._slot()
+        method, target = self.method.decode("latin-1"), self.target[:200].decode("latin-1")
+        warnings.warning(reason, slot, f"{method} {target} on slot {slot}: {reason}")
         client = self.client
         if client.transport is None:
             self._end()
             return
         self.status = wire.ERRORS[reason].status
+        self.own = True
         closes = client.server.send_error(client.transport, reason, route, self.is_head)
         self._end()
         # A bodyless request may fail before its message is complete (routing happens at
@@ -471,7 +489,7 @@ class Exchange:
             # 499 (nginx's "client closed request") when the client left before any answer.
             status = self.status or 499
             elapsed = (now if now >= 0 else self.client.clock()) - self.started
-            rt.stats.record(status, elapsed)
+            rt.stats.record(status, elapsed, self.own)
             if status >= 500:
                 rt.stats.failed_at(self.method, self.target)
             rt.in_flight -= 1

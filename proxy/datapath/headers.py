@@ -1,11 +1,20 @@
-"""Request head rewriting for the upstream: forwarding headers, Via, X-Request-ID, framing.
+"""Request head rewriting for the upstream: forwarding headers, Via, X-Request-ID, framing; and
+the client's address, decided once per request.
 
 The target and every header not listed in wire.REQUEST_SPECIAL pass through byte for byte;
 Exchange.add_header has already dropped hop-by-hop headers and those nominated by Connection.
+
+The client address (`resolve_client`): for a peer that is not in `trusted_proxies` it is the peer
+(no work per request: the peer's trust is decided once per connection). For a trusted peer it is
+the rightmost address of X-Forwarded-For (or, without one, of Forwarded's for=) that is not itself
+a trusted proxy, as nginx's realip module with `real_ip_recursive on` finds it. That one address
+is used for stickiness, the access log, and the X-Forwarded-For sent upstream, which starts at it:
+what a client wrote to the left of it is unverifiable and is not passed on.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import TYPE_CHECKING, Final
 
@@ -61,10 +70,67 @@ def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> by
     return b"".join(parts)
 
 
-def _trusted_block(ex: Exchange, client: ClientConnection) -> bytes:
-    """Forwarding headers when the peer is a trusted proxy: its X-Forwarded-* are kept and extended."""
+def client_address(ex: Exchange) -> bytes:
+    """The client's address (see the module docstring): resolved once, at routing."""
+    return ex.addr or ex.client.peer
+
+
+def resolve_client(ex: Exchange, client: ClientConnection) -> None:
+    """For a trusted peer: set ex.addr and ex.fwd_for (the X-Forwarded-For line sent upstream)."""
+    hops = _hops(ex)
+    server = client.server
+    i = len(hops)
+    while i > 0:
+        host = _host(hops[i - 1])
+        if not _is_ip(host):
+            break  # not an address: nothing to its left can be trusted either
+        i -= 1
+        if not server.is_trusted(host.decode("latin-1")):
+            break
+    kept = hops[i:]
+    if not kept:
+        ex.addr = client.peer
+        ex.fwd_for = client.xff_line
+        return
+    ex.addr = _host(kept[0])
+    ex.fwd_for = b"X-Forwarded-For: " + b", ".join(kept) + b", " + client.peer + wire.CRLF
+
+
+def _hops(ex: Exchange) -> list[bytes]:
+    """The addresses a trusted peer reports, leftmost first: X-Forwarded-For, else Forwarded for=."""
     xff = ex.xff
-    parts = [b"X-Forwarded-For: " + b", ".join(xff) + b", " + client.peer + wire.CRLF if xff else client.xff_line]
+    if xff:
+        return [hop.strip() for value in xff for hop in value.split(b",") if hop.strip()]
+    hops = []
+    for element in ex.forwarded.split(b","):
+        for pair in element.split(b";"):
+            key, sep, value = pair.strip().partition(b"=")
+            if sep and key.lower() == b"for":
+                hops.append(value.strip().strip(b'"'))
+    return hops
+
+
+def _host(hop: bytes) -> bytes:
+    """An address without brackets or port: "[2001:db8::1]:443" -> "2001:db8::1", "10.0.0.1:80" -> "10.0.0.1"."""
+    if hop.startswith(b"["):
+        return hop[1:].partition(b"]")[0]
+    if hop.count(b":") == 1:
+        return hop.partition(b":")[0]
+    return hop
+
+
+def _is_ip(host: bytes) -> bool:
+    try:
+        ipaddress.ip_address(host.decode("latin-1"))
+    except ValueError:
+        return False
+    return True
+
+
+def _trusted_block(ex: Exchange, client: ClientConnection) -> bytes:
+    """Forwarding headers when the peer is a trusted proxy: its X-Forwarded-* are kept and extended
+    (X-Forwarded-For from the client's address on, see resolve_client)."""
+    parts = [ex.fwd_for or client.xff_line]
     parts.append(b"X-Forwarded-Proto: " + ex.xfp + wire.CRLF if ex.xfp else client.xfp_line)
     forwarded_host = ex.xfh or ex.host
     if forwarded_host:

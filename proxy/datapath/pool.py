@@ -15,8 +15,9 @@ import logging
 import ssl
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from proxy.datapath.ratelog import RateLimited
 from proxy.datapath.tls import client_context
 from proxy.datapath.upstream import UpstreamConnection
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from proxy.settings.tls import UpstreamTLS
 
 log = logging.getLogger("slotswitch.upstream")
+warnings: Final = RateLimited(log)
 
 
 class UpstreamPool:
@@ -233,5 +235,5 @@ class UpstreamPool:
             return
         reason = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_refused"
         self.failed(self.passive_connect)
-        log.warning("connect to %s (slot %s) failed: %s", self.url, self.slot, exc or reason)
+        warnings.warning("connect", self.url, f"connect to {self.url} (slot {self.slot}) failed: {exc or reason}")
         ex.upstream_failed(reason, self)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from proxy.datapath import wire
+from proxy.datapath.ratelog import RateLimited
 from proxy.datapath.relay import response_head, tunnel_head
 from proxy.datapath.scan import relay_rest, relay_scanned, scan_response
 from proxy.datapath.wire import MODE_CHUNK, MODE_PASS
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from proxy.datapath.pool import UpstreamPool
 
 log = logging.getLogger("slotswitch.upstream")
+warnings: Final = RateLimited(log)
 
 INTERIM: Final = frozenset({100, 101, 102, 103})  # the 1xx statuses llhttp ends at their head
 
@@ -331,7 +333,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- helpers ----------------------------------------------------------------------------
 
     def malformed(self, why: object) -> None:
-        log.warning("malformed response from %s (slot %s): %s", self.pool.url, self.pool.slot, why)
+        warnings.warning(
+            "malformed", self.pool.url, f"malformed response from {self.pool.url} (slot {self.pool.slot}): {why}"
+        )
         self.broken("bad_response")
 
     def start_response(self, ex: Exchange, code: int, body: bytes = b"") -> bytes:

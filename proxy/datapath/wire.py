@@ -42,6 +42,7 @@ H_COOKIE: Final = 10
 H_STICKY: Final = 11  # this one and the next have configured names (ProxyServer.apply)
 H_PREVIEW: Final = 12
 H_EXPECT: Final = 13
+H_FORWARDED: Final = 14  # RFC 7239: read for the client address (for=) when the peer is trusted
 REQUEST_SPECIAL: Final[dict[bytes, int]] = {name: H_HOP for name in HOP_BY_HOP}
 REQUEST_SPECIAL.update(
     {
@@ -56,6 +57,7 @@ REQUEST_SPECIAL.update(
         b"content-length": H_CONTENT_LENGTH,
         b"cookie": H_COOKIE,
         b"expect": H_EXPECT,
+        b"forwarded": H_FORWARDED,
     }
 )
 

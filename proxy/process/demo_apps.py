@@ -3,8 +3,9 @@
 Each app answers for one slot ("blue" answers "v1", "green" answers "v2") and marks every
 response with `X-App: <name>`. Routes: `/`, `/health` (flippable with `POST /admin/health?ok=0`),
 `/slow?ms=`, `/stream`, `/ws` (echo), `/status/<code>`, `/echo`, `/sink`, `/download?bytes=`,
-and `/admin/connections`, which counts the TCP connections the app accepted, so tests can
-check how many upstream connections the proxy really opened.
+`POST /admin/errors?percent=N` (from then on `/` answers 500 to N % of requests, evenly spread: a
+bad release for `slotswitch demo --scenario bad-release`), and `/admin/connections`, which counts
+the TCP connections the app accepted, so tests can check how many upstream connections the proxy really opened.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class AppState:
     name: str
     body: str
     healthy: bool = True
+    fail_percent: int = 0  # share of `/` requests answered with 500
+    served: int = 0
     connections: int = 0
     # Connection counting: the transport object is the identity of a TCP connection (one per
     # accepted socket, shared by every keep-alive request on it). id() is not usable, since a
@@ -72,7 +75,22 @@ async def _mark(request: web.Request, response: web.StreamResponse) -> None:
 
 
 async def index(request: web.Request) -> web.Response:
-    return web.Response(text=f"{request.app[STATE].body}\n")
+    state = request.app[STATE]
+    state.served += 1
+    # Evenly spread: request n fails when the running count of failures due steps up.
+    if (
+        state.fail_percent
+        and state.served * state.fail_percent // 100 != (state.served - 1) * state.fail_percent // 100
+    ):
+        return web.Response(status=500, text=f"{state.body} failed\n")
+    return web.Response(text=f"{state.body}\n")
+
+
+async def set_errors(request: web.Request) -> web.Response:
+    """`?percent=N`: `/` answers 500 to N % of requests from now on (0 heals the app)."""
+    state = request.app[STATE]
+    state.fail_percent = _int_arg(request, "percent", 100, 0, 100)
+    return web.json_response({"app": state.name, "fail_percent": state.fail_percent})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -210,6 +228,7 @@ def make_app(name: str, body: str) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_post("/admin/health", set_health)
+    app.router.add_post("/admin/errors", set_errors)
     app.router.add_get("/admin/connections", connections)
     app.router.add_get("/slow", slow)
     app.router.add_get("/stream", stream)

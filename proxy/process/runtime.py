@@ -34,6 +34,7 @@ from proxy.process.workers import WorkerSet
 from proxy.release.analysis import Analyzer
 from proxy.release.audit import AuditLog, reset_entry
 from proxy.release.audit import event as audit_event
+from proxy.release.audit import refused as audit_refused
 from proxy.release.control import Controller
 from proxy.release.gates import Gates
 from proxy.release.health import HealthChecker
@@ -286,6 +287,24 @@ class Slotswitch:
         assert server is not None
         return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
+    def _refuse_reload(self, errors: list[str]) -> None:
+        """A reload that cannot be applied: logged one error a line, counted, and audited."""
+        refused(errors)
+        self.controller.reloads["refused"] += 1
+        self.audit.append(
+            audit_refused(
+                self.store.current,
+                time.time(),
+                actor="sighup",
+                action="reload",
+                status=400,
+                code="invalid_config",
+                message=f"config reload from {self.config_path} refused: the running config is kept",
+                details={"errors": errors[:50]},
+                trigger="reload",
+            )
+        )
+
     def reload(self) -> bool:
         """Re-read the config file. An invalid file is refused and the running config is kept."""
         if self.config_path is None:
@@ -293,18 +312,16 @@ class Slotswitch:
             return False
         try:
             settings = load_settings(self.config_path)
-        except ConfigError as exc:
-            refused(exc.errors)
-            return False
-        try:
             credentials = self._credentials(settings)
-        except AuthConfigError as exc:
-            refused(str(exc).splitlines())
-            return False
-        try:
             self._check_tls(settings)
+        except ConfigError as exc:
+            self._refuse_reload(exc.errors)
+            return False
+        except AuthConfigError as exc:
+            self._refuse_reload(str(exc).splitlines())
+            return False
         except TLSError as exc:
-            refused(list(exc.errors))  # the running certificates stay too
+            self._refuse_reload(list(exc.errors))  # the running certificates stay too
             return False
         if self.workers is not None:
             self.workers.reload_tls(settings)

@@ -45,6 +45,7 @@ from proxy.release.evidence import Release
 from proxy.release.judge import Verdict, assess
 from proxy.release.policy import State, policy_of
 from proxy.release.promql import PromQLVerdict
+from proxy.release.split import SplitMeter
 from proxy.routing.state import Snapshot
 from proxy.routing.stats import Tick, Window
 
@@ -59,7 +60,9 @@ class Analyzer:
         self.release: Release | None = None
         self.reached_by_rollback = False  # the release's slot is where a rollback went
         self.history: dict[str, deque[Tick]] = {}  # each slot's closed ticks, for a pre-switch baseline
-        self.state = State("not_watching", "", time.time())
+        self.state = State("not_watching", "", time.time())  # the release under judgement, if any
+        self.outcome: State | None = None  # how the last release ended: passed, failed or inconclusive
+        self.generation = 0  # the snapshot that began the current release
         self.last: Verdict | None = None
         self.promql: PromQLVerdict | None = None  # the latest PromQL result (proxy.release.promql)
         self._promql_counted = 0  # seq of the last failing PromQL result counted
@@ -68,6 +71,7 @@ class Analyzer:
         self.fleet: SharedApply | None = None  # fleet mode: decisions go through the shared store
         self._action: asyncio.Task[None] | None = None  # a decision being written to the shared store
         self.store.subscribe(self._on_publish)
+        self.split = SplitMeter(self.store)  # the split the traffic got (read by the status)
 
     # -- what a publish starts or ends ------------------------------------------------------------
 
@@ -98,6 +102,7 @@ class Analyzer:
         now = time.time()
         release = self.release
         if new.action == "ramp" and new.ramp is not None:
+            self.outcome, self.generation = None, new.generation
             self._begin(new, new.ramp.target, "ramp", new.active, True, now)
         elif new.action == "promote" and release is not None and release.kind == "ramp":
             release.new_step(now)
@@ -108,18 +113,36 @@ class Analyzer:
                 release.until = now + new.settings.analysis.bake_time
                 release.new_step(now)
             else:
+                self.outcome, self.generation = None, new.generation
                 self._begin(new, new.active, "switch", old.active, False, now)
             if new.settings.analysis.bake_time <= 0:
-                self._end("passed", new.active, now, "no bake time: not judged after the switch")
+                self.release, self.state = None, State("not_watching", new.active, now, note="no bake time")
         elif new.action == "rollback":
-            if new.active != old.active and new.settings.analysis.bake_time > 0:
-                self._begin(new, new.active, "rollback", None, False, now)
-            elif self.release is not None:
-                self._end("failed" if self.state.name == "failed" else "not_watching", new.active, now, "rolled back")
+            self._rolled_back(old, new, now)
 
-    def _end(self, name: str, slot: str, now: float, note: str = "") -> None:
+    def _rolled_back(self, old: Snapshot, new: Snapshot, now: float) -> None:
+        """A rollback ends the release: as "failed" when the judge or an alert decided it. The slot
+        it reached is watched too, when the active slot changed (not for a ramp dropped)."""
+        left = str(new.details.get("slot", old.ramp.target if old.ramp is not None else old.active))
+        if new.trigger in ("judge", "alert"):
+            reasons = new.details.get("reasons")
+            why = tuple(str(r) for r in reasons) if isinstance(reasons, list) else (new.reason,)
+            numbers = tuple((k, float(v)) for k, v in new.details.items() if isinstance(v, int | float))
+            self.outcome = State("failed", left, now, why, "", "", new.generation, numbers)
+        else:
+            self.outcome = None
+        self.release, self.state = None, State("not_watching", new.active, now, note="rolled back")
+        if new.active != old.active and new.settings.analysis.bake_time > 0:
+            self._begin(new, new.active, "rollback", None, False, now)
+
+    def _end(self, name: str, slot: str, now: float, note: str = "", action: str = "") -> None:
+        verdict = self.last
+        reasons = verdict.reasons if verdict is not None else ()
+        numbers = tuple(_key_numbers(verdict).items()) if verdict is not None else ()
         self.release = None
-        self.state = State(name, slot, now, note=note)
+        self.state = State(name, slot, now, reasons, action, note, self.generation, numbers)
+        if not self.reached_by_rollback:
+            self.outcome = self.state
 
     # -- the tick -----------------------------------------------------------------------------------
 
@@ -168,7 +191,7 @@ class Analyzer:
                 )
             self.state = State("failed", release.slot, now, verdict.reasons, "alert")
             return
-        self.state = State("failed", release.slot, now, verdict.reasons)
+        self.state = State("failed", release.slot, now, verdict.reasons, "", "", self.generation)
         self._roll_back(snap, release.slot, verdict, f"slot {release.slot} failed analysis: ")
 
     def _hold_or_advance(self, snap: Snapshot, release: Release, verdict: Verdict, now: float) -> None:
@@ -208,7 +231,7 @@ class Analyzer:
             log.warning("slot %s inconclusive for %.0fs (holding): %s", release.slot, now - waited_since, why)
             self.state = State("inconclusive", release.slot, release.inconclusive_since, verdict.reasons, "hold")
         if release.kind == "bake":
-            self._end("inconclusive", release.slot, release.inconclusive_since, "; ".join(verdict.reasons))
+            self._end("inconclusive", release.slot, release.inconclusive_since, "; ".join(verdict.reasons), "hold")
 
     def candidate(self, now: float | None = None) -> str | None:
         """The slot under judgement now: the ramp's target, or the new active slot while it bakes."""
@@ -256,8 +279,11 @@ class Analyzer:
             details=details,
         )
 
-        def done() -> None:
-            log.error("automatic rollback from %s: %s", slot, "; ".join(verdict.reasons))
+        def done(result: Result) -> None:
+            if result.changed:
+                log.error("automatic rollback from %s: %s", slot, "; ".join(verdict.reasons))
+            else:
+                log.warning("slot %s failed analysis; no rollback: %s", slot, result.message)
 
         self._act(rollback, done, logging.WARNING, "judge could not roll back")
 
@@ -270,54 +296,105 @@ class Analyzer:
             expect=snap.generation,
             details={k: v for k, v in _key_numbers(verdict).items() if not math.isnan(v)},
         )
-        self._act(promote, lambda: None, logging.INFO, "ramp step not advanced")
+        self._act(promote, lambda _: None, logging.INFO, "ramp step not advanced")
 
-    def _act(self, verb: Callable[[], Result], done: Callable[[], None], level: int, failed: str) -> None:
+    def _act(self, verb: Callable[[], Result], done: Callable[[Result], None], level: int, failed: str) -> None:
         """Apply the judge's decision. In fleet mode it goes through the shared store (a task, one
         at a time); pinned to the judged generation, it loses to any change made first anywhere."""
         fleet = self.fleet
         if fleet is None:
             try:
-                verb()
+                result = verb()
             except (Conflict, Refused) as exc:
                 log.log(level, "%s: %s", failed, exc)
                 return
-            done()
+            done(result)
             return
         if self._action is not None and not self._action.done():
             return  # the previous decision is still being written
         self._action = asyncio.get_running_loop().create_task(self._act_fleet(fleet, verb, done, level, failed))
 
     async def _act_fleet(
-        self, fleet: SharedApply, verb: Callable[[], Result], done: Callable[[], None], level: int, failed: str
+        self, fleet: SharedApply, verb: Callable[[], Result], done: Callable[[Result], None], level: int, failed: str
     ) -> None:
         try:
-            await fleet.run(verb)
+            result = await fleet.run(verb)
         except (Conflict, Refused, StoreUnavailable) as exc:
             log.log(level, "%s: %s", failed, exc)
             return
-        done()
+        done(result)
 
     # -- status -------------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, object]:
-        verdict, release, state = self.last, self.release, self.state
-        settings = self.store.current.settings.analysis
-        reasons = list(verdict.reasons) if verdict is not None and release is not None else list(state.reasons)
-        until = None if release is None or release.kind == "ramp" or math.isinf(release.until) else release.until
-        return {
-            "state": state.name,
-            "slot": (release.slot if release is not None else state.slot) or None,
+    def held(self, now: float) -> str | None:
+        """Why a ramp whose step interval is over has not advanced (None: not held)."""
+        ramp, release, verdict = self.store.current.ramp, self.release, self.last
+        if ramp is None or ramp.paused or now - ramp.step_started_at < ramp.interval:
+            return None
+        if release is None or release.slot != ramp.target or verdict is None:
+            return "held: waiting for the first verdict"
+        if verdict.outcome == "inconclusive":
+            low = any("requests" in r for r in verdict.reasons)
+            return ("held: needs more traffic: " if low else "held: ") + "; ".join(verdict.reasons)
+        if verdict.outcome == "fail":
+            return "held: failing analysis: " + "; ".join(verdict.reasons)
+        return "due: advances on the next tick"
+
+    def judge_state(self) -> dict[str, object]:
+        """The judge state contract (docs/admin-api.md): one state, its slot, since when, why, the
+        numbers, the generation that began it, what follows an inconclusive run, and until when the
+        slot being watched is watched (None: a ramp, or forever)."""
+        release, state, outcome = self.release, self.state, self.outcome
+        on_inconclusive = self.store.current.settings.analysis.on_inconclusive
+        until = None
+        if release is not None and release.kind == "bake" and not math.isinf(release.until):
+            until = release.until
+        out: dict[str, object] = {"watch_until": until, "watching": release.slot if release is not None else None}
+        verdict = self.last
+        if release is not None and not (self.reached_by_rollback and outcome is not None):
+            reasons = list(verdict.reasons) if verdict is not None else ["waiting for the first verdict"]
+            return out | {
+                "state": state.name,
+                "slot": release.slot,
+                "since": state.since,
+                "generation": self.generation,
+                "reasons": reasons,
+                "numbers": _key_numbers(verdict) if verdict is not None else {},
+                "on_inconclusive": state.action or on_inconclusive,
+            }
+        if outcome is not None:
+            return out | {
+                "state": outcome.name,
+                "slot": outcome.slot,
+                "since": outcome.since,
+                "generation": outcome.generation,
+                "reasons": list(outcome.reasons),
+                "numbers": dict(outcome.numbers),
+                "on_inconclusive": outcome.action or on_inconclusive,
+            }
+        return out | {
+            "state": "not_watching",
+            "slot": None,
             "since": state.since,
-            "on_inconclusive": state.action or settings.on_inconclusive,
+            "generation": 0,
+            "reasons": [],
+            "numbers": {},
+            "on_inconclusive": on_inconclusive,
             "note": state.note,
-            "reasons": reasons,
-            "numbers": _key_numbers(verdict) if verdict is not None and release is not None else {},
-            "watch_until": until,
+        }
+
+    def status(self, now: float | None = None) -> dict[str, object]:
+        """The judge state (also under "judge", as the CLI reads it), what the release is compared
+        with, the last verdict's outcome and the latest PromQL result."""
+        judge = self.judge_state()
+        release, verdict = self.release, self.last
+        return {
+            **judge,
+            "judge": judge,
             "comparing": release.describe() if release is not None else None,
             "subject": release.slot if release is not None else None,
             "outcome": verdict.outcome if verdict is not None and release is not None else None,
-            "watching_until": until,
+            "watching_until": judge["watch_until"],
             "promql": self.promql.as_json() if self.promql is not None else None,
         }
 
@@ -353,7 +430,7 @@ def _key_numbers(verdict: Verdict) -> dict[str, float]:
     for test in verdict.tests:
         if test.rejected and test.name.startswith("endpoint "):
             out.update({k: v for k, v in verdict.numbers.items() if k.startswith(test.name + ".")})
-    return out
+    return {k: v for k, v in out.items() if not math.isnan(v)}  # NaN: no data (and no JSON for it)
 
 
 def _summary(verdict: Verdict) -> str:

@@ -79,7 +79,16 @@ def applied(old: Snapshot, new: Snapshot) -> Entry:
 
 
 def refused(
-    snap: Snapshot, now: float, *, actor: str, action: str, status: int, code: str, message: str, details: Entry
+    snap: Snapshot,
+    now: float,
+    *,
+    actor: str,
+    action: str,
+    status: int,
+    code: str,
+    message: str,
+    details: Entry,
+    trigger: str = "api",
 ) -> Entry:
     return {
         "time": rfc3339(now),
@@ -89,7 +98,7 @@ def refused(
         "to": None,
         "reason": "",
         "generation": snap.generation,
-        "trigger": "api",
+        "trigger": trigger,
         "details": json_safe(details),
         "in_flight": in_flight(snap),
         "outcome": "refused",

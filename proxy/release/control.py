@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 from proxy.datapath.server import ProxyServer
 from proxy.release.drain import Drainer
 from proxy.routing.state import Conflict, Ramp, Registry, Snapshot, Store, build_snapshot
+from proxy.settings.diff import settings_diff
 from proxy.settings.model import Settings
 from proxy.settings.types import Upstream
 
@@ -71,6 +72,7 @@ class Result:
     changed: bool
     snapshot: Snapshot
     previous: Snapshot
+    message: str = ""  # why nothing changed, when nothing did ("already rolled back to blue")
 
 
 class Controller:
@@ -82,6 +84,7 @@ class Controller:
         self.gates: list[Gate] = []  # health gate, migration gate: each may refuse a target slot
         self.switches: Counter[str] = Counter()  # by trigger
         self.rollbacks: Counter[str] = Counter()  # by reason
+        self.reloads: Counter[str] = Counter()  # config reloads by result: applied, refused
         # When a list, publish() stages new snapshots here instead of committing them, so that a
         # shared store can compare-and-set them first (fleet mode); see commit() and adopt().
         self.staging: list[Snapshot] | None = None
@@ -104,6 +107,7 @@ class Controller:
         ramp: Ramp | _Keep | None = KEEP,
         phase: str | None = None,
         details: dict[str, object] | None = None,
+        failed: dict[str, str] | _Keep = KEEP,
     ) -> Snapshot:
         """Build a snapshot from `base` with the given fields changed, and publish it if `base` is
         still the current one (else Conflict). Fields left out keep their value in `base`."""
@@ -121,6 +125,7 @@ class Controller:
             changed_by=actor,
             reason=reason,
             details=details,
+            failed=base.failed if isinstance(failed, _Keep) else failed,
         )
         if self.staging is not None:
             # Fleet mode: the caller commits `new` to the shared store first (proxy.fleet.sync).
@@ -171,11 +176,18 @@ class Controller:
     def check_gates(self, slot: str) -> list[str]:
         return [reason for gate in self.gates for reason in gate(slot)]
 
-    def _gate(self, slot: str, force: bool) -> list[str]:
+    def _gate(self, snap: Snapshot, slot: str, force: bool) -> list[str]:
+        failed = snap.failed.get(slot)
+        if failed is not None and not force:
+            raise Refused(
+                f"slot {slot} failed analysis and stays failed until it is redeployed (set-upstreams) "
+                "or a switch to it is forced",
+                [failed],
+            )
         reasons = self.check_gates(slot)
         if reasons and not force:
             raise Refused(f"slot {slot} is not ready", reasons)
-        return reasons
+        return [f"failed analysis: {failed}", *reasons] if failed is not None else reasons
 
     # -- verbs ------------------------------------------------------------------------------
 
@@ -189,15 +201,19 @@ class Controller:
         expect: int | None = None,
         force: bool = False,
         trigger: str = "api",
+        gate: bool = True,
     ) -> Result:
+        """All new traffic to `slot`. `gate=False` is for the last step of a ramp, whose target
+        passed the gates when the ramp began and every step's analysis since: not a forced switch."""
         base = self._base(expect)
         self._slot(base, slot)
         if slot == base.active and base.ramp is None:
             return Result(False, base, base)
-        overridden = self._gate(slot, force) if slot != base.active else []
+        overridden = self._gate(base, slot, force) if slot != base.active and gate else []
         if drain_timeout is not None:
             self.drainer.timeout_for[base.active] = drain_timeout
         details: dict[str, object] = {"force": force, "gates_overridden": overridden} if overridden else {}
+        failed = {k: v for k, v in base.failed.items() if k != slot}  # a forced switch clears the mark
         new = self.publish(
             base,
             actor=actor,
@@ -209,6 +225,7 @@ class Controller:
             ramp=None,
             phase="stable",
             details=details,
+            failed=failed,
         )
         self.switches[trigger] += 1
         return Result(True, new, base)
@@ -222,14 +239,22 @@ class Controller:
         trigger: str = "api",
         details: dict[str, object] | None = None,
     ) -> Result:
-        """All new traffic back to the slot that served before, at once, whatever the phase."""
+        """All new traffic back to the stable slot, at once, whatever the phase: during a ramp the
+        active slot (the canary is dropped), after a switch the slot that served before. After a
+        rollback it changes nothing ("already rolled back"): a second rollback never returns to the
+        slot just left. A rollback by the judge or an alert marks the slot it left as failed."""
         base = self._base(expect)
         if base.ramp is not None:  # during a ramp the active slot never changed: drop the canary
-            target, previous = base.active, base.previous
+            target, previous, left = base.active, base.previous, base.ramp.target
+        elif base.phase == "rolled_back":
+            return Result(False, base, base, f"already rolled back to {base.active}")
         elif base.previous is not None:
-            target, previous = base.previous, base.active
+            target, previous, left = base.previous, base.active, base.active
         else:
             raise Refused("nothing to roll back to: no switch has happened")
+        failed = dict(base.failed)
+        if trigger in ("judge", "alert"):
+            failed[left] = f"{trigger}: {reason or 'rollback'}"[:500]
         new = self.publish(
             base,
             actor=actor,
@@ -240,7 +265,8 @@ class Controller:
             previous=previous,
             ramp=None,
             phase="rolled_back",
-            details=details or {},
+            details={"from": left, "to": target, **(details or {})},
+            failed=failed,
         )
         self.rollbacks[trigger if trigger != "judge" else str((details or {}).get("rule", "judge"))] += 1
         self.switches["rollback"] += 1
@@ -267,7 +293,7 @@ class Controller:
             steps = [*steps, 100]
         if interval <= 0:
             raise Invalid("interval must be positive")
-        overridden = self._gate(slot, force)
+        overridden = self._gate(base, slot, force)
         ramp = Ramp(slot, tuple(steps), interval, 0, time.time())
         new = self.publish(
             base,
@@ -277,6 +303,7 @@ class Controller:
             ramp=ramp,
             phase="ramping",
             details={"steps": steps, "interval_s": interval, "gates_overridden": overridden},
+            failed={k: v for k, v in base.failed.items() if k != slot},
         )
         return Result(True, new, base)
 
@@ -300,8 +327,8 @@ class Controller:
                 actor=actor,
                 reason=reason or "ramp complete",
                 expect=base.generation,
-                force=True,
                 trigger=trigger,
+                gate=False,
             )
         nxt = replace(ramp, index=ramp.index + 1, step_started_at=time.time())
         new = self.publish(
@@ -345,6 +372,7 @@ class Controller:
             action="deploy",
             upstreams={**base.upstreams, slot: upstreams},
             details={"slot": slot, "from": old, "to": [u.url for u in upstreams]},
+            failed={k: v for k, v in base.failed.items() if k != slot},  # a redeploy clears the mark
         )
         return Result(True, new, base)
 
@@ -360,7 +388,7 @@ class Controller:
         upstreams = {name: ups for name, ups in upstreams.items() if name in settings.slots}
         active = base.active if base.active in settings.slots else settings.active
         ramp = base.ramp if base.ramp is not None and base.ramp.target in settings.slots else None
-        return self.publish(
+        new = self.publish(
             base,
             actor=actor,
             reason="config reload",
@@ -371,4 +399,7 @@ class Controller:
             upstreams=upstreams,
             ramp=ramp,
             phase=base.phase if ramp is not None or base.phase != "ramping" else "stable",
+            details=settings_diff(base.settings, settings),
         )
+        self.reloads["applied"] += 1
+        return new

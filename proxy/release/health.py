@@ -8,7 +8,9 @@ client and connection limits; it never uses the traffic pools.
 An upstream changes state only after `rise` passing or `fall` failing rounds in a row; the verdict
 goes to `UpstreamPool.set_health`, which the data path reads as `pool.usable`. The gate
 (`Controller.gates`) refuses a switch or ramp to a slot unless every check of every upstream
-passed in its latest round; `run_now(slot)` refreshes that round first.
+passed in its latest round and no upstream is passively marked down (by the data path, after
+connect failures or 5xx); `run_now(slot)` refreshes that round first. An upstream is "pending"
+until its first check, never "up" before it.
 """
 
 from __future__ import annotations
@@ -189,13 +191,23 @@ class HealthChecker:
             if state is None or not state.last:
                 reasons.append(f"{pool.url}: not checked yet")
                 continue
-            reasons += [f"{pool.url} {r['check']}: {r.get('error', 'failed')}" for r in state.last if not r["ok"]]
+            failing = [f"{pool.url} {r['check']}: {r.get('error', 'failed')}" for r in state.last if not r["ok"]]
+            if not failing and not pool.usable:
+                failing.append(f"{pool.url}: marked down by passive health checks (failed requests)")
+            reasons += failing
         return reasons
 
     def describe(self, slot: str, pool: UpstreamPool) -> dict[str, Any]:
         state = self.state.get((slot, pool.url))
+        if state is None or not state.last:
+            word = "pending"  # not checked yet
+        elif state.healthy is not False and state.last and all(r["ok"] for r in state.last) and not pool.usable:
+            word = "down (passive)"
+        else:
+            word = "up" if pool.usable else "down"
         return {
             "url": pool.url,
+            "state": word,
             "healthy": pool.usable,
             "checks": state.last if state else [],
             "checked_at": state.checked_at if state else None,

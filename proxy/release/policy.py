@@ -28,6 +28,8 @@ class State:
     reasons: tuple[str, ...] = ()
     action: str = ""  # what follows: hold, rollback or alert ("" = the configured on_inconclusive)
     note: str = ""
+    generation: int = 0  # the snapshot that began the release (or, for "failed", the rollback)
+    numbers: tuple[tuple[str, float], ...] = ()  # the numbers behind an ended release's outcome
 
 
 @lru_cache(maxsize=8)

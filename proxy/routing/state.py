@@ -125,6 +125,9 @@ class Snapshot:
     reason: str = ""
     changed_at: float = 0.0
     details: dict[str, object] = field(default_factory=dict)  # the numbers behind the change
+    # Slots that failed analysis (judge or alert rollback) and may not take traffic again until
+    # redeployed or switched to with force: {slot: why}.
+    failed: dict[str, str] = field(default_factory=dict)
 
     def idle_slot(self) -> str:
         return next(name for name in self.routes if name != self.active)
@@ -216,6 +219,7 @@ def build_snapshot(
     changed_by: str = "config",
     reason: str = "",
     details: dict[str, object] | None = None,
+    failed: dict[str, str] | None = None,
 ) -> Snapshot:
     """Build a snapshot off to the side; nothing sees it until Store.publish."""
     if upstreams is None:
@@ -240,6 +244,7 @@ def build_snapshot(
         reason=reason,
         changed_at=time.time(),
         details=details or {},
+        failed={k: v for k, v in (failed or {}).items() if k in routes},
     )
 
 
@@ -266,6 +271,7 @@ def routing_dict(snap: Snapshot) -> dict[str, object]:
         "trigger": snap.trigger,
         "changed_by": snap.changed_by,
         "reason": snap.reason,
+        "failed": dict(snap.failed),
     }
 
 
@@ -303,6 +309,10 @@ def routing_fields(data: dict[str, object], slots: set[str]) -> dict[str, object
         "ramp": ramp,
         "phase": phase,
     }
+    failed = data.get("failed", {})
+    if not isinstance(failed, dict) or not all(k in slots and isinstance(v, str) for k, v in failed.items()):
+        raise ValueError("failed: expected an object of slot names to reasons")
+    fields["failed"] = dict(failed)
     for key in ("action", "trigger", "changed_by", "reason"):
         if isinstance(data.get(key), str):
             fields[key] = data[key]

@@ -68,6 +68,8 @@ class Report(TypedDict):
     started: int
     endpoints: dict[str, int]
     fine: dict[str, int]
+    upstream_5xx: int
+    upstream_4xx: int
 
 
 class Tick:
@@ -137,7 +139,7 @@ class Window:
 class SlotStats:
     """Everything measured for one slot in this process."""
 
-    __slots__ = ("bounds", "codes", "current", "lat", "lat_sum", "prometheus", "ring")
+    __slots__ = ("bounds", "codes", "current", "lat", "lat_sum", "prometheus", "ring", "upstream_4xx", "upstream_5xx")
 
     def __init__(self, prometheus: tuple[float, ...], ring_ticks: int = 480) -> None:
         self.prometheus = prometheus  # the exported histogram's bounds (le)
@@ -147,9 +149,12 @@ class SlotStats:
         self.lat_sum = 0.0
         self.current = Tick(len(self.lat))
         self.ring: deque[Tick] = deque(maxlen=ring_ticks)
+        # Answers from the upstreams (not the proxy's own 502/503/504), since start.
+        self.upstream_5xx = 0
+        self.upstream_4xx = 0
 
-    def record(self, code: int, seconds: float) -> None:
-        """One finished request (hot path)."""
+    def record(self, code: int, seconds: float, own: bool = False) -> None:
+        """One finished request (hot path). `own`: the proxy answered it (an error of its own)."""
         # bisect_left(self.bounds, seconds), compiled: the C bisect is a generic call that compares
         # boxed floats, three times the cost of this loop on unboxed ones.
         bounds = self.bounds
@@ -171,10 +176,14 @@ class SlotStats:
         if code >= 400:
             if code >= 500:
                 tick.errors += 1
+                if not own:
+                    self.upstream_5xx += 1
             elif code == 499:
                 tick.abandoned += 1
             else:
                 tick.client_errors += 1
+                if not own:
+                    self.upstream_4xx += 1
 
     def failed_at(self, method: bytes, target: bytes) -> None:
         """A request that got a 5xx, by endpoint (called only for those: not per request)."""
@@ -222,7 +231,10 @@ class SlotStats:
             "started": tick.started,
             "endpoints": dict(tick.endpoints),
             "fine": {str(i): n for i, n in enumerate(tick.lat) if n},
+            "upstream_5xx": self.upstream_5xx,
+            "upstream_4xx": self.upstream_4xx,
         }
+        self.upstream_5xx = self.upstream_4xx = 0
         self.codes = {}
         self.lat = [0] * len(self.lat)
         self.lat_sum = 0.0
@@ -237,6 +249,8 @@ class SlotStats:
         for index, n in data["lat"].items():
             self.lat[int(index)] += n
         self.lat_sum += data["sum"]
+        self.upstream_5xx += data.get("upstream_5xx", 0)
+        self.upstream_4xx += data.get("upstream_4xx", 0)
         tick = self.current
         tick.total += data["total"]
         tick.errors += data["errors"]

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BeforeValidator,
     Field,
@@ -29,26 +28,22 @@ from pydantic import (
     model_validator,
 )
 
+from proxy.settings.errors import ConfigError as ConfigError
+from proxy.settings.errors import cross_field, format_errors, merge, read_yaml
 from proxy.settings.rollout import Alerts, Analysis, Gates, Health, PromQL
 from proxy.settings.tls import ListenerTLS, RedirectHTTP, UpstreamTLS
 from proxy.settings.types import (
     SLOT_NAME,
+    Bool,
     ConfigModel,
     Duration,
     Size,
     Upstream,
     check_listen,
     check_optional_listen,
+    is_loopback,
     parse_listen,
 )
-
-
-class ConfigError(ValueError):
-    """Every problem found in one configuration, each as `path: message`."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 def _upstream(value: object) -> object:
@@ -126,7 +121,7 @@ class TokenConfig(ConfigModel):
 
 class AdminConfig(ConfigModel):
     listen: str = "127.0.0.1:9901"
-    insecure_loopback: bool = False  # with no token, serve on loopback only if this is true
+    insecure_loopback: Bool = False  # with no token, serve on loopback only if this is true
     tokens: tuple[TokenConfig, ...] = ()
     audit_log: str = ""  # "" = next to the config file as <config>.audit.jsonl (none in-process)
     # "" = none; else host:port of a second listener serving only GET /metrics, with no token
@@ -148,7 +143,7 @@ class StateConfig(ConfigModel):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "slotswitch"
     poll_interval: Duration = 1.0
-    fallback_to_config: bool = False  # start from the config's state if the store is unreachable
+    fallback_to_config: Bool = False  # start from the config's state if the store is unreachable
 
 
 class Sticky(ConfigModel):
@@ -209,7 +204,7 @@ class Settings(ConfigModel):
     metrics: Metrics = Metrics()
     promql: PromQL = PromQL()
     alerts: Alerts = Alerts()
-    access_log: bool = False  # one JSON line per request on stdout, buffered; off: nothing logged per request
+    access_log: Bool = False  # one JSON line per request on stdout, buffered; off: nothing logged per request
     log_level: str = "info"
 
     _v_listen = field_validator("listen")(check_listen)
@@ -263,66 +258,40 @@ class Settings(ConfigModel):
         return parse_listen(self.listen)
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
-def _format_errors(exc: ValidationError) -> list[str]:
-    errors = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required"
-        elif err["type"] == "string_pattern_mismatch" and "[key]" in loc:
-            msg = f"slot names must match {SLOT_NAME.pattern}"
-            loc = tuple(p for p in loc if p != "[key]")
-        path = _format_loc(loc)
-        if not path and msg.startswith(("active: ", "redirect_http: ", "admin.tls: ")):  # names its own path
-            errors.append(msg)
-        else:
-            errors.append(f"{path or '<root>'}: {msg}")
-    return errors
-
-
 def parse_settings(data: Mapping[str, Any]) -> Settings:
-    """Validate a mapping (from YAML or from the admin API); raise ConfigError with all errors."""
+    """Validate a mapping (from YAML or from the admin API); raise ConfigError with all errors,
+    field and cross-field ones together (proxy/settings/errors.py)."""
     if not isinstance(data, Mapping):
         raise ConfigError(["<root>: expected a mapping of settings"])
     try:
         return Settings.model_validate(dict(data))
     except ValidationError as exc:
-        errors = _format_errors(exc)
-    # Cross-field checks run in pydantic only when every field is valid; run them here too so
-    # that one pass reports every error.
-    slots, active = data.get("slots"), data.get("active")
-    if isinstance(slots, Mapping) and isinstance(active, str) and len(slots) == 2 and active not in slots:
-        message = f"active: {active!r} is not a slot (slots: {', '.join(map(str, slots))})"
-        if message not in errors:
-            errors.append(message)
-    raise ConfigError(errors)
+        errors = format_errors(exc, Settings, SLOT_NAME.pattern)
+    raise ConfigError(merge(errors, cross_field(data)))
 
 
 def load_settings(path: str | Path) -> Settings:
     """Read and validate a YAML file; every problem comes back in one ConfigError."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    data = read_yaml(path)
     if data is None:
         data = {}
     return parse_settings(data)
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Valid, but probably not what was meant: shown by `check-config`."""
+    warnings = []
+    admin = settings.admin
+    if not admin.tokens:
+        host = parse_listen(admin.listen)[0]
+        if not is_loopback(host):
+            warnings.append(
+                f"admin.tokens: no token source is configured, so `run` refuses to serve the admin API on "
+                f"{admin.listen}; add admin.tokens (token_env or token_file)"
+            )
+        elif not admin.insecure_loopback:
+            warnings.append(
+                "admin.tokens: no token source is configured; `run` needs admin.tokens, or "
+                "admin.insecure_loopback: true for a loopback-only admin API without a token"
+            )
+    return warnings

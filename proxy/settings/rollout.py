@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from proxy.settings.types import ConfigModel, Duration, parse_duration
+from proxy.settings.types import Bool, ConfigModel, Duration, parse_duration
 
 
 def _bake(value: object) -> float:
@@ -43,7 +43,7 @@ class Analysis(ConfigModel):
     max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)  # absolute limit on failures (5xx, hung, 499)
     max_p99: Duration = 2.0  # absolute limit on p99, applied from 1000 candidate requests on
     min_requests: int = Field(default=50, ge=1)  # candidate requests in a ramp step before it may pass
-    compare_to_baseline: bool = True  # off: absolute limits only
+    compare_to_baseline: Bool = True  # off: absolute limits only
     bake_time: BakeTime = 600.0  # judged after a switch or a ramp's last step: a duration, 0 or `forever`
     baseline_window: Duration = 300.0  # the old slot's traffic before a switch that the new slot is compared with
     max_inconclusive: Duration = 300.0  # a step or bake inconclusive this long takes `on_inconclusive`
@@ -109,8 +109,8 @@ class Health(ConfigModel):
     passive_connect_failures: int = Field(default=1, ge=1)
     passive_5xx: int = Field(default=5, ge=1)
     passive_backoff: Duration = 10.0
-    failover: bool = False  # send traffic to the other slot when the whole active slot is down
-    gate: bool = True  # refuse a switch or ramp to a slot whose checks do not all pass (unless forced)
+    failover: Bool = False  # send traffic to the other slot when the whole active slot is down
+    gate: Bool = True  # refuse a switch or ramp to a slot whose checks do not all pass (unless forced)
 
 
 class Migrations(ConfigModel):

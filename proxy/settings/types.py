@@ -12,7 +12,7 @@ import re
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -51,6 +51,8 @@ def parse_size(value: object) -> int:
     return size
 
 
+# true or false only: YAML 1.1 words ("yes", "on") and strings ("true") are errors, not booleans.
+Bool = Annotated[bool, Strict()]
 # tools/gen_config_reference.py recognises these two by their validator functions (duration, size).
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
