@@ -159,7 +159,9 @@ async def test_a_switch_to_a_slot_that_never_answers_is_rolled_back_in_seconds(s
 async def test_a_healthy_bake_passes_at_its_end_and_stops_watching(start_proxy: StartProxy) -> None:
     app = await judged(start_proxy)
     t0 = time.time()
-    await traffic(app, 40)
+    await traffic(app, 30)
+    app.analyzer.tick(now=t0 - 0.25)  # blue's ticks before the switch: the even ones set the latency
+    await traffic(app, 40)  # thresholds and the hang limit, the odd ones are the baseline
     app.analyzer.tick(now=t0)
     app.controller.switch("green", actor="test", force=True)
     assert app.analyzer.status()["state"] == "judging"
@@ -176,6 +178,7 @@ async def test_a_healthy_bake_passes_at_its_end_and_stops_watching(start_proxy: 
     app.analyzer.tick(now=t0 + 62)
     status = app.analyzer.status()
     assert (status["state"], status["slot"]) == ("passed", "green")
+    assert status["generation"] == app.store.current.generation  # the switch that began the release
     assert app.analyzer.tick(now=t0 + 63) is None  # nothing left to judge
 
 
@@ -224,8 +227,10 @@ async def test_a_ramp_continues_into_its_bake_with_the_same_evidence(start_proxy
     comparing = status["comparing"]
     assert status["state"] == "judging" and isinstance(comparing, dict)
     assert comparing["kind"] == "bake" and comparing["baseline"] == "blue"
-    assert comparing["baseline_kind"] == "pre_switch"  # blue's concurrent traffic, frozen
-    assert 20 <= int(comparing["requests"]) <= 80  # green's share of the ramp, still counted
+    assert comparing["baseline_kind"] == "pre_switch"  # blue's concurrent traffic during the ramp, frozen
+    assert 20 <= int(comparing["baseline_requests"]) <= 80  # blue's share of the ramp's 100 requests
+    assert comparing["requests"] == 0  # the bake is a step of its own
+    assert comparing["alpha_share"] == 0.5  # two steps: 50 %, then 100 % (the bake)
     assert not math.isinf(float(status["watch_until"]))  # type: ignore[arg-type]
 
 

@@ -47,7 +47,7 @@ from proxy.release.policy import State, policy_of
 from proxy.release.promql import PromQLVerdict
 from proxy.release.split import SplitMeter
 from proxy.routing.state import Snapshot
-from proxy.routing.stats import Tick, Window
+from proxy.routing.stats import Tick
 
 log = logging.getLogger("slotswitch.analysis")
 
@@ -75,9 +75,6 @@ class Analyzer:
 
     # -- what a publish starts or ends ------------------------------------------------------------
 
-    def _baseline_history(self, slot: str, snap: Snapshot) -> Window:
-        return Window(snap.routes[slot].runtime.stats.bounds, self.history.get(slot, ()))
-
     def _begin(self, new: Snapshot, slot: str, kind: str, baseline: str | None, concurrent: bool, now: float) -> None:
         policy = policy_of(new.settings.analysis)
         history_slot = baseline if baseline is not None else slot
@@ -87,9 +84,10 @@ class Analyzer:
             now,
             policy,
             bounds=new.routes[slot].runtime.stats.bounds,
-            history=self._baseline_history(history_slot, new),
+            history=list(self.history.get(history_slot, ())),
             baseline_slot=baseline,
             concurrent=concurrent,
+            steps=len(new.ramp.steps) if kind == "ramp" and new.ramp is not None else 1,
         )
         if kind != "ramp":
             release.until = now + new.settings.analysis.bake_time
@@ -108,10 +106,7 @@ class Analyzer:
             release.new_step(now)
         elif new.action == "switch" and new.active != old.active:
             if release is not None and release.kind == "ramp" and release.slot == new.active and old.ramp is not None:
-                release.kind = "bake"  # the ramp's last step: the same evidence, the baseline frozen
-                release.freeze_baseline()
-                release.until = now + new.settings.analysis.bake_time
-                release.new_step(now)
+                release.to_bake(now, now + new.settings.analysis.bake_time)  # the ramp's last step
             else:
                 self.outcome, self.generation = None, new.generation
                 self._begin(new, new.active, "switch", old.active, False, now)

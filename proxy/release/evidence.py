@@ -1,19 +1,19 @@
 """What the judge is shown: each slot's outcomes accumulated over a whole release, from its ticks.
 
-A *release* is what one e-process judges (proxy.release.judge): a ramp and the bake after its last
-step, or a switch and its bake, or the bake of the slot a rollback reached. Its evidence is
-cumulative from its start, never a sliding window, so a slow service still accumulates enough, and
-the judge's tests stay valid however often they are looked at.
+A *release* is what one error budget covers (proxy.release.judge): a ramp and the bake after its
+last step, or a switch and its bake, or the bake of the slot a rollback reached. Its evidence is
+cumulative over each step (a ramp step, or the bake), never a sliding window, so a slow service
+still accumulates enough, and the judge's tests stay valid however often they are looked at.
 
 Invariants:
 - Pure bookkeeping: no clock (the caller passes `now`), no I/O; fed once per judge tick with the
   tick each slot just closed (proxy.routing.stats), so nothing here runs per request.
-- The baseline is what the judge compares with: during a ramp the stable slot's concurrent traffic
-  since the ramp began; after a plain switch a fixed window of the old slot's traffic before it
-  (`analysis.baseline_window`); after a ramp's last step, the ramp's baseline, frozen. A release
-  reached by a rollback has no baseline (absolute limits only).
-- Latency thresholds and the hang limit are taken from baseline data before the release began and
-  frozen for the release: the tests never pick a threshold from the data they then test.
+- The baseline is what the judge compares with: during a ramp step the stable slot's concurrent
+  traffic in that step; after a plain switch a fixed window of the old slot's traffic before it
+  (`analysis.baseline_window`); after a ramp's last step, the stable slot's traffic over the whole
+  ramp, frozen. A release reached by a rollback has no baseline (absolute limits only).
+- Latency thresholds and the hang limit are taken from baseline data before the release began that
+  the tests do not use, and frozen for the release.
 - Hung requests are never timed one by one: among the requests started before `now - limit`, at
   most the number completed since can have finished, so `started(now - limit) - completed(now)` is
   a lower bound on requests older than the limit still in flight. The count kept is the running
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -80,21 +80,28 @@ class HangCounter:
 
 @dataclass
 class Release:
-    """One release under judgement (see the module docstring)."""
+    """One release under judgement (see the module docstring). Evidence restarts at every ramp step,
+    each step an e-process at `1 / steps` of the release's alpha (one alpha per release, Bonferroni
+    over its steps): pooling steps whose traffic share differs would let a transient that hits both
+    slots weigh more in the candidate's pool than in the baseline's (Simpson's paradox;
+    bench/judge.py's shared-burst case). The last step, the bake after a ramp, is compared with all
+    of the stable slot's traffic during the ramp."""
 
     slot: str
     kind: Kind
     started_at: float
     baseline_slot: str | None
     baseline_kind: Literal["concurrent", "pre_switch", "none"]
+    bounds: tuple[float, ...]
     cand: Window
     base: Window | None
     thresholds: tuple[float, ...]
     hang: HangCounter
     base_hang: HangCounter | None
+    steps: int = 1  # e-processes the release's alpha is split over
+    ramp_base: Window | None = None  # the stable slot over the whole ramp: the bake's baseline
     until: float = math.inf  # a bake's end (epoch seconds); inf: forever, or a ramp
     step_started_at: float = 0.0
-    step_base_requests: int = 0  # candidate requests when the current step (or the bake) began
     inconclusive_since: float | None = None
 
     @classmethod
@@ -106,34 +113,40 @@ class Release:
         policy: JudgePolicy,
         *,
         bounds: tuple[float, ...],
-        history: Window | None,
+        history: Sequence[Tick],
         baseline_slot: str | None,
         concurrent: bool,
+        steps: int = 1,
     ) -> Release:
-        """A new release. `history`: the baseline slot's traffic before `now` (thresholds, hang
-        limit; and, for a switch, the baseline itself)."""
+        """A new release. `history`: the baseline slot's closed ticks before `now` (the slot itself
+        without a baseline). Latency thresholds and the hang limit come from data the tests do not
+        use: for a ramp all of it (the baseline is the concurrent traffic to come); for a switch its
+        even ticks, while its odd ticks are the baseline."""
+        if baseline_slot is None:
+            base, kind_of, sample = None, "none", total(history, bounds)
+        elif concurrent:
+            base, kind_of, sample = Window(bounds), "concurrent", total(history, bounds)
+        else:
+            base, kind_of, sample = total(history[1::2], bounds), "pre_switch", total(history[0::2], bounds)
         thresholds: tuple[float, ...] = ()
         limit = policy.max_hang
-        if history is not None and history.total:
-            thresholds = latency_thresholds(history.lat, history.bounds, policy.latency_quantiles)
-            limit = hang_limit(history.lat, history.bounds, policy)
-        if baseline_slot is None:
-            base, kind_of = None, "none"
-        elif concurrent:
-            base, kind_of = Window(bounds), "concurrent"
-        else:
-            base, kind_of = history, "pre_switch"
+        if sample.total:
+            thresholds = latency_thresholds(sample.lat, sample.bounds, policy.latency_quantiles)
+            limit = hang_limit(sample.lat, sample.bounds, policy)
         return cls(
             slot=slot,
             kind=kind,
             started_at=now,
             baseline_slot=baseline_slot,
             baseline_kind=kind_of,  # type: ignore[arg-type]
+            bounds=bounds,
             cand=Window(bounds),
             base=base,
             thresholds=thresholds,
             hang=HangCounter(limit),
             base_hang=HangCounter(limit) if kind_of == "concurrent" else None,
+            steps=max(1, steps),
+            ramp_base=Window(bounds) if kind_of == "concurrent" else None,
             step_started_at=now,
         )
 
@@ -144,20 +157,29 @@ class Release:
         if self.base_hang is not None and self.base is not None and base_tick is not None:
             self.base.add(base_tick)
             self.base_hang.update(now, self.base.started, self.base.total)
-
-    def freeze_baseline(self) -> None:
-        """The baseline slot stopped serving (a ramp's last step): keep what it gave, add nothing more."""
-        self.base_hang = None
-        if self.baseline_kind == "concurrent":
-            self.baseline_kind = "pre_switch"
+            if self.ramp_base is not None:
+                self.ramp_base.add(base_tick)
 
     def new_step(self, now: float) -> None:
+        """A ramp step: both arms start again (the same thresholds and hang limit)."""
         self.step_started_at = now
-        self.step_base_requests = self.cand.total + self.hang.hung
         self.inconclusive_since = None
+        self.cand = Window(self.bounds)
+        self.hang = HangCounter(self.hang.limit)
+        if self.base_hang is not None:
+            self.base = Window(self.bounds)
+            self.base_hang = HangCounter(self.hang.limit)
+
+    def to_bake(self, now: float, until: float) -> None:
+        """The ramp's last step: the candidate takes all traffic and bakes against the stable slot's
+        traffic during the whole ramp, frozen."""
+        self.new_step(now)
+        self.kind, self.until = "bake", until
+        self.base, self.base_hang = self.ramp_base, None
+        self.baseline_kind = "pre_switch"
 
     def evidence(self, *, compare: bool = True) -> Evidence:
-        """The evidence so far; `compare=False` leaves the baseline out (absolute limits only)."""
+        """The current step's evidence; `compare=False` leaves the baseline out (absolute limits only)."""
         cand = arm(self.cand, self.hang.hung)
         base = None
         if self.base is not None and compare:
@@ -168,7 +190,8 @@ class Release:
             baseline_kind="concurrent" if self.baseline_kind == "concurrent" else "pre_switch",
             latency_thresholds=self.thresholds,
             hang_limit=self.hang.limit,
-            step_requests=cand.requests - self.step_base_requests,
+            step_requests=cand.requests,
+            alpha_share=1.0 / self.steps,
         )
 
     def describe(self) -> dict[str, object]:
@@ -177,6 +200,7 @@ class Release:
             "kind": self.kind,
             "slot": self.slot,
             "since": self.started_at,
+            "step_since": self.step_started_at,
             "baseline": self.baseline_slot,
             "baseline_kind": self.baseline_kind,
             "baseline_requests": self.base.total if self.base is not None else 0,
@@ -184,4 +208,5 @@ class Release:
             "hang_limit_s": self.hang.limit,
             "requests": self.cand.total + self.hang.hung,
             "hung": self.hang.hung,
+            "alpha_share": round(1.0 / self.steps, 4),
         }

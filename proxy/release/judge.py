@@ -1,15 +1,20 @@
 """The release judge: a pure function from (policy, accumulated evidence) to a verdict.
 
-The caller accumulates each arm's counts over the whole release (every ramp step and the bake
-after it), never over a sliding window, and calls `assess` as often as it likes (every tick):
-every test is an e-process (proxy.release.sequential), valid under continuous monitoring, so
-there is no `failure_limit` and no correction for repeated looks.
+The caller accumulates each arm's counts over a whole ramp step or the whole bake, never over a
+sliding window, and calls `assess` as often as it likes (every tick): every test is an e-process
+(proxy.release.sequential), valid under continuous monitoring, so there is no `failure_limit` and
+no correction for repeated looks. A caller that restarts the evidence at each ramp step gives each
+step `alpha_share` = 1 / steps (Bonferroni over steps: one alpha per release); pooling the whole
+release in one e-process is valid too, but exposed to transients shared by both slots while the
+share changes (Simpson's paradox; see bench/judge.py).
 
 Invariants:
-- Pure: no clock, no I/O, no randomness; `assess` is O(classes + thresholds + endpoints).
-- One error budget per release: `policy.false_rollback_rate` (alpha) is split across the tests by
-  fixed weights (failures, 4xx, latency, endpoints, absolute limits) and, inside a group, evenly
-  over a count fixed before the data (the frozen thresholds; `max_endpoints` + 1; two limits).
+- Pure: no clock, no I/O, no randomness; `assess` is O(tests) e-values, each O(1) in the counts,
+  plus one pass over the latency histogram per threshold.
+- One error budget per release: alpha = `policy.false_rollback_rate` x `Evidence.alpha_share` (this
+  evidence's part of it) is split across the tests by fixed weights (failures, 4xx, latency,
+  endpoints, absolute limits) and, inside a group, evenly over a count fixed before the data
+  (the frozen thresholds; `max_endpoints` + 1; two limits).
   Test i rejects when log E_i >= log(1 / (alpha * share_i)) (Bonferroni over e-values), so a
   healthy release is rolled back with probability <= alpha in total.
 - Failures are 5xx + transport (proxy-made 502/504, connection failures) + hung (requests the
@@ -101,10 +106,6 @@ class Arm:
     def failures(self) -> int:
         return self.server_5xx + self.transport + self.hung
 
-    def slower_than(self, bound_index: int) -> int:
-        """Completed requests above bounds[bound_index]."""
-        return sum(self.lat[bound_index + 1 :])
-
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
@@ -114,6 +115,7 @@ class Evidence:
     latency_thresholds: tuple[float, ...] = ()  # frozen for the release (see `latency_thresholds`)
     hang_limit: float = math.inf  # the age at which the caller counted a request as hung
     step_requests: int | None = None  # candidate requests in the current step (None: all of them)
+    alpha_share: float = 1.0  # of the release's alpha; a caller that restarts evidence per step splits it
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,7 @@ def assess(policy: JudgePolicy, evidence: Evidence, *, intervals: bool = True) -
 
 def _limit_tests(policy: JudgePolicy, ev: Evidence) -> list[TestResult]:
     cand = ev.candidate
-    level = threshold(policy.false_rollback_rate * policy.weight_limits / 2.0)
+    level = threshold(policy.false_rollback_rate * ev.alpha_share * policy.weight_limits / 2.0)
     n, k = cand.requests, cand.failures
     out = [TestResult("limit_error_rate", "judge_limit", k, n, 0, 0, _one(policy, k, n, policy.max_error_rate), level)]
     n_lat = sum(cand.lat) + cand.hung
@@ -192,7 +194,7 @@ def _one(policy: JudgePolicy, k: int, n: int, p0: float) -> float:
 
 
 def _comparison_tests(policy: JudgePolicy, ev: Evidence, base: Arm) -> list[TestResult]:
-    alpha, cand = policy.false_rollback_rate, ev.candidate
+    alpha, cand = policy.false_rollback_rate * ev.alpha_share, ev.candidate
     out = [
         _two("failures", "judge_failures", (base.failures, base.requests), (cand.failures, cand.requests),
              policy.failure_ratio, policy.failure_margin, alpha * policy.weight_failures, policy),
