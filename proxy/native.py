@@ -47,6 +47,7 @@ COMPILED = (
     "proxy.routing.state",
     "proxy.datapath.server",
     "proxy.datapath.accesslog",
+    "proxy.datapath.logformat",
 )
 COMPILED_DIRS = ("datapath", "routing")
 STAMP = "_native_stamp.json"

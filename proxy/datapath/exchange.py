@@ -40,6 +40,7 @@ class Exchange:
         "body_buf",
         "body_len",
         "body_seen",
+        "body_sent",
         "chunked",
         "client",
         "conn",
@@ -66,6 +67,7 @@ class Exchange:
         "sticky",
         "target",
         "upgrade",
+        "upstream",
         "version",
         "ws",
         "xff",
@@ -106,6 +108,8 @@ class Exchange:
         # Routing and response.
         self.route: Route | None = None
         self.conn: UpstreamConnection | None = None
+        self.upstream: UpstreamPool | None = None  # the pool of the last attempt (the access log's upstream)
+        self.body_sent = 0  # response body bytes written to the client (the access log's body_bytes_sent)
         self.head = b""
         self.status = 0
         self.started = 0.0
@@ -227,6 +231,7 @@ class Exchange:
             conn.release(True)
             return
         self.conn = conn
+        self.upstream = conn.pool
         self.attempts += 1
         conn.bind(self)
         buf = self.body_buf
@@ -353,7 +358,9 @@ class Exchange:
         if client.transport is None:
             self._end()
             return
-        self.status = wire.ERRORS[reason].status
+        reply = wire.ERRORS[reason]
+        self.status = reply.status
+        self.body_sent = 0 if self.is_head else len(reply.body)
         closes = client.server.send_error(client.transport, reason, route, self.is_head)
         self._end()
         # A bodyless request may fail before its message is complete (routing happens at
@@ -378,14 +385,16 @@ class Exchange:
             rt = route.runtime
             # 499 (nginx's "client closed request") when the client left before any answer.
             status = self.status or 499
-            elapsed = (now if now >= 0 else self.client.clock()) - self.started
+            if now < 0:
+                now = self.client.clock()
+            elapsed = now - self.started
             rt.stats.record(status, elapsed)
             rt.in_flight -= 1
             if rt.in_flight == 0 and rt.on_idle is not None:
                 rt.on_idle()
             access = self.client.server.access
             if access is not None:  # off by default: no per-request logging work at all
-                access.record(self, status, elapsed)
+                access.record(self, status, elapsed, now)
 
     def _count(self, reason: str) -> None:
         if self.route is not None:

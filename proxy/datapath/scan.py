@@ -328,6 +328,7 @@ def relay_scanned(conn: UpstreamConnection, ex: Exchange, data: bytes, at: int) 
     small = 0 < size <= wire.SMALL_BODY
     head = conn.start_response(ex, conn.code, data[at:] if small else b"")  # small: one write, one syscall
     conn.body_left -= size
+    ex.body_sent = size
     transport = ex.client.transport
     if transport is not None:
         if not size or small:
@@ -344,6 +345,7 @@ def relay_rest(conn: UpstreamConnection, ex: Exchange, data: bytes) -> None:
     transport = ex.client.transport
     if len(data) <= left:
         conn.body_left = left - len(data)
+        ex.body_sent += len(data)
         if transport is not None:
             transport.write(data)
         if not conn.body_left:
@@ -353,6 +355,7 @@ def relay_rest(conn: UpstreamConnection, ex: Exchange, data: bytes) -> None:
     # counted, as llhttp's path does (on_message_begin).
     if transport is not None:
         transport.write(data[:left])
+    ex.body_sent += left
     conn.body_left = 0
     conn.exchange = None
     conn.finished = ex

@@ -71,7 +71,8 @@ class ProxyServer:
         self.sticky_name = b""
         self.failover = False
         self.recent: deque[str] | None = None  # recent GET targets for warm-up (off unless configured)
-        self.access: AccessLog | None = None  # the access log, when `access_log: true`
+        self.access: AccessLog | None = None  # the access log, when `access_log.enabled`
+        self.access_dropped = 0  # lines dropped by access logs closed since (a reload), and by workers
         self.failing_over: str | None = None  # the slot traffic failed over from, while it lasts
         self.events: list[Callable[[str, dict[str, object]], None]] = []  # audit hooks
         self.timeout_for: list[float] = [0.0] * 6
@@ -83,11 +84,7 @@ class ProxyServer:
     def apply(self, settings: Settings) -> None:
         limits = settings.limits
         self.max_line, self.max_headers, self.max_body = limits.request_line, limits.headers, limits.body
-        if not settings.access_log and self.access is not None:
-            self.access.flush()
-            self.access = None
-        elif settings.access_log and self.access is None:
-            self.access = AccessLog(self.loop)
+        self._apply_access_log(settings)
         self.failover = settings.health.failover
         keep = settings.gates.warmup.record_recent
         if not keep:
@@ -121,6 +118,34 @@ class ProxyServer:
         nets = [ipaddress.ip_network(item, strict=False) for item in settings.trusted_proxies]
         self._trusted_exact = frozenset(str(n.network_address) for n in nets if n.num_addresses == 1)
         self._trusted_nets = tuple(n for n in nets if n.num_addresses > 1)
+
+    def _apply_access_log(self, settings: Settings) -> None:
+        """Start, stop or change the access log; a new path or format starts a new log (after the old
+        one has written what it holds), a new sample rate applies at once."""
+        conf = settings.access_log
+        access = self.access
+        path = conf.path if conf.path == "-" else str(resolve(conf.path, self.config_path))
+        if access is not None and (
+            not conf.enabled or access.path != path or access.combined != (conf.format == "combined")
+        ):
+            self.access = None
+            access.close()
+            self.access_dropped += access.dropped
+            access = None
+        if conf.enabled:
+            if access is None:
+                self.access = AccessLog(self.loop, path, conf.format, conf.sample)
+            else:
+                access.set_sample(conf.sample)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: the access log file opens again (logrotate has renamed it)."""
+        if self.access is not None:
+            self.access.reopen()
+
+    def access_log_dropped(self) -> int:
+        """Access log lines dropped so far (slotswitch_access_log_dropped_total)."""
+        return self.access_dropped + (self.access.dropped if self.access is not None else 0)
 
     def fail_over(self, snap: Snapshot, route: Route) -> tuple[Route, UpstreamPool | None]:
         """Every upstream of `route` is down and failover is on: use the other slot if it is up."""
@@ -206,6 +231,9 @@ class ProxyServer:
                 conn.abort()
         if cut:
             log.warning("shutdown: %d connections cut off after %.1fs", cut, timeout)
-        if self.access is not None:
-            self.access.flush()
+        access = self.access
+        if access is not None:
+            self.access = None
+            access.close()  # every line waiting is written before the process exits
+            self.access_dropped += access.dropped
         return cut

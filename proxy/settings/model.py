@@ -153,6 +153,29 @@ class Preview(ConfigModel):
     secret_file: str | None = None
 
 
+def _access_log_shorthand(value: object) -> object:
+    # `access_log: true` / `false`, the form from before the section existed, still reads.
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+class AccessLogConfig(ConfigModel):
+    """One line per request, nginx's access log: written in batches off the request path (every second or
+    64 KiB, and at shutdown); SIGUSR1 reopens the file (logrotate's postrotate)."""
+
+    enabled: bool = False  # off: nothing is done per request
+    path: str = Field(default="-", min_length=1)  # a file (relative: to the config file's directory), or - for stdout
+    format: Literal["json", "combined"] = "json"  # combined: nginx's and Apache's format
+    # The share of successful requests logged (0.1: one in ten, evenly spaced); 4xx and 5xx always are.
+    sample: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\0" in value or value != value.strip():
+            raise ValueError("not a usable file name")
+        return value
+
+
 class Metrics(ConfigModel):
     buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -185,7 +208,7 @@ class Settings(ConfigModel):
     metrics: Metrics = Metrics()
     promql: PromQL = PromQL()
     alerts: Alerts = Alerts()
-    access_log: bool = False  # one JSON line per request on stdout, buffered; off: nothing logged per request
+    access_log: Annotated[AccessLogConfig, BeforeValidator(_access_log_shorthand)] = AccessLogConfig()
     log_level: str = "info"
 
     _v_listen = field_validator("listen")(check_listen)
