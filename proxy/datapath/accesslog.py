@@ -104,6 +104,11 @@ class AccessLog:
         self.flush()
         self.writer.reopen()
 
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Flush and wait until the lines are written (or dropped): for tests and tools, not the data path."""
+        self.flush()
+        return self.writer.sync(timeout)
+
     def close(self, timeout: float = 5.0) -> None:
         """Flush and write everything (at shutdown); waits up to `timeout` for the destination."""
         self.flush()
@@ -119,7 +124,7 @@ class Writer:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.queue: queue.SimpleQueue[list[bytes] | str | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[list[bytes] | str | threading.Event | None] = queue.SimpleQueue()
         self.pending = 0  # bytes put and not yet written; changed under `lock`
         self.lock = threading.Lock()
         self.written = 0  # lines
@@ -144,6 +149,12 @@ class Writer:
     def reopen(self) -> None:
         self.queue.put(REOPEN)
 
+    def sync(self, timeout: float) -> bool:
+        """Block until everything put before this call has been written (or dropped)."""
+        done = threading.Event()
+        self.queue.put(done)
+        return done.wait(timeout)
+
     def stop(self, timeout: float) -> None:
         if not self.thread.is_alive():
             return
@@ -161,8 +172,10 @@ class Writer:
                 break
             if isinstance(item, str):
                 self._reopen()
-                continue
-            self._write(item)
+            elif isinstance(item, threading.Event):
+                item.set()
+            else:
+                self._write(item)
         if self.fd > 2:
             os.close(self.fd)
         self.fd = -1

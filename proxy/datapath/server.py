@@ -47,8 +47,12 @@ def read_secret(env: str | None, path: Path | None) -> str:
 
 
 class ProxyServer:
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self, store: Store, loop: asyncio.AbstractEventLoop, *, config_path: Path | None = None, serves: bool = True
+    ) -> None:
+        """`serves` False: a master whose workers serve the traffic (it keeps no access log of its own)."""
         self.store = store
+        self.serves = serves
         self.loop = loop
         # loop.time as a bound method, called per request: a method call on the uncompiled loop object
         # would look the method up every time.
@@ -132,7 +136,7 @@ class ProxyServer:
             access.close()
             self.access_dropped += access.dropped
             access = None
-        if conf.enabled:
+        if conf.enabled and self.serves:
             if access is None:
                 self.access = AccessLog(self.loop, path, conf.format, conf.sample)
             else:

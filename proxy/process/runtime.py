@@ -78,7 +78,7 @@ class Slotswitch:
         self.state_store = self._open_state(state_path)
         first = self._first_snapshot(reset_state)
         self.store = Store(first)
-        self.server = ProxyServer(self.store, loop, config_path=self.config_path)
+        self.server = ProxyServer(self.store, loop, config_path=self.config_path, serves=workers <= 1)
         self.controller = Controller(self.store, self.registry, self.server)
         self.health = HealthChecker(self.store, self.server)
         self.controller.gates.append(self.health.gate)
