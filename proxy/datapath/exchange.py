@@ -62,6 +62,7 @@ class Exchange:
         "request_id",
         "response_started",
         "route",
+        "set_cookie",
         "started",
         "status",
         "sticky",
@@ -111,6 +112,7 @@ class Exchange:
         self.upstream: UpstreamPool | None = None  # the pool of the last attempt (the access log's upstream)
         self.body_sent = 0  # response body bytes written to the client (the access log's body_bytes_sent)
         self.head = b""
+        self.set_cookie = b""  # a Set-Cookie line for the response (balance.choose, sticky.set_cookie)
         self.status = 0
         self.started = 0.0
         self.attempts = 0

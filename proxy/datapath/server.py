@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from proxy import native
 from proxy.datapath import wire
 from proxy.datapath.accesslog import AccessLog
+from proxy.datapath.balance import set_cookie_lines
 from proxy.datapath.client import ClientConnection
 from proxy.datapath.scan import Shapes
 from proxy.datapath.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
@@ -73,6 +74,7 @@ class ProxyServer:
         self.internal_secret = secrets.token_hex(16).encode()
         self.sticky_by = "ip"
         self.sticky_name = b""
+        self.sticky_cookies: list[bytes] | None = None  # Set-Cookie line per bucket (sticky.set_cookie)
         self.failover = False
         self.recent: deque[str] | None = None  # recent GET targets for warm-up (off unless configured)
         self.access: AccessLog | None = None  # the access log, when `access_log.enabled`
@@ -98,6 +100,12 @@ class ProxyServer:
         kinds = dict(wire.REQUEST_SPECIAL)
         self.sticky_by = settings.sticky.by
         self.sticky_name = settings.sticky.name.encode("latin-1")
+        if not settings.sticky.set_cookie:
+            self.sticky_cookies = None
+        elif self.sticky_cookies is None or not self.sticky_cookies[0].startswith(
+            b"Set-Cookie: %s=" % self.sticky_name
+        ):
+            self.sticky_cookies = set_cookie_lines(self.sticky_name)
         if settings.sticky.by == "header":
             kinds[self.sticky_name.lower()] = wire.H_STICKY
         secret_file = settings.preview.secret_file

@@ -132,15 +132,22 @@ class StateConfig(ConfigModel):
 
 class Sticky(ConfigModel):
     """How a client keeps its slot during a ramp: a hash of this key. A request without the key
-    is placed on its own."""
+    is placed on its own; with `set_cookie` (by cookie), the proxy then gives it the cookie, so its
+    next requests keep the place it got."""
 
     by: Literal["ip", "cookie", "header", "none"] = "ip"
     name: str = ""
+    # by cookie: the proxy sets cookie `name` on a client that has none (never set it to the app's own cookie)
+    set_cookie: bool = False
 
     @model_validator(mode="after")
     def _named(self) -> Sticky:
         if self.by in ("cookie", "header") and not self.name:
             raise ValueError(f"sticky.by {self.by} needs a name")
+        if self.set_cookie and self.by != "cookie":
+            raise ValueError("sticky.set_cookie needs sticky.by cookie")
+        if self.by in ("cookie", "header") and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", self.name):
+            raise ValueError(f"sticky.name: not a valid {self.by} name: {self.name!r}")
         return self
 
 
