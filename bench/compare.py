@@ -413,7 +413,7 @@ def start_logging_targets(
         targets[name] = start_slotswitch(procs, tmp, up, ports, exe, name=name, extra=extra)
     extra = (
         f"access_log: {{enabled: true, path: {tmp}/ramp.access.log, format: combined}}\n"
-        "sticky: {by: cookie, name: slotswitch_sticky, set_cookie: true}\n"
+        "sticky: {by: cookie, name: slot_sticky, set_cookie: true}\n"
     )
     targets["slotswitch-ramp-cookie"] = start_slotswitch(
         procs, tmp, up, ports, exe, name="slotswitch-ramp-cookie", extra=extra, ramp=True

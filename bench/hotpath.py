@@ -78,7 +78,7 @@ def setup(
     if access_log != "off":
         config["access_log"] = {"enabled": True, "path": "/dev/null", "format": access_log}
     if ramp_cookie:
-        config["sticky"] = {"by": "cookie", "name": "slotswitch_sticky", "set_cookie": True}
+        config["sticky"] = {"by": "cookie", "name": "slot_sticky", "set_cookie": True}
     settings = parse_settings(config)
     registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
     ramp = Ramp("green", (50, 100), 3600.0) if ramp_cookie else None

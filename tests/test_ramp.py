@@ -73,7 +73,7 @@ async def test_sticky_cookie_set_by_the_proxy_keeps_a_new_client_on_its_slot(sta
     """sticky.set_cookie: a client without the cookie gets one naming its bucket (one Set-Cookie, the same
     bytes for a bucket every time); sent back, it keeps the client on its slot, and the split of new
     clients follows the ramp's weight."""
-    app = await start_proxy(sticky={"by": "cookie", "name": "slotswitch_sticky", "set_cookie": True})
+    app = await start_proxy(sticky={"by": "cookie", "name": "slot_sticky", "set_cookie": True})
     app.controller.ramp("green", [50, 100], 3600, actor="test")
     placed = {"blue": 0, "green": 0}
     for _ in range(40):
@@ -84,7 +84,7 @@ async def test_sticky_cookie_set_by_the_proxy_keeps_a_new_client_on_its_slot(sta
             cookies = first.all("Set-Cookie")
             assert len(cookies) == 1 and first.status == 200
             value = cookies[0].split(";")[0]
-            assert re.fullmatch(r"slotswitch_sticky=s1\.\d{1,4}", value)
+            assert re.fullmatch(r"slot_sticky=s1\.\d{1,4}", value)
             assert cookies[0].endswith("; Path=/; HttpOnly; SameSite=Lax")
             slot = first.header("X-Slotswitch-Slot")
             assert slot == ("green" if int(value.rsplit(".", 1)[1]) < 5000 else "blue")

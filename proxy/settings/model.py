@@ -137,7 +137,6 @@ class Sticky(ConfigModel):
 
     by: Literal["ip", "cookie", "header", "none"] = "ip"
     name: str = ""
-    # by cookie: the proxy sets cookie `name` on a client that has none (never set it to the app's own cookie)
     set_cookie: bool = False
 
     @model_validator(mode="after")
@@ -169,10 +168,9 @@ class AccessLogConfig(ConfigModel):
     """One line per request, nginx's access log: written in batches off the request path (every second or
     64 KiB, and at shutdown); SIGUSR1 reopens the file (logrotate's postrotate)."""
 
-    enabled: bool = False  # off: nothing is done per request
-    path: str = Field(default="-", min_length=1)  # a file (relative: to the config file's directory), or - for stdout
-    format: Literal["json", "combined"] = "json"  # combined: nginx's and Apache's format
-    # The share of successful requests logged (0.1: one in ten, evenly spaced); 4xx and 5xx always are.
+    enabled: bool = False
+    path: str = Field(default="-", min_length=1)
+    format: Literal["json", "combined"] = "json"
     sample: float = Field(default=1.0, gt=0.0, le=1.0)
 
     @field_validator("path")
