@@ -36,6 +36,7 @@ BUFFER_LIMIT: Final = 65536  # request body bytes held before an upstream is att
 
 class Exchange:
     __slots__ = (
+        "agent",
         "attempts",
         "body_buf",
         "body_len",
@@ -52,14 +53,17 @@ class Exchange:
         "headers",
         "host",
         "host_count",
+        "id_number",
         "is_head",
         "keep_alive",
         "kinds",
         "method",
         "nominated",
         "preview",
+        "referer",
         "request_done",
         "request_id",
+        "request_id_value",
         "response_started",
         "route",
         "set_cookie",
@@ -93,6 +97,10 @@ class Exchange:
         self.xfh = b""
         self.xfp = b""
         self.request_id = False
+        self.request_id_value = b""  # the client's X-Request-ID (the access log's request_id)
+        self.id_number = 0  # else the number of the one the proxy added (proxy.datapath.headers)
+        self.referer = b""  # Referer and User-Agent: read only for the combined access log
+        self.agent = b""
         self.cookie = b""
         self.sticky = b""
         self.preview = b""
@@ -151,6 +159,7 @@ class Exchange:
             self.xfp = value
         elif kind == wire.H_REQUEST_ID:
             self.request_id = True
+            self.request_id_value = value
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_COOKIE:
             self.cookie = value if not self.cookie else self.cookie + b"; " + value
@@ -164,6 +173,12 @@ class Exchange:
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_PREVIEW:
             self.preview = value  # never forwarded, matching secret or not
+        elif kind == wire.H_USER_AGENT:
+            self.agent = value
+            self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_REFERER:
+            self.referer = value
+            self.headers.append(name + b": " + value + wire.CRLF)
         # other hop-by-hop headers are dropped
 
     def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
@@ -192,6 +207,7 @@ class Exchange:
         self.headers = drop_nominated(self.headers, nominated)
         if b"x-request-id" in nominated:
             self.request_id = False
+            self.request_id_value = b""
         if b"x-forwarded-for" in nominated:
             self.xff = None
         if b"x-forwarded-host" in nominated:

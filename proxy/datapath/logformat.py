@@ -1,6 +1,6 @@
 """Access log lines, formatted in batches (proxy.datapath.accesslog calls `lines` once per flush).
 
-Two formats, each one bytes %-format per line with precomputed pieces:
+Two formats, each one join per line of precomputed pieces and the fields (no %-format, no float formatting):
 - `combined`, nginx's and Apache's: `$remote_addr - $remote_user [$time_local] "$request" $status
   $body_bytes_sent "$http_referer" "$http_user_agent"`. Values from outside (the request line, the
   referer, the user agent) are escaped as nginx escapes them: `"` and `\\` as `\\xNN`, and so is every
@@ -13,8 +13,11 @@ Invariants:
 - Nothing here runs per request: an entry is (exchange, status, seconds, end), where `end` is the loop
   clock when it ended; every field is read from the exchange here, once per line.
 - Timestamps are formatted once per second (nginx caches its time strings too).
-- The referer, user agent and request ID are read from the head sent upstream (`Exchange.head`), which
-  carries the request's headers and the X-Request-ID the proxy added.
+- The referer and user agent were kept by the request's reader (proxy.datapath.scan, Exchange.add_header:
+  wire.LOGGED_HEADERS are header kinds only while a combined log is on); the request ID is the client's
+  or the number of the one the proxy added (proxy.datapath.headers).
+- A line is checked once, whole, for anything to escape; only a line that has something is made again
+  with each outside field escaped.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Final
 
+from proxy.datapath.headers import ID_VALUE_PREFIX
+
 if TYPE_CHECKING:
     from proxy.datapath.exchange import Exchange
 
@@ -31,15 +36,10 @@ Entry = tuple["Exchange", int, float, float]
 
 _UNSAFE: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
 _MONTHS: Final = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
-# (the spelling to look for first, the lower-case line start looked for when that one is absent)
-REFERER: Final = (b"\r\nReferer: ", b"\r\nreferer:")
-USER_AGENT: Final = (b"\r\nUser-Agent: ", b"\r\nuser-agent:")
-REQUEST_ID: Final = (b"\r\nX-Request-ID: ", b"\r\nx-request-id:")
-COMBINED: Final = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s"\n'
-JSON_LINE: Final = (
-    b'{"time":%.3f,"client":"%s","method":%s,"target":%s,"version":"%s","status":%d,"slot":%s,'
-    b'"upstream":%s,"duration_ms":%.3f,"attempts":%d,"body_bytes_sent":%d,"request_id":%s}\n'
-)
+COMBINED: Final = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s"\n'  # the escaped form (rare)
+HTTP: Final = {"1.1": b'HTTP/1.1" ', "1.0": b'HTTP/1.0" '}
+STATUS: Final = [b"%d" % n for n in range(1000)]
+MILLIS: Final = [b".%03d" % n for n in range(1000)]
 
 
 def _nginx_escape(match: re.Match[bytes]) -> bytes:
@@ -51,6 +51,13 @@ def escape_combined(value: bytes) -> bytes:
     return _UNSAFE.sub(_nginx_escape, value) if _UNSAFE.search(value) is not None else value
 
 
+def plain(value: bytes) -> bool:
+    """Nothing in `value` needs escaping in either format. Only HTAB among the control bytes can be in a
+    head the parsers accepted, so this is four C-speed scans rather than a regular expression per field
+    (the bytes as ints: `b"x" in value` would first fail to read b"x" as an int, which costs an exception)."""
+    return value.isascii() and 34 not in value and 92 not in value and 9 not in value
+
+
 def json_string(value: bytes) -> bytes:
     """`value` as a JSON string, quotes included."""
     if _UNSAFE.search(value) is None:
@@ -58,19 +65,11 @@ def json_string(value: bytes) -> bytes:
     return json.dumps(value.decode("utf-8", "backslashreplace")).encode("ascii")
 
 
-def header(head: bytes, lower: bytes | None, names: tuple[bytes, bytes]) -> bytes:
-    """The value of a header of the head sent upstream, or b"". `lower`: head.lower(), or None (not made yet)."""
-    exact, folded = names
-    at = head.find(exact)
-    if at >= 0:
-        start = at + len(exact)
-    else:
-        at = (lower if lower is not None else head.lower()).find(folded)
-        if at < 0:
-            return b""
-        start = at + len(folded)
-    end = head.find(b"\r\n", start)
-    return head[start : end if end >= 0 else len(head)].strip()
+def request_id(ex: Exchange) -> bytes:
+    """The X-Request-ID the app received: the client's, or the one the proxy added."""
+    if ex.request_id_value:
+        return ex.request_id_value
+    return ID_VALUE_PREFIX + str(ex.id_number).encode() if ex.id_number else b""
 
 
 class Clock:
@@ -106,50 +105,99 @@ def combined_lines(entries: list[Entry], offset: float, clock: Clock) -> list[by
     """`offset`: wall clock minus loop clock, to turn an entry's end into a time."""
     out = []
     for ex, status, _seconds, end in entries:
-        head = ex.head
-        lower: bytes | None = None
-        referer = header(head, lower, REFERER) if head else b""
-        if not referer and head:
-            lower = head.lower()
-        agent = header(head, lower, USER_AGENT) if head else b""
-        out.append(
-            COMBINED
-            % (
+        referer = ex.referer
+        agent = ex.agent
+        method = ex.method or b"-"
+        target = ex.target or b"-"
+        version = HTTP.get(ex.version) or b'HTTP/%s" ' % ex.version.encode()
+        parts = [
+            ex.client.peer,
+            b" - - [",
+            clock.time_local(end + offset),
+            b'] "',
+            method,
+            b" ",
+            target,
+            b" ",
+            version,
+            STATUS[status],
+            b" ",
+            str(ex.body_sent).encode(),
+            b' "',
+            referer or b"-",
+            b'" "',
+            agent or b"-",
+            b'"\n',
+        ]
+        line = b"".join(parts)
+        # Six quotes, and nothing else to escape: the usual line. Else (rare) it is made again, escaped.
+        if not (line.isascii() and 92 not in line and 9 not in line and line.count(b'"') == 6):
+            line = COMBINED % (
                 ex.client.peer,
                 clock.time_local(end + offset),
-                escape_combined(ex.method) if ex.method else b"-",
-                escape_combined(ex.target) if ex.target else b"-",
+                escape_combined(method),
+                escape_combined(target),
                 ex.version.encode(),
                 status,
                 ex.body_sent,
-                escape_combined(referer) if referer else b"-",
-                escape_combined(agent) if agent else b"-",
+                escape_combined(referer or b"-"),
+                escape_combined(agent or b"-"),
             )
-        )
+        out.append(line)
     return out
 
 
 def json_lines(entries: list[Entry], offset: float) -> list[bytes]:
     out = []
+    second = -1
+    prefix = b""
+    quoted: dict[str, bytes] = {}  # slot names and upstream addresses as JSON strings, made once per batch
     for ex, status, seconds, end in entries:
         route = ex.route
+        slot = b"null"
+        if route is not None:
+            slot = quoted.get(route.name) or quoted.setdefault(route.name, json_string(route.name.encode()))
         pool = ex.upstream
-        rid = header(ex.head, None, REQUEST_ID) if ex.head else b""
-        out.append(
-            JSON_LINE
-            % (
-                end + offset,
-                ex.client.peer,
-                json_string(ex.method),
-                json_string(ex.target),
-                ex.version.encode(),
-                status,
-                b'"%s"' % route.name.encode() if route is not None else b"null",
-                b'"%s"' % pool.url.removeprefix("http://").encode() if pool is not None else b"null",
-                seconds * 1000.0,
-                ex.attempts,
-                ex.body_sent,
-                json_string(rid) if rid else b"null",
+        upstream = b"null"
+        if pool is not None:
+            upstream = quoted.get(pool.url) or quoted.setdefault(
+                pool.url, json_string(pool.url.removeprefix("http://").encode())
             )
-        )
+        rid = request_id(ex)
+        millis = int((end + offset) * 1000.0)
+        if millis // 1000 != second:
+            second = millis // 1000
+            prefix = b'{"time":%d' % second
+        micros = int(seconds * 1_000_000.0)
+        target = ex.target
+        method = ex.method
+        parts = [
+            prefix,
+            MILLIS[millis % 1000],
+            b',"client":"',
+            ex.client.peer,
+            b'","method":',
+            b'"' + method + b'"' if plain(method) else json_string(method),
+            b',"target":',
+            b'"' + target + b'"' if plain(target) else json_string(target),
+            b',"version":"',
+            ex.version.encode(),
+            b'","status":',
+            STATUS[status],
+            b',"slot":',
+            slot,
+            b',"upstream":',
+            upstream,
+            b',"duration_ms":',
+            str(micros // 1000).encode(),
+            MILLIS[micros % 1000],
+            b',"attempts":',
+            str(ex.attempts).encode(),
+            b',"body_bytes_sent":',
+            str(ex.body_sent).encode(),
+            b',"request_id":',
+            (b'"' + rid + b'"' if plain(rid) else json_string(rid)) if rid else b"null",
+            b"}\n",
+        ]
+        out.append(b"".join(parts))
     return out

@@ -197,6 +197,11 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
         if kind == wire.H_HOST:  # the line stays in its run: it is the line add_header would write
             ex.host = data[at + size + 2 : start + eol]
             ex.host_count += 1
+        elif kind >= wire.H_REFERER:  # the combined access log's: kept, the line stays in its run too
+            if kind == wire.H_USER_AGENT:
+                ex.agent = data[at + size + 2 : start + eol]
+            else:
+                ex.referer = data[at + size + 2 : start + eol]
         elif kind != wire.ORDINARY:
             if kind == wire.H_CONTENT_LENGTH or kind == wire.H_TE or kind == wire.H_UPGRADE:
                 return DECLINE

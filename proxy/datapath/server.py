@@ -108,6 +108,10 @@ class ProxyServer:
             self.sticky_cookies = set_cookie_lines(self.sticky_name)
         if settings.sticky.by == "header":
             kinds[self.sticky_name.lower()] = wire.H_STICKY
+        logged = self.access is not None and self.access.combined
+        if logged:
+            for name, kind in wire.LOGGED_HEADERS.items():
+                kinds.setdefault(name, kind)
         secret_file = settings.preview.secret_file
         secret_path = resolve(secret_file, self.config_path) if secret_file else None
         secret = read_secret(settings.preview.secret_env, secret_path)
@@ -117,6 +121,8 @@ class ProxyServer:
         self.preview_cookie = settings.preview.cookie.encode("latin-1") if secret else b""
         configured: tuple[bytes, ...] = (self.sticky_name,) if settings.sticky.by == "header" else ()
         configured += (settings.preview.header.encode("latin-1"),)  # also as written in the config
+        if logged:
+            configured += (b"Referer",)
         self.header_kinds = wire.with_spellings(kinds, wire.COMMON_NAMES + configured)
         self.scan_shapes = Shapes(self.header_kinds)
         t = settings.timeouts

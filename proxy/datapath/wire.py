@@ -40,6 +40,11 @@ H_CONTENT_LENGTH: Final = 9
 H_COOKIE: Final = 10
 H_STICKY: Final = 11  # this one and the next have configured names (ProxyServer.apply)
 H_PREVIEW: Final = 12
+# Read only for the combined access log (ProxyServer.apply adds them to the kinds while it is on): their
+# lines are forwarded as they came, and their values kept on the exchange.
+H_REFERER: Final = 13
+H_USER_AGENT: Final = 14
+LOGGED_HEADERS: Final[dict[bytes, int]] = {b"referer": H_REFERER, b"user-agent": H_USER_AGENT}
 REQUEST_SPECIAL: Final[dict[bytes, int]] = {name: H_HOP for name in HOP_BY_HOP}
 REQUEST_SPECIAL.update(
     {
