@@ -40,6 +40,39 @@ COMBINED: Final = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s"\n'  # the escape
 HTTP: Final = {"1.1": b'HTTP/1.1" ', "1.0": b'HTTP/1.0" '}
 STATUS: Final = [b"%d" % n for n in range(1000)]
 MILLIS: Final = [b".%03d" % n for n in range(1000)]
+# What a line needs no escaping for: printable ASCII but the quote and the backslash. A line from which
+# these are deleted leaves its own quotes and newline, or something to escape (one C call per line).
+SAFE: Final = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
+QUOTES: Final = [b'"' * n + b"\n" for n in range(64)]  # a line's quotes, and its newline
+J_CLIENT: Final = b',"client":"'
+J_METHOD: Final = b'","method":"'
+J_TARGET: Final = b'","target":"'
+J_VERSION: Final = b'","version":"'
+J_STATUS: Final = b'","status":'
+J_SLOT: Final = b',"slot":'
+J_UPSTREAM: Final = b',"upstream":'
+J_DURATION: Final = b',"duration_ms":'
+J_ATTEMPTS: Final = b',"attempts":'
+J_BYTES: Final = b',"body_bytes_sent":'
+J_ID: Final = b',"request_id":"'
+J_ID_END: Final = b'"}\n'
+J_NO_ID: Final = b',"request_id":null}\n'
+# The quotes of a line with null slot, upstream and request ID, less those of the request ID's key.
+J_QUOTES: Final = 2 + sum(
+    piece.count(b'"')
+    for piece in (
+        J_CLIENT,
+        J_METHOD,
+        J_TARGET,
+        J_VERSION,
+        J_STATUS,
+        J_SLOT,
+        J_UPSTREAM,
+        J_DURATION,
+        J_ATTEMPTS,
+        J_BYTES,
+    )
+)
 
 
 def _nginx_escape(match: re.Match[bytes]) -> bytes:
@@ -49,13 +82,6 @@ def _nginx_escape(match: re.Match[bytes]) -> bytes:
 def escape_combined(value: bytes) -> bytes:
     """`value` as nginx writes a variable into a log line (escape=default)."""
     return _UNSAFE.sub(_nginx_escape, value) if _UNSAFE.search(value) is not None else value
-
-
-def plain(value: bytes) -> bool:
-    """Nothing in `value` needs escaping in either format. Only HTAB among the control bytes can be in a
-    head the parsers accepted, so this is four C-speed scans rather than a regular expression per field
-    (the bytes as ints: `b"x" in value` would first fail to read b"x" as an int, which costs an exception)."""
-    return value.isascii() and 34 not in value and 92 not in value and 9 not in value
 
 
 def json_string(value: bytes) -> bytes:
@@ -131,7 +157,7 @@ def combined_lines(entries: list[Entry], offset: float, clock: Clock) -> list[by
         ]
         line = b"".join(parts)
         # Six quotes, and nothing else to escape: the usual line. Else (rare) it is made again, escaped.
-        if not (line.isascii() and 92 not in line and 9 not in line and line.count(b'"') == 6):
+        if line.translate(None, SAFE) != QUOTES[6]:
             line = COMBINED % (
                 ex.client.peer,
                 clock.time_local(end + offset),
@@ -155,49 +181,67 @@ def json_lines(entries: list[Entry], offset: float) -> list[bytes]:
     for ex, status, seconds, end in entries:
         route = ex.route
         slot = b"null"
+        quotes = J_QUOTES
         if route is not None:
             slot = quoted.get(route.name) or quoted.setdefault(route.name, json_string(route.name.encode()))
+            quotes += 2
         pool = ex.upstream
         upstream = b"null"
         if pool is not None:
             upstream = quoted.get(pool.url) or quoted.setdefault(
                 pool.url, json_string(pool.url.removeprefix("http://").encode())
             )
+            quotes += 2
         rid = request_id(ex)
         millis = int((end + offset) * 1000.0)
         if millis // 1000 != second:
             second = millis // 1000
             prefix = b'{"time":%d' % second
         micros = int(seconds * 1_000_000.0)
-        target = ex.target
-        method = ex.method
         parts = [
             prefix,
             MILLIS[millis % 1000],
-            b',"client":"',
+            J_CLIENT,
             ex.client.peer,
-            b'","method":',
-            b'"' + method + b'"' if plain(method) else json_string(method),
-            b',"target":',
-            b'"' + target + b'"' if plain(target) else json_string(target),
-            b',"version":"',
+            J_METHOD,
+            ex.method,
+            J_TARGET,
+            ex.target,
+            J_VERSION,
             ex.version.encode(),
-            b'","status":',
+            J_STATUS,
             STATUS[status],
-            b',"slot":',
+            J_SLOT,
             slot,
-            b',"upstream":',
+            J_UPSTREAM,
             upstream,
-            b',"duration_ms":',
+            J_DURATION,
             str(micros // 1000).encode(),
             MILLIS[micros % 1000],
-            b',"attempts":',
+            J_ATTEMPTS,
             str(ex.attempts).encode(),
-            b',"body_bytes_sent":',
+            J_BYTES,
             str(ex.body_sent).encode(),
-            b',"request_id":',
-            (b'"' + rid + b'"' if plain(rid) else json_string(rid)) if rid else b"null",
-            b"}\n",
         ]
-        out.append(b"".join(parts))
+        if rid:
+            parts += (J_ID, rid, J_ID_END)
+            quotes += 4
+        else:
+            parts.append(J_NO_ID)
+            quotes += 2
+        line = b"".join(parts)
+        if line.translate(None, SAFE) != QUOTES[quotes]:  # rare: a value to escape; made again, escaped
+            line = json_escaped(ex, parts, rid)
+        out.append(line)
     return out
+
+
+def json_escaped(ex: Exchange, parts: list[bytes], rid: bytes) -> bytes:
+    """The line of `parts` (json_lines) with the outside values (method, target, request ID) JSON-escaped."""
+    parts[4] = b'","method":' + json_string(ex.method)
+    parts[5] = b',"target":' + json_string(ex.target)
+    parts[6] = parts[7] = b""
+    parts[8] = b',"version":"'
+    if rid:
+        parts[-3:] = [b',"request_id":' + json_string(rid) + b"}\n"]
+    return b"".join(parts)
