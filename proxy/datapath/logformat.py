@@ -16,8 +16,8 @@ Invariants:
 - The referer and user agent were kept by the request's reader (proxy.datapath.scan, Exchange.add_header:
   wire.LOGGED_HEADERS are header kinds only while a combined log is on); the request ID is the client's
   or the number of the one the proxy added (proxy.datapath.headers).
-- A line is checked once, whole, for anything to escape; only a line that has something is made again
-  with each outside field escaped.
+- A line is checked once, whole, for anything to escape (`clean`); only a line that has something is
+  made again with each outside field escaped.
 """
 
 from __future__ import annotations
@@ -40,10 +40,6 @@ COMBINED: Final = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s"\n'  # the escape
 HTTP: Final = {"1.1": b'HTTP/1.1" ', "1.0": b'HTTP/1.0" '}
 STATUS: Final = [b"%d" % n for n in range(1000)]
 MILLIS: Final = [b".%03d" % n for n in range(1000)]
-# What a line needs no escaping for: printable ASCII but the quote and the backslash. A line from which
-# these are deleted leaves its own quotes and newline, or something to escape (one C call per line).
-SAFE: Final = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
-QUOTES: Final = [b'"' * n + b"\n" for n in range(64)]  # a line's quotes, and its newline
 J_CLIENT: Final = b',"client":"'
 J_METHOD: Final = b'","method":"'
 J_TARGET: Final = b'","target":"'
@@ -82,6 +78,14 @@ def _nginx_escape(match: re.Match[bytes]) -> bytes:
 def escape_combined(value: bytes) -> bytes:
     """`value` as nginx writes a variable into a log line (escape=default)."""
     return _UNSAFE.sub(_nginx_escape, value) if _UNSAFE.search(value) is not None else value
+
+
+def clean(line: bytes, quotes: int) -> bool:
+    """Nothing in `line` needs escaping: ASCII, no backslash, no HTAB (the only control byte a head the
+    parsers accepted can hold), and no quote but its own `quotes`. Four C-speed scans of the whole line,
+    cheaper than a regular expression or a translate (a generic call) per field; the bytes are given as
+    ints, since `b"x" in line` first fails to read b"x" as an int, which costs an exception."""
+    return line.isascii() and 92 not in line and 9 not in line and line.count(b'"') == quotes
 
 
 def json_string(value: bytes) -> bytes:
@@ -157,7 +161,7 @@ def combined_lines(entries: list[Entry], offset: float, clock: Clock) -> list[by
         ]
         line = b"".join(parts)
         # Six quotes, and nothing else to escape: the usual line. Else (rare) it is made again, escaped.
-        if line.translate(None, SAFE) != QUOTES[6]:
+        if not clean(line, 6):
             line = COMBINED % (
                 ex.client.peer,
                 clock.time_local(end + offset),
@@ -230,7 +234,7 @@ def json_lines(entries: list[Entry], offset: float) -> list[bytes]:
             parts.append(J_NO_ID)
             quotes += 2
         line = b"".join(parts)
-        if line.translate(None, SAFE) != QUOTES[quotes]:  # rare: a value to escape; made again, escaped
+        if not clean(line, quotes):  # rare: a value to escape; made again, escaped
             line = json_escaped(ex, parts, rid)
         out.append(line)
     return out
