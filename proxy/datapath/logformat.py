@@ -37,6 +37,7 @@ Entry = tuple["Exchange", int, float, float]
 _UNSAFE: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
 _MONTHS: Final = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
 COMBINED: Final = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s"\n'  # the escaped form (rare)
+VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
 HTTP: Final = {"1.1": b'HTTP/1.1" ', "1.0": b'HTTP/1.0" '}
 STATUS: Final = [b"%d" % n for n in range(1000)]
 MILLIS: Final = [b".%03d" % n for n in range(1000)]
@@ -212,7 +213,7 @@ def json_lines(entries: list[Entry], offset: float) -> list[bytes]:
             J_TARGET,
             ex.target,
             J_VERSION,
-            ex.version.encode(),
+            VERSIONS.get(ex.version) or ex.version.encode(),
             J_STATUS,
             STATUS[status],
             J_SLOT,
@@ -223,7 +224,7 @@ def json_lines(entries: list[Entry], offset: float) -> list[bytes]:
             str(micros // 1000).encode(),
             MILLIS[micros % 1000],
             J_ATTEMPTS,
-            str(ex.attempts).encode(),
+            STATUS[ex.attempts] if ex.attempts < 1000 else str(ex.attempts).encode(),
             J_BYTES,
             str(ex.body_sent).encode(),
         ]
