@@ -112,6 +112,11 @@ class SlotswitchCollector(Collector):
         yield errors
         yield in_flight
         yield duration
+        yield CounterMetricFamily(
+            "slotswitch_access_log_dropped",
+            "Access log lines dropped: the destination failed (a full disk, a closed stdout) or fell behind.",
+            value=float(self.controller.server.access_log_dropped()),
+        )
 
     def _control(self, generation: int) -> Iterator[Metric]:
         switches = CounterMetricFamily(

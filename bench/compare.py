@@ -32,7 +32,21 @@ PROXY_CPU, LOAD_CPU = "0", "1"
 PATHS = ("/small", "/16k", "/post4k")
 # Paths measured with a wrk script: /post4k sends a 4 KiB body (both proxies buffer it before going upstream).
 SCRIPTS = {"/post4k": BENCH_DIR / "post4k.lua"}
-TARGETS = ("direct", "nginx", "slotswitch", "slotswitch-llhttp", "slotswitch-source")
+TARGETS = (
+    "direct",
+    "nginx",
+    "slotswitch",
+    "slotswitch-llhttp",
+    "slotswitch-source",
+    "nginx-log",
+    "slotswitch-combined",
+    "slotswitch-json",
+    "slotswitch-ramp-cookie",
+)
+# --logging: these targets log every request to a file, and are compared with nginx-log (nginx's
+# `access_log FILE combined buffer=64k flush=1s`), not with nginx without its log.
+LOGGING = ("slotswitch-combined", "slotswitch-json", "slotswitch-ramp-cookie")
+REFERENCE = {name: "nginx-log" for name in LOGGING}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LATENCY_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 SOAK_WARMUP_REQUESTS = 50_000
@@ -175,11 +189,13 @@ def tail(log: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def start_nginx(procs: Procs, tmp: Path, name: str, template: str, cpu: str | None, **values: int) -> int:
-    """`cpu` None: not pinned (worker_cpu_affinity auto); values fill {{NAME}} placeholders (WORKERS: 1)."""
+def start_nginx(procs: Procs, tmp: Path, name: str, template: str, cpu: str | None, **values: int | str) -> int:
+    """`cpu` None: not pinned (worker_cpu_affinity auto); values fill {{NAME}} placeholders (WORKERS: 1,
+    ACCESS_LOG: off)."""
     text = (BENCH_DIR / "nginx" / template).read_text()
     affinity = "1" + "0" * int(cpu) if cpu is not None else "auto"  # bitmask, rightmost = cpu 0
-    for key, val in {"DIR": str(tmp), "NAME": name, "AFFINITY": affinity, "WORKERS": 1, **values}.items():
+    defaults = {"DIR": str(tmp), "NAME": name, "AFFINITY": affinity, "WORKERS": 1, "ACCESS_LOG": "off"}
+    for key, val in {**defaults, **values}.items():
         text = text.replace("{{" + key + "}}", str(val))
     (tmp / f"{name}.tmp").mkdir()
     conf = tmp / f"{name}.conf"
@@ -187,7 +203,7 @@ def start_nginx(procs: Procs, tmp: Path, name: str, template: str, cpu: str | No
     log = tmp / f"{name}.log"
     pin = ["taskset", "-c", cpu] if cpu is not None else []
     proc = procs.start([*pin, "nginx", "-p", str(tmp), "-c", str(conf)], log)
-    wait_ready(proc, values["PORT"], log)
+    wait_ready(proc, int(values["PORT"]), log)
     return proc.pid
 
 
@@ -216,10 +232,13 @@ def start_slotswitch(
     prefix: tuple[str, ...] = (),
     source: bool = False,
     scan_heads: bool = True,
+    extra: str = "",
+    ramp: bool = False,
 ) -> tuple[int, int]:
     """Returns (port, pid). `cpu` None: not pinned; `prefix` goes before the command (e.g. prlimit);
     `source`: the data path from its Python source, not the compiled build (SLOTSWITCH_PURE_PYTHON=1);
-    `scan_heads` False: every head through llhttp, none through the whole-head fast path (SLOTSWITCH_SCAN_HEADS=0)."""
+    `scan_heads` False: every head through llhttp, none through the whole-head fast path (SLOTSWITCH_SCAN_HEADS=0);
+    `extra`: YAML lines added to the config; `ramp`: a 50 % ramp to green is started (forced, an hour per step)."""
     if not exe.exists():
         raise BenchError(f"{exe} does not exist (install the project: .venv/bin/pip install -e .)")
     port, admin = pick_port(19020, ports), pick_port(19021, ports)
@@ -230,7 +249,7 @@ def start_slotswitch(
         f'  blue:  {{upstreams: ["http://127.0.0.1:{up["blue"]}"]}}\n'
         f'  green: {{upstreams: ["http://127.0.0.1:{up["green"]}"]}}\n'
         f"active: blue\nworkers: {workers}\n"
-        f"admin: {{listen: 127.0.0.1:{admin}, insecure_loopback: true}}\n"
+        f"admin: {{listen: 127.0.0.1:{admin}, insecure_loopback: true}}\n" + extra
     )
     log = tmp / f"{name}.log"
     pin = ["taskset", "-c", cpu] if cpu is not None else []
@@ -241,7 +260,21 @@ def start_slotswitch(
     }
     proc = procs.start([*prefix, *pin, str(exe), "run", "--config", str(conf)], log, env)
     wait_ready(proc, port, log)
+    if ramp:
+        start_ramp(admin)
     return port, proc.pid
+
+
+def start_ramp(admin: int) -> None:
+    """A 50 % ramp to green through the admin API, held for the whole benchmark."""
+    body = json.dumps({"slot": "green", "steps": [50, 100], "interval": "1h", "force": True, "reason": "bench"})
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+    conn.request("POST", "/v1/ramp", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    answer = resp.read()
+    conn.close()
+    if resp.status != 200:
+        raise BenchError(f"POST /v1/ramp answered {resp.status}: {answer[:500]!r}")
 
 
 def to_ms(value: str) -> float:
@@ -310,16 +343,17 @@ def median_row(target: str, path: str, got: list[Sample]) -> dict[str, object]:
 
 
 def summarize(samples: list[Sample]) -> list[dict[str, object]]:
-    """Median per (target, path); ratio_vs_nginx = µs CPU/req of the target / µs CPU/req of nginx, same path."""
+    """Median per (target, path); ratio_vs_nginx = µs CPU/req of the target / µs CPU/req of nginx, same path
+    (of nginx-log for the --logging targets, which log every request as it does)."""
     rows = []
     for path in PATHS:
         for target in TARGETS:
             got = [s for s in samples if s.target == target and s.path == path]
             if got:
                 rows.append(median_row(target, path, got))
-    base = {r["path"]: r["us_cpu_per_req"] for r in rows if r["target"] == "nginx"}
+    base = {(r["target"], r["path"]): r["us_cpu_per_req"] for r in rows if str(r["target"]).startswith("nginx")}
     for row in rows:
-        mine, ref = row["us_cpu_per_req"], base.get(row["path"])
+        mine, ref = row["us_cpu_per_req"], base.get((REFERENCE.get(str(row["target"]), "nginx"), row["path"]))
         row["ratio_vs_nginx"] = mine / ref if isinstance(mine, float) and isinstance(ref, float) and ref else None
     return rows
 
@@ -360,9 +394,39 @@ def start_targets(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str
             targets["slotswitch-source"] = start_slotswitch(
                 procs, tmp, up, ports, Path(args.slotswitch), name="slotswitch-source", source=True
             )
+        if getattr(args, "logging", False):
+            start_logging_targets(procs, tmp, args, up, ports, targets)
     except BenchError as exc:
         print(f"*** slotswitch NOT benchmarked: {exc}\n*** continuing with direct and nginx only.\n", flush=True)
     return targets
+
+
+def start_logging_targets(
+    procs: Procs,
+    tmp: Path,
+    args: argparse.Namespace,
+    up: dict[str, int],
+    ports: set[int],
+    targets: dict[str, tuple[int, int | None]],
+) -> None:
+    """--logging: every request logged to a file on both sides; the ramp target also sets the sticky cookie
+    on every response (wrk sends none back), as for a stream of new clients."""
+    port = pick_port(19011, ports)
+    log = f"{tmp}/nginx-access.log combined buffer=64k flush=1s"
+    values: dict[str, int | str] = {"PORT": port, "UPSTREAM_PORT": up["blue"], "ACCESS_LOG": log}
+    pid = start_nginx(procs, tmp, "proxy-log", "proxy.conf", PROXY_CPU, **values)
+    targets["nginx-log"] = (port, pid)
+    exe = Path(args.slotswitch)
+    for name, fmt in (("slotswitch-combined", "combined"), ("slotswitch-json", "json")):
+        extra = f"access_log: {{enabled: true, path: {tmp}/{name}.access.log, format: {fmt}}}\n"
+        targets[name] = start_slotswitch(procs, tmp, up, ports, exe, name=name, extra=extra)
+    extra = (
+        f"access_log: {{enabled: true, path: {tmp}/ramp.access.log, format: combined}}\n"
+        "sticky: {by: cookie, name: slot_sticky, set_cookie: true}\n"
+    )
+    targets["slotswitch-ramp-cookie"] = start_slotswitch(
+        procs, tmp, up, ports, exe, name="slotswitch-ramp-cookie", extra=extra, ramp=True
+    )
 
 
 def run_round(rnd: int, targets: dict[str, tuple[int, int | None]], args: argparse.Namespace) -> list[Sample]:
@@ -654,6 +718,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--llhttp",
         action="store_true",
         help="also measure slotswitch with every head through llhttp (SLOTSWITCH_SCAN_HEADS=0)",
+    )
+    p.add_argument(
+        "--logging",
+        action="store_true",
+        help="also measure with access logs on both sides: nginx-log (combined, buffer=64k) against slotswitch "
+        "combined and json to a file, and a 50%% ramp sticky by a cookie the proxy sets",
     )
     p.add_argument("--soak", type=int, metavar="N", help="soak mode: drive N requests to /small, sample RSS")
     p.add_argument("--soak-target", choices=("slotswitch", "nginx"), default="slotswitch", help="soak this proxy")

@@ -3,7 +3,11 @@
 Feeds a request into a ClientConnection and the upstream's response into an UpstreamConnection,
 both on in-memory transports, and reports µs of Python per request. Run:
 
-    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile]
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--access-log combined|json] [--ramp-cookie]
+
+--access-log logs every request (to /dev/null: the formatting is counted, the write is one syscall per batch);
+--ramp-cookie runs a 50 % ramp sticky by a cookie the proxy sets, with requests that carry none (a Set-Cookie
+on every response), as compare.py's slotswitch-ramp-cookie target does.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import uvloop
 from proxy.datapath.pool import UpstreamPool
 from proxy.datapath.server import ProxyServer
 from proxy.datapath.upstream import UpstreamConnection
-from proxy.routing.state import Registry, Store, build_snapshot
+from proxy.routing.state import Ramp, Registry, Store, build_snapshot
 from proxy.settings.model import parse_settings
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
@@ -62,34 +66,53 @@ class MemoryTransport:
         pass
 
 
-def setup(loop: Any, scan: bool | None = None) -> tuple[Any, UpstreamConnection, MemoryTransport]:
+def setup(
+    loop: Any, scan: bool | None = None, access_log: str = "off", ramp_cookie: bool = False
+) -> tuple[Any, list[UpstreamConnection], MemoryTransport]:
     from proxy.datapath.client import ClientConnection
 
-    settings = parse_settings(
-        {
-            "slots": {"blue": {"upstreams": ["http://127.0.0.1:9"]}, "green": {"upstreams": ["http://127.0.0.1:10"]}},
-            "active": "blue",
-        }
-    )
+    config: dict[str, Any] = {
+        "slots": {"blue": {"upstreams": ["http://127.0.0.1:9"]}, "green": {"upstreams": ["http://127.0.0.1:10"]}},
+        "active": "blue",
+    }
+    if access_log != "off":
+        config["access_log"] = {"enabled": True, "path": "/dev/null", "format": access_log}
+    if ramp_cookie:
+        config["sticky"] = {"by": "cookie", "name": "slot_sticky", "set_cookie": True}
+    settings = parse_settings(config)
     registry = Registry(lambda name, up, _: UpstreamPool(loop, name, up.url, up.host, up.port))
-    store = Store(build_snapshot(registry, settings, generation=1, active="blue", previous=None))
+    ramp = Ramp("green", (50, 100), 3600.0) if ramp_cookie else None
+    store = Store(build_snapshot(registry, settings, generation=1, active="blue", previous=None, ramp=ramp))
     server = ProxyServer(store, loop)
     if scan is not None:  # else the server's default: the fast path when compiled (proxy.native.scan_heads)
         server.scan_heads = scan
     client = ClientConnection(server)
     client_transport = MemoryTransport(("127.0.0.1", 40000))
     client.connection_made(client_transport)  # type: ignore[arg-type]
-    pool = store.current.primary.pools[0]
-    upstream = UpstreamConnection(pool)
-    upstream.connection_made(MemoryTransport(("127.0.0.1", 9)))  # type: ignore[arg-type]
-    pool.idle.append(upstream)
-    return client, upstream, client_transport
+    upstreams = []
+    for route in store.current.routes.values():
+        pool = route.pools[0]
+        upstream = UpstreamConnection(pool)
+        upstream.connection_made(MemoryTransport(("127.0.0.1", pool.port)))  # type: ignore[arg-type]
+        pool.idle.append(upstream)
+        upstreams.append(upstream)
+    return client, upstreams if ramp_cookie else upstreams[:1], client_transport
 
 
-def run(n: int, profile: bool, scan: bool | None = None) -> float:
+def run(n: int, profile: bool, scan: bool | None = None, access_log: str = "off", ramp_cookie: bool = False) -> float:
     loop = uvloop.new_event_loop()
-    client, upstream, out = setup(loop, scan)
-    request, response = client.data_received, upstream.data_received
+    client, upstreams, out = setup(loop, scan, access_log, ramp_cookie)
+    request = client.data_received
+    if len(upstreams) == 1:
+        response = upstreams[0].data_received
+    else:  # a ramp: the response comes from whichever upstream the request went to
+
+        def response(data: bytes) -> None:
+            for conn in upstreams:
+                if conn.exchange is not None:
+                    conn.data_received(data)
+                    return
+
     for _ in range(1000):  # warm-up
         request(REQUEST)
         response(RESPONSE)
@@ -101,6 +124,8 @@ def run(n: int, profile: bool, scan: bool | None = None) -> float:
         request(REQUEST)
         response(RESPONSE)
     elapsed = time.perf_counter() - start
+    if client.server.access is not None:
+        client.server.access.close()
     if prof:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
@@ -120,9 +145,13 @@ def main() -> None:
         help="scan: whole plain heads take proxy.datapath.scan's fast path; llhttp: every head goes through llhttp; "
         "default: as the proxy does (the fast path when compiled)",
     )
+    parser.add_argument("--access-log", choices=("off", "combined", "json"), default="off", help="log every request")
+    parser.add_argument("--ramp-cookie", action="store_true", help="a 50%% ramp, sticky by a cookie the proxy sets")
     args = parser.parse_args()
-    us = run(args.requests, args.profile, None if args.heads == "default" else args.heads == "scan")
-    print(f"hot path: {us:.2f} µs of Python per proxied request ({args.requests} requests, no sockets, {args.heads})")
+    scan = None if args.heads == "default" else args.heads == "scan"
+    us = run(args.requests, args.profile, scan, args.access_log, args.ramp_cookie)
+    what = f"{args.heads}, access log {args.access_log}" + (", ramp sticky by cookie" if args.ramp_cookie else "")
+    print(f"hot path: {us:.2f} µs of Python per proxied request ({args.requests} requests, no sockets, {what})")
 
 
 if __name__ == "__main__":

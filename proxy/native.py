@@ -49,6 +49,7 @@ COMPILED = (
     "proxy.datapath.server",
     "proxy.datapath.accesslog",
     "proxy.datapath.ratelog",
+    "proxy.datapath.logformat",
 )
 COMPILED_DIRS = ("datapath", "routing")
 STAMP = "_native_stamp.json"

@@ -128,6 +128,16 @@ def test_bad_sizes(raw: object) -> None:
     assert errors[0].startswith("limits.headers: "), errors
 
 
+def test_access_log_true_is_the_section_enabled() -> None:
+    assert parse_settings(minimal(access_log=True)).access_log.model_dump() == {
+        "enabled": True,
+        "path": "-",
+        "format": "json",
+        "sample": 1.0,
+    }
+    assert not parse_settings(minimal(access_log=False)).access_log.enabled
+
+
 # -- one error, with its path -----------------------------------------------------------------
 
 
@@ -144,6 +154,11 @@ def test_bad_sizes(raw: object) -> None:
         ({"admin": {"listen": "localhost:http"}}, "admin.listen: expected host:port, got 'localhost:http'"),
         ({"slot_header": "X Slot"}, "slot_header: not a valid header name: 'X Slot'"),
         ({"log_level": "loud"}, "log_level: must be one of debug, info, warning, error"),
+        ({"sticky": {"set_cookie": True}}, "sticky: sticky.set_cookie needs sticky.by cookie"),
+        ({"sticky": {"by": "cookie", "name": "a b"}}, "sticky: sticky.name: not a valid cookie name: 'a b'"),
+        ({"access_log": {"format": "clf"}}, "access_log.format: must be one of 'json' or 'combined'"),
+        ({"access_log": {"sample": 0}}, "access_log.sample: must be greater than 0.0"),
+        ({"access_log": "yes"}, "access_log: expected true or false (not a string like 'yes'), or a mapping"),
     ],
 )
 def test_single_error_has_its_path(overrides: dict[str, Any], expected: str) -> None:
@@ -350,7 +365,7 @@ def test_check_config_field_and_cross_field_errors_at_once(tmp_path: Path) -> No
     lines = sorted(line.strip() for line in done.stderr.splitlines()[1:])
     assert lines == sorted(
         [
-            "access_log: expected true or false (not a string like 'yes')",
+            "access_log: expected true or false (not a string like 'yes'), or a mapping",
             "workers: expected a whole number",
             "active: 'purple' is not a slot (slots: blue, green)",
             "health.checks: no slot named 'red'",

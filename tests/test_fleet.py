@@ -274,7 +274,11 @@ async def test_the_poll_catches_what_pub_sub_missed(redis_server: RedisServer, s
         snap = replace(app.store.current, generation=2, active="green", previous="blue", action="switch")
         await probe.client.hset(probe.key, mapping={"generation": 2, "state": document(snap)})  # no PUBLISH
         await converge([app], 2)  # within poll_interval (0.2 s)
-        assert (app.store.current.active, app.fleet.adopted["poll"]) == ("green", 1)
+        # Adopted without a message: by the poll, or (on a loaded machine) by the resync of a
+        # subscription that was re-established meanwhile; never through pub/sub.
+        adopted = app.fleet.adopted
+        assert app.store.current.active == "green" and adopted["poll"] + adopted["resync"] >= 1, adopted
+        assert adopted["message"] == 0, adopted
         await probe.client.flushall()  # Redis lost everything, the connections stay up
 
         async def reseeded() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 
 import aiohttp
@@ -66,6 +67,35 @@ async def test_sticky_by_cookie(start_proxy: StartProxy) -> None:
             _, slot = await get_slot(s, app, Cookie="a=1; sid=client-42; b=2")
             slots.add(slot)
         assert len(slots) == 1
+
+
+async def test_sticky_cookie_set_by_the_proxy_keeps_a_new_client_on_its_slot(start_proxy: StartProxy) -> None:
+    """sticky.set_cookie: a client without the cookie gets one naming its bucket (one Set-Cookie, the same
+    bytes for a bucket every time); sent back, it keeps the client on its slot, and the split of new
+    clients follows the ramp's weight."""
+    app = await start_proxy(sticky={"by": "cookie", "name": "slot_sticky", "set_cookie": True})
+    app.controller.ramp("green", [50, 100], 3600, actor="test")
+    placed = {"blue": 0, "green": 0}
+    for _ in range(40):
+        client = await RawClient.connect(app.proxy_port)
+        try:
+            await client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            first = await client.read_response()
+            cookies = first.all("Set-Cookie")
+            assert len(cookies) == 1 and first.status == 200
+            value = cookies[0].split(";")[0]
+            assert re.fullmatch(r"slot_sticky=s1\.\d{1,4}", value)
+            assert cookies[0].endswith("; Path=/; HttpOnly; SameSite=Lax")
+            slot = first.header("X-Slotswitch-Slot")
+            assert slot == ("green" if int(value.rsplit(".", 1)[1]) < 5000 else "blue")
+            placed[slot] += 1
+            for _ in range(5):
+                await client.send(f"GET / HTTP/1.1\r\nHost: t\r\nCookie: a=1; {value}\r\n\r\n".encode())
+                again = await client.read_response()
+                assert (again.header("X-Slotswitch-Slot"), again.all("Set-Cookie")) == (slot, [])
+        finally:
+            await client.close()
+    assert abs(placed["green"] - 20) <= 3, placed  # the keyless sequence spreads new clients evenly
 
 
 async def test_ramp_validation_and_refusals(start_proxy: StartProxy) -> None:

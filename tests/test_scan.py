@@ -13,6 +13,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ from proxy.datapath import scan
 from proxy.datapath.client import ClientConnection
 from proxy.datapath.upstream import UpstreamConnection
 from proxy.process.runtime import Slotswitch
-from proxy.settings.model import parse_settings
+from proxy.settings.model import AccessLogConfig, parse_settings
 from tests.rawhttp import RawClient, Response
 from tests.rawupstream import ScriptedUpstream
 
@@ -318,3 +319,46 @@ async def test_after_an_ignored_upgrade_the_next_head_can_take_the_fast_path(
         assert [head.split(b" ")[1] for head in up.heads] == [b"/1", b"/2"]
     finally:
         await client.close()
+
+
+LOGGED = [  # a request, and how its combined line ends
+    (
+        b"GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: ua/1\r\nReferer: http://r/x\r\nAccept: */*\r\n\r\n",
+        b'"http://r/x" "ua/1"',
+    ),
+    (
+        b'GET /b HTTP/1.1\r\nhost: h\r\nuser-agent: lower "q"\r\nreferer: r\r\nX-Other: 1\r\n\r\n',
+        b'"r" "lower \\x22q\\x22"',
+    ),
+    (
+        b"GET /c HTTP/1.1\r\nReferer: first\r\nHost: h\r\nUSER-AGENT: caf\xc3\xa9\r\nX-Request-ID: mine\r\n\r\n",
+        b'"first" "caf\\xC3\\xA9"',
+    ),
+    (b"GET /d HTTP/1.0\r\nConnection: Referer\r\nReferer: nominated\r\n\r\n", b'"nominated" "-"'),
+]
+
+
+@pytest.mark.parametrize(("data", "ending"), LOGGED, ids=range(len(LOGGED)))
+async def test_with_the_combined_log_fast_and_slow_agree(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]], data: bytes, ending: bytes, tmp_path: Path
+) -> None:
+    """With a combined access log, Referer and User-Agent are header kinds of their own: both readers
+    forward the same bytes as without the log, and log the same line."""
+    app, up, answers = proxied
+    plain_seen = await through(app, up, answers, data, scan_heads=True)
+    log = tmp_path / "access.log"
+    settings = app.settings.model_copy(
+        update={"access_log": AccessLogConfig(enabled=True, path=str(log), format="combined")}
+    )
+    app.server.apply(settings)
+    try:
+        slow = await through(app, up, answers, data, scan_heads=False)
+        fast = await through(app, up, answers, data, scan_heads=True)
+        assert app.server.access is not None and app.server.access.sync(5.0)
+    finally:
+        app.server.apply(app.settings)
+    assert fast == slow == plain_seen
+    lines = [re.sub(rb"\[[^]]+\]", b"[time]", line) for line in log.read_bytes().splitlines()]
+    warm, slow_line, warm_again, fast_line = lines
+    assert slow_line == fast_line and fast_line.endswith(b" " + ending), fast_line
+    assert warm == warm_again and b'"GET /warm HTTP/1.1"' in warm

@@ -1,79 +1,246 @@
-"""The access log: one JSON line per finished request, buffered, off by default (`access_log: true`).
+"""The access log: one line per request (`access_log:`), in nginx's `combined` format or JSON.
 
 Invariants:
-- Nothing on the data path logs a successful request unless this log is on: Exchange._end asks
-  `server.access is not None`, one attribute read, and only then builds a line.
-- Lines are written to standard output (the container convention, nginx's `access_log
-  /dev/stdout`) in whole lines, by one os.write per flush: when the buffer passes FLUSH_BYTES, on a
-  timer every FLUSH_INTERVAL seconds while there is something to write, and at shutdown. A worker
-  process writes its own lines; the writes are whole lines, so workers' lines do not mix.
-- A failed write (a closed stdout) drops the buffered lines and is logged once, never raised into
-  the data path.
+- Nothing on the data path logs unless this log is on: Exchange._end asks `server.access is not None`,
+  one attribute read. When it is on, a request costs one tuple appended to a list (`record`); the
+  lines are formatted (proxy.datapath.logformat) and written in batches: when FLUSH_ENTRIES are waiting
+  (about 64 KiB of lines), on a timer FLUSH_INTERVAL after the first entry of a batch, and at shutdown.
+- Sampling (`sample` below 1) keeps an evenly spaced share of the requests answered below 400, by an
+  integer accumulator (no random number per request); every 4xx and 5xx is logged.
+- Writes never block the event loop and never raise into the data path: a thread of this log's own
+  (`Writer`) writes each batch with os.write to the file (opened O_APPEND, so workers and logrotate's
+  copies append safely) or to stdout. A write that fails (a full disk, a closed stdout, a vanished
+  destination) drops the lines it could not write; a destination that blocks (a stdout pipe nobody
+  reads) makes lines wait up to MAX_PENDING bytes, then drops them. Dropped lines are counted
+  (`dropped`, the metric slotswitch_access_log_dropped_total) and the first failure of each run of
+  failures is logged. Each write is of whole lines.
+- `reopen()` (SIGUSR1, logrotate's postrotate) flushes what is waiting to the old file, then opens the
+  path again: no line is lost or written twice across a rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import errno
 import logging
 import os
+import queue
+import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+from proxy.datapath.logformat import Clock, Entry, combined_lines, json_lines
 
 if TYPE_CHECKING:
     from proxy.datapath.exchange import Exchange
 
 log = logging.getLogger("slotswitch.access")
 
-FLUSH_BYTES = 64 * 1024
-FLUSH_INTERVAL = 1.0
+FLUSH_ENTRIES: Final = 320  # a combined line is about 200 bytes: a batch of about 64 KiB
+FLUSH_INTERVAL: Final = 1.0
+SAMPLE_ONE: Final = 1_000_000  # sample as parts per million
+STDOUT: Final = "-"
+MAX_PENDING: Final = 16 * 1024 * 1024  # bytes of lines waiting for the writer thread before lines are dropped
+REOPEN: Final = "reopen"
 
 
 class AccessLog:
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int = 1) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: str, fmt: str, sample: float) -> None:
         self.loop = loop
-        self.fd = fd
-        self.lines: list[str] = []
-        self.size = 0
+        self.clock = loop.time
+        self.path = path  # "-" or an absolute path
+        self.combined = fmt == "combined"
+        self.sample = SAMPLE_ONE
+        self.credit = 0
+        self.set_sample(sample)
+        self.entries: list[Entry] = []
         self.timer: asyncio.TimerHandle | None = None
-        self.broken = False
+        self.times = Clock()
+        self.writer = Writer(path)
 
-    def record(self, ex: Exchange, status: int, seconds: float) -> None:
-        route = ex.route
-        line = json.dumps(
-            {
-                "time": round(time.time(), 3),
-                "client": (ex.addr or ex.client.peer).decode("latin-1"),
-                "method": ex.method.decode("latin-1"),
-                "target": ex.target.decode("latin-1"),
-                "version": ex.version,
-                "status": status,
-                "slot": route.name if route is not None else None,
-                "duration_ms": round(seconds * 1000, 3),
-                "attempts": ex.attempts,
-            },
-            separators=(",", ":"),
-        )
-        self.lines.append(line)
-        self.size += len(line) + 1
-        if self.size >= FLUSH_BYTES:
+    def set_sample(self, sample: float) -> None:
+        self.sample = max(1, min(SAMPLE_ONE, round(sample * SAMPLE_ONE)))
+
+    # -- per request ------------------------------------------------------------------------
+
+    def record(self, ex: Exchange, status: int, seconds: float, end: float) -> None:
+        if status < 400 and self.sample != SAMPLE_ONE:
+            self.credit += self.sample
+            if self.credit < SAMPLE_ONE:
+                return
+            self.credit -= SAMPLE_ONE
+        entries = self.entries
+        entries.append((ex, status, seconds, end))
+        if len(entries) >= FLUSH_ENTRIES:
             self.flush()
         elif self.timer is None:
             self.timer = self.loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    # -- batches ----------------------------------------------------------------------------
 
     def flush(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.lines:
+        entries = self.entries
+        if not entries:
             return
-        data = ("\n".join(self.lines) + "\n").encode("utf-8", "backslashreplace")
-        self.lines.clear()
-        self.size = 0
+        self.entries = []
+        offset = time.time() - self.clock()
+        lines = combined_lines(entries, offset, self.times) if self.combined else json_lines(entries, offset)
+        self.writer.put(lines)
+
+    @property
+    def written(self) -> int:
+        return self.writer.written
+
+    @property
+    def dropped(self) -> int:
+        return self.writer.dropped
+
+    def reopen(self) -> None:
+        """Flush to the file open now, then open the path again (after logrotate renamed the file)."""
+        self.flush()
+        self.writer.reopen()
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Flush and wait until the lines are written (or dropped): for tests and tools, not the data path."""
+        self.flush()
+        return self.writer.sync(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush and write everything (at shutdown); waits up to `timeout` for the destination."""
+        self.flush()
+        self.writer.stop(timeout)
+
+
+class Writer:
+    """Writes batches of lines in a thread of its own, so a slow disk or a stdout nobody reads never
+    stalls the event loop; at most MAX_PENDING bytes wait for it, anything beyond is dropped and counted.
+
+    The thread does every write, open and close, in the order they were asked for: a reopen between
+    two batches puts the first in the old file and the second in the new one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.queue: queue.SimpleQueue[list[bytes] | str | threading.Event | None] = queue.SimpleQueue()
+        self.pending = 0  # bytes put and not yet written; changed under `lock`
+        self.lock = threading.Lock()
+        self.written = 0  # lines
+        self.dropped = 0  # lines
+        self.failing = False  # the last write failed (its error was logged)
+        self.fd = -1
+        self._open()
+        self.thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+        self.thread.start()
+
+    # -- the event loop's side ---------------------------------------------------------------
+
+    def put(self, lines: list[bytes]) -> None:
+        size = sum(map(len, lines))
+        with self.lock:
+            if self.pending + size > MAX_PENDING:
+                self.dropped += len(lines)
+                return
+            self.pending += size
+        self.queue.put(lines)
+
+    def reopen(self) -> None:
+        self.queue.put(REOPEN)
+
+    def sync(self, timeout: float) -> bool:
+        """Block until everything put before this call has been written (or dropped)."""
+        done = threading.Event()
+        self.queue.put(done)
+        return done.wait(timeout)
+
+    def stop(self, timeout: float) -> None:
+        if not self.thread.is_alive():
+            return
+        self.queue.put(None)
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.error("access log %s: not all lines written within %.1fs at shutdown", self._name(), timeout)
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                break
+            if isinstance(item, str):
+                self._reopen()
+            elif isinstance(item, threading.Event):
+                item.set()
+            else:
+                self._write(item)
+        if self.fd > 2:
+            os.close(self.fd)
+        self.fd = -1
+
+    def _write(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        done = 0
         try:
-            while data:
-                data = data[os.write(self.fd, data) :]
+            if self.fd < 0:
+                raise OSError(errno.EBADF, "the log file is not open")
+            view = memoryview(data)
+            while done < len(data):
+                done += os.write(self.fd, view[done:])
         except OSError as exc:
-            if not self.broken:
-                self.broken = True
-                log.error("access log: cannot write to fd %d: %s (lines dropped)", self.fd, exc)
+            self._failed(exc, lines, done)
+        else:
+            with self.lock:
+                self.written += len(lines)
+            if self.failing:
+                self.failing = False
+                log.warning("access log %s: writing again", self._name())
+        finally:
+            with self.lock:
+                self.pending -= len(data)
+
+    def _failed(self, exc: OSError, lines: list[bytes], done: int) -> None:
+        # Lines written whole before the failure count as written; a line cut short is ended with a
+        # newline when possible, so the next batch starts on a line of its own.
+        whole = size = 0
+        for line in lines:
+            if size + len(line) > done:
+                break
+            size += len(line)
+            whole += 1
+        if done > size:
+            with contextlib.suppress(OSError):
+                os.write(self.fd, b"\n")
+        with self.lock:
+            self.written += whole
+            self.dropped += len(lines) - whole
+        if not self.failing:
+            self.failing = True
+            log.error(
+                "access log %s: cannot write (%s): dropping lines until it can",
+                self._name(),
+                exc.strerror or exc,
+            )
+
+    def _name(self) -> str:
+        return "stdout" if self.path == STDOUT else self.path
+
+    def _open(self) -> None:
+        """Open the destination; on failure lines are dropped (and counted) until a reopen works."""
+        if self.path == STDOUT:
+            self.fd = 1
+            return
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            self.fd = -1
+            log.error("access log: cannot open %s: %s (lines are dropped until SIGUSR1 reopens it)", self.path, exc)
+
+    def _reopen(self) -> None:
+        old = self.fd
+        self._open()
+        if old > 2 and old != self.fd:
+            os.close(old)
+        log.info("access log reopened: %s", self._name())

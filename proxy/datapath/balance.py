@@ -8,6 +8,12 @@ proxy too; a cookie or a header, per `sticky:`) hashes to a bucket in
 [0, 10000); the canary takes the buckets below its share in basis points. Raising the share only
 moves clients from the old slot to the new one, never back. crc32 is used because it is fast and
 the same in every worker process (Python's hash() is salted per process).
+
+With `sticky.set_cookie` (by cookie), a request without the cookie gets its bucket from the sequence
+and the response sets the cookie to that bucket (`s1.<bucket>`, read back as the bucket itself), so the
+client's next requests land in the same bucket: it stays on its slot, and moves only when the share
+grows past its bucket, as every other key does. The value names a bucket, not a slot, so the split
+still follows the ramp's weight as it advances.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ BUCKETS: Final = 10000
 # closely even over few requests.
 _sequence: Final = itertools.count()
 _GOLDEN: Final = 6180
+ISSUED: Final = b"s1."  # the prefix of the values of the cookies the proxy sets (sticky.set_cookie)
 
 
 def cookie_value(cookies: bytes, name: bytes) -> bytes:
@@ -58,7 +65,13 @@ def choose(snap: Snapshot, ex: Exchange) -> Route:
     if canary is None:
         return snap.primary
     key = _sticky_key(ex)
-    bucket = zlib.crc32(key) % BUCKETS if key else next(_sequence) * _GOLDEN % BUCKETS
+    if key:
+        bucket = issued_bucket(key) if key.startswith(ISSUED) else zlib.crc32(key) % BUCKETS
+    else:
+        bucket = next(_sequence) * _GOLDEN % BUCKETS
+        cookies = server.sticky_cookies
+        if cookies is not None:  # sticky.set_cookie: the client keeps this bucket from its next request on
+            ex.set_cookie = cookies[bucket]
     return canary if bucket < snap.canary_bp else snap.primary
 
 
@@ -71,3 +84,21 @@ def _sticky_key(ex: Exchange) -> bytes:
     if by == "cookie":
         return cookie_value(ex.cookie, ex.client.server.sticky_name) if ex.cookie else b""
     return b""
+
+
+def issued_bucket(value: bytes) -> int:
+    """The bucket of a cookie value the proxy set (ISSUED + the bucket in decimal); anything else after
+    the prefix is hashed like any other key."""
+    digits = value[len(ISSUED) :]
+    if 0 < len(digits) <= 4 and digits.isdigit():
+        return int(digits)
+    return zlib.crc32(value) % BUCKETS
+
+
+def set_cookie_lines(name: bytes) -> list[bytes]:
+    """The Set-Cookie line for each bucket, made once when the settings change (ProxyServer.apply), so a
+    request without the cookie costs a list index, not a format. A session cookie (no Max-Age): a
+    client keeps its place for as long as its browser session."""
+    return [
+        b"Set-Cookie: %s=%s%d; Path=/; HttpOnly; SameSite=Lax\r\n" % (name, ISSUED, bucket) for bucket in range(BUCKETS)
+    ]

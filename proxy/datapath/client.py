@@ -38,6 +38,7 @@ from proxy.datapath.wire import (
     DL_NONE,
     DL_SEND,
     DL_UPSTREAM,
+    ERRORS,
     RB_PIPELINE,
     RB_TUNNEL,
     VIA,
@@ -336,8 +337,11 @@ class ClientConnection(asyncio.Protocol):
             return
         # The answer takes the place of the first unanswered request's: the current one, else the one
         # being parsed, whose method llhttp knows from on_url on.
+        reply = ERRORS[reason]
         if ex is not None:
             head_request = ex.is_head
+            ex.status = reply.status  # its access log line shows the answer it got
+            ex.body_sent = 0 if head_request else len(reply.body)
             ex.abort()
             self.current = None
         else:
@@ -345,6 +349,11 @@ class ClientConnection(asyncio.Protocol):
             head_request = parsing is not None and (
                 parsing.is_head if parsing.method else self.parser.get_method() == b"HEAD"
             )
+            access = self.server.access
+            if access is not None:  # refused before routing: logged with what was read of it
+                refused = parsing if parsing is not None else Exchange(self)
+                refused.body_sent = 0 if head_request else len(reply.body)
+                access.record(refused, reply.status, 0.0, self.clock())
         self.pipeline.clear()
         self.server.send_error(self.transport, reason, None, head_request)
         self.close()

@@ -45,10 +45,12 @@ BUFFER_LIMIT: Final = 65536  # request body bytes held before an upstream is att
 class Exchange:
     __slots__ = (
         "addr",
+        "agent",
         "attempts",
         "body_buf",
         "body_len",
         "body_seen",
+        "body_sent",
         "chunked",
         "client",
         "conn",
@@ -64,6 +66,7 @@ class Exchange:
         "held",
         "host",
         "host_count",
+        "id_number",
         "is_head",
         "keep_alive",
         "kinds",
@@ -71,16 +74,20 @@ class Exchange:
         "nominated",
         "own",
         "preview",
+        "referer",
         "request_done",
         "request_id",
+        "request_id_value",
         "response_started",
         "route",
+        "set_cookie",
         "started",
         "status",
         "sticky",
         "target",
         "te",
         "upgrade",
+        "upstream",
         "version",
         "ws",
         "xff",
@@ -110,6 +117,10 @@ class Exchange:
         self.xfh = b""
         self.xfp = b""
         self.request_id = False
+        self.request_id_value = b""  # the client's X-Request-ID (the access log's request_id)
+        self.id_number = 0  # else the number of the one the proxy added (proxy.datapath.headers)
+        self.referer = b""  # Referer and User-Agent: read only for the combined access log
+        self.agent = b""
         self.cookie = b""
         self.sticky = b""
         self.preview = b""
@@ -129,7 +140,10 @@ class Exchange:
         # Routing and response.
         self.route: Route | None = None
         self.conn: UpstreamConnection | None = None
+        self.upstream: UpstreamPool | None = None  # the pool of the last attempt (the access log's upstream)
+        self.body_sent = 0  # response body bytes written to the client (the access log's body_bytes_sent)
         self.head = b""
+        self.set_cookie = b""  # a Set-Cookie line for the response (balance.choose, sticky.set_cookie)
         self.status = 0
         self.own = False  # the proxy answered (fail): not counted as the upstream's
         self.started = 0.0
@@ -176,6 +190,7 @@ class Exchange:
             self.xfp = value
         elif kind == wire.H_REQUEST_ID:
             self.request_id = True
+            self.request_id_value = value
             self.headers.append(name + b": " + value + wire.CRLF)
         elif kind == wire.H_COOKIE:
             self.cookie = value if not self.cookie else self.cookie + b"; " + value
@@ -191,6 +206,12 @@ class Exchange:
             self.preview = value  # never forwarded, matching secret or not
         elif kind == wire.H_FORWARDED:
             self.forwarded = value if not self.forwarded else self.forwarded + b", " + value
+            self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_USER_AGENT:
+            self.agent = value
+            self.headers.append(name + b": " + value + wire.CRLF)
+        elif kind == wire.H_REFERER:
+            self.referer = value
             self.headers.append(name + b": " + value + wire.CRLF)
         # other hop-by-hop headers are dropped
 
@@ -230,6 +251,7 @@ class Exchange:
         self.headers = drop_nominated(self.headers, nominated)
         if b"x-request-id" in nominated:
             self.request_id = False
+            self.request_id_value = b""
         if b"x-forwarded-for" in nominated:
             self.xff = None
         if b"x-forwarded-host" in nominated:
@@ -332,6 +354,7 @@ class Exchange:
             conn.release(True)
             return
         self.conn = conn
+        self.upstream = conn.pool
         self.attempts += 1
         conn.bind(self)
         buf = self.body_buf
@@ -462,7 +485,9 @@ class Exchange:
         if client.transport is None:
             self._end()
             return
-        self.status = wire.ERRORS[reason].status
+        reply = wire.ERRORS[reason]
+        self.status = reply.status
+        self.body_sent = 0 if self.is_head else len(reply.body)
         self.own = True
         closes = client.server.send_error(client.transport, reason, route, self.is_head)
         self._end()
@@ -488,7 +513,9 @@ class Exchange:
             rt = route.runtime
             # 499 (nginx's "client closed request") when the client left before any answer.
             status = self.status or 499
-            elapsed = (now if now >= 0 else self.client.clock()) - self.started
+            if now < 0:
+                now = self.client.clock()
+            elapsed = now - self.started
             rt.stats.record(status, elapsed, self.own)
             if status >= 500:
                 rt.stats.failed_at(self.method, self.target)
@@ -497,7 +524,7 @@ class Exchange:
                 rt.on_idle()
             access = self.client.server.access
             if access is not None:  # off by default: no per-request logging work at all
-                access.record(self, status, elapsed)
+                access.record(self, status, elapsed, now)
 
     def _count(self, reason: str) -> None:
         if self.route is not None:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 # X-Request-ID for requests without one: a per-process random prefix and a counter (in decimal, which
 # compiles to a C call where %x formatting is a generic one), unique without a syscall per request.
-_ID_PREFIX: Final = b"X-Request-ID: " + os.urandom(6).hex().encode() + b"-"
+ID_VALUE_PREFIX: Final = os.urandom(6).hex().encode() + b"-"  # the access log's request_id: this + the number
+_ID_PREFIX: Final = b"X-Request-ID: " + ID_VALUE_PREFIX
 
 
 class _Counter:
@@ -59,6 +60,7 @@ def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> by
         parts.append(client.fwd_block)
     if not ex.request_id:
         _ids.last += 1
+        ex.id_number = _ids.last
         parts.append(_ID_PREFIX)  # three parts of the one join, not two concatenations first
         parts.append(str(_ids.last).encode())
         parts.append(wire.CRLF)

@@ -41,6 +41,8 @@ def response_head(conn: UpstreamConnection, ex: Exchange, code: int, body: bytes
     route = ex.route
     if route is not None:
         parts.append(route.header)
+    if ex.set_cookie:
+        parts.append(ex.set_cookie)
     parts.append(ex.client.resp_tail)  # Via (and HSTS on TLS); appends: `+=` of a tuple is a generic call
     parts.append(wire.CRLF)
     if body:

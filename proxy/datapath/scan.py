@@ -200,6 +200,11 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
         if kind == wire.H_HOST:  # the line stays in its run: it is the line add_header would write
             ex.host = data[at + size + 2 : start + eol]
             ex.host_count += 1
+        elif kind >= wire.H_REFERER:  # the combined access log's: kept, the line stays in its run too
+            if kind == wire.H_USER_AGENT:
+                ex.agent = data[at + size + 2 : start + eol]
+            else:
+                ex.referer = data[at + size + 2 : start + eol]
         elif kind != wire.ORDINARY:
             if kind == wire.H_CONTENT_LENGTH or kind == wire.H_TE or kind == wire.H_UPGRADE:
                 return DECLINE
@@ -333,6 +338,7 @@ def relay_scanned(conn: UpstreamConnection, ex: Exchange, data: bytes, at: int) 
     small = 0 < size <= wire.SMALL_BODY
     head = conn.start_response(ex, conn.code, data[at:] if small else b"")  # small: one write, one syscall
     conn.body_left -= size
+    ex.body_sent = size
     transport = ex.client.transport
     if transport is not None:
         if not size or small:
@@ -349,6 +355,7 @@ def relay_rest(conn: UpstreamConnection, ex: Exchange, data: bytes) -> None:
     transport = ex.client.transport
     if len(data) <= left:
         conn.body_left = left - len(data)
+        ex.body_sent += len(data)
         if transport is not None:
             transport.write(data)
         if not conn.body_left:
@@ -358,6 +365,7 @@ def relay_rest(conn: UpstreamConnection, ex: Exchange, data: bytes) -> None:
     # counted, as llhttp's path does (on_message_begin).
     if transport is not None:
         transport.write(data[:left])
+    ex.body_sent += left
     conn.body_left = 0
     conn.exchange = None
     conn.finished = ex

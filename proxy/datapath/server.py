@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from proxy import native
 from proxy.datapath import wire
 from proxy.datapath.accesslog import AccessLog
+from proxy.datapath.balance import set_cookie_lines
 from proxy.datapath.client import ClientConnection
 from proxy.datapath.scan import Shapes
 from proxy.datapath.tls import ServerTLS, load_certs
@@ -53,8 +54,12 @@ def read_secret(env: str | None, path: Path | None) -> str:
 
 
 class ProxyServer:
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self, store: Store, loop: asyncio.AbstractEventLoop, *, config_path: Path | None = None, serves: bool = True
+    ) -> None:
+        """`serves` False: a master whose workers serve the traffic (it keeps no access log of its own)."""
         self.store = store
+        self.serves = serves
         self.loop = loop
         # loop.time as a bound method, called per request: a method call on the uncompiled loop object
         # would look the method up every time.
@@ -79,9 +84,11 @@ class ProxyServer:
         self.internal_secret = secrets.token_hex(16).encode()
         self.sticky_by = "ip"
         self.sticky_name = b""
+        self.sticky_cookies: list[bytes] | None = None  # Set-Cookie line per bucket (sticky.set_cookie)
         self.failover = False
         self.recent: deque[str] | None = None  # recent GET targets for warm-up (off unless configured)
-        self.access: AccessLog | None = None  # the access log, when `access_log: true`
+        self.access: AccessLog | None = None  # the access log, when `access_log.enabled`
+        self.access_dropped = 0  # lines dropped by access logs closed since (a reload), and by workers
         self.failing_over: str | None = None  # the slot traffic failed over from, while it lasts
         self.events: list[Callable[[str, dict[str, object]], None]] = []  # audit hooks
         self.timeout_for: list[float] = [0.0] * 6
@@ -105,11 +112,7 @@ class ProxyServer:
         self.buffering = settings.request_buffering == "on"
         self.buffer_body = limits.buffer_body
         self.body_total = settings.timeouts.body_total
-        if not settings.access_log and self.access is not None:
-            self.access.flush()
-            self.access = None
-        elif settings.access_log and self.access is None:
-            self.access = AccessLog(self.loop)
+        self._apply_access_log(settings)
         self.failover = settings.health.failover
         keep = settings.gates.warmup.record_recent
         if not keep:
@@ -119,8 +122,18 @@ class ProxyServer:
         kinds = dict(wire.REQUEST_SPECIAL)
         self.sticky_by = settings.sticky.by
         self.sticky_name = settings.sticky.name.encode("latin-1")
+        if not settings.sticky.set_cookie:
+            self.sticky_cookies = None
+        elif self.sticky_cookies is None or not self.sticky_cookies[0].startswith(
+            b"Set-Cookie: %s=" % self.sticky_name
+        ):
+            self.sticky_cookies = set_cookie_lines(self.sticky_name)
         if settings.sticky.by == "header":
             kinds[self.sticky_name.lower()] = wire.H_STICKY
+        logged = self.access is not None and self.access.combined
+        if logged:
+            for name, kind in wire.LOGGED_HEADERS.items():
+                kinds.setdefault(name, kind)
         secret_file = settings.preview.secret_file
         secret_path = resolve(secret_file, self.config_path) if secret_file else None
         secret = read_secret(settings.preview.secret_env, secret_path)
@@ -130,6 +143,8 @@ class ProxyServer:
         self.preview_cookie = settings.preview.cookie.encode("latin-1") if secret else b""
         configured: tuple[bytes, ...] = (self.sticky_name,) if settings.sticky.by == "header" else ()
         configured += (settings.preview.header.encode("latin-1"),)  # also as written in the config
+        if logged:
+            configured += (b"Referer",)
         self.header_kinds = wire.with_spellings(kinds, wire.COMMON_NAMES + configured)
         self.scan_shapes = Shapes(self.header_kinds)
         t = settings.timeouts
@@ -159,6 +174,34 @@ class ProxyServer:
             self.tls = ServerTLS(certs)
         else:
             self.tls.swap(certs)
+
+    def _apply_access_log(self, settings: Settings) -> None:
+        """Start, stop or change the access log; a new path or format starts a new log (after the old
+        one has written what it holds), a new sample rate applies at once."""
+        conf = settings.access_log
+        access = self.access
+        path = conf.path if conf.path == "-" else str(resolve(conf.path, self.config_path))
+        if access is not None and (
+            not conf.enabled or access.path != path or access.combined != (conf.format == "combined")
+        ):
+            self.access = None
+            access.close()
+            self.access_dropped += access.dropped
+            access = None
+        if conf.enabled and self.serves:
+            if access is None:
+                self.access = AccessLog(self.loop, path, conf.format, conf.sample)
+            else:
+                access.set_sample(conf.sample)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: the access log file opens again (logrotate has renamed it)."""
+        if self.access is not None:
+            self.access.reopen()
+
+    def access_log_dropped(self) -> int:
+        """Access log lines dropped so far (slotswitch_access_log_dropped_total)."""
+        return self.access_dropped + (self.access.dropped if self.access is not None else 0)
 
     def fail_over(self, snap: Snapshot, route: Route) -> tuple[Route, UpstreamPool | None]:
         """Every upstream of `route` is down and failover is on: use the other slot if it is up."""
@@ -275,6 +318,9 @@ class ProxyServer:
                 conn.abort()
         if cut:
             log.warning("shutdown: %d connections cut off after %.1fs", cut, timeout)
-        if self.access is not None:
-            self.access.flush()
+        access = self.access
+        if access is not None:
+            self.access = None
+            access.close()  # every line waiting is written before the process exits
+            self.access_dropped += access.dropped
         return cut

@@ -292,6 +292,7 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None or ex.client.transport is None:
             return
         transport = ex.client.transport
+        ex.body_sent += len(body)
         held = self.held
         if self.mode == MODE_CHUNK:
             self.held = b""

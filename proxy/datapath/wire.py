@@ -43,6 +43,11 @@ H_STICKY: Final = 11  # this one and the next have configured names (ProxyServer
 H_PREVIEW: Final = 12
 H_EXPECT: Final = 13
 H_FORWARDED: Final = 14  # RFC 7239: read for the client address (for=) when the peer is trusted
+# Read only for the combined access log (ProxyServer.apply adds them to the kinds while it is on): their
+# lines are forwarded as they came, and their values kept on the exchange.
+H_REFERER: Final = 15
+H_USER_AGENT: Final = 16
+LOGGED_HEADERS: Final[dict[bytes, int]] = {b"referer": H_REFERER, b"user-agent": H_USER_AGENT}
 REQUEST_SPECIAL: Final[dict[bytes, int]] = {name: H_HOP for name in HOP_BY_HOP}
 REQUEST_SPECIAL.update(
     {

@@ -1,7 +1,8 @@
 """Wiring: settings -> registry -> first snapshot -> store -> proxy listener, controller, admin API.
 
 `Slotswitch` is what `slotswitch run` starts and what the tests start in-process. `run()` adds
-the process concerns: uvloop, signals (SIGHUP reloads, SIGTERM/SIGINT drain and exit 0).
+the process concerns: uvloop, signals (SIGHUP reloads, SIGUSR1 reopens the access log file, SIGTERM/SIGINT
+drain and exit 0).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Slotswitch:
         self.state_store = self._open_state(state_path)
         first = self._first_snapshot(reset_state)
         self.store = Store(first)
-        self.server = ProxyServer(self.store, loop, config_path=self.config_path)
+        self.server = ProxyServer(self.store, loop, config_path=self.config_path, serves=workers <= 1)
         try:  # the listener's certificates and the upstreams' TLS files: every problem at once
             self._check_tls(settings)
         except TLSError as exc:
@@ -343,6 +344,12 @@ class Slotswitch:
         log.info("config reloaded from %s (generation %d)", self.config_path, snap.generation)
         return True
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): every process reopens its access log file."""
+        self.server.reopen_logs()
+        if self.workers is not None:
+            self.workers.reopen_logs()
+
     async def stop(self, timeout: float | None = None) -> int:
         """Graceful stop: stop accepting, finish in-flight requests within the drain timeout."""
         timeout = self.settings.drain_timeout if timeout is None else timeout
@@ -391,7 +398,9 @@ async def serve(settings: Settings, config_path: str | Path | None, *, reset_sta
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reload_asked = asyncio.Event()
+    reopen_asked = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_asked.set)  # its default action would end the process
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     soft, hard = raise_nofile()
@@ -407,6 +416,9 @@ async def serve(settings: Settings, config_path: str | Path | None, *, reset_sta
         log.error("cannot start: %s", exc)
         return 1
     loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGUSR1, app.reopen_logs)
+    if reopen_asked.is_set():
+        app.reopen_logs()
     if reload_asked.is_set():
         app.reload()
     await stop.wait()

@@ -9,8 +9,9 @@ errors, in-flight, drains) for the master to add up for /metrics and the judge.
 
 Messages from the master: init {settings, state, health, port, redirect_port, internal_secret,
 config_path, ticket_keys}, state {state}, settings {settings, state}, health {health}, tls {settings}
-(SIGHUP: read the certificates again), tickets {keys} (rotated session ticket keys), stop {timeout}.
-To the master: ready {pid, port}, ack {generation}, report {slots}, bye {cut}.
+(SIGHUP: read the certificates again), tickets {keys} (rotated session ticket keys), reopen (SIGUSR1 at
+the master: the access log file opens again), stop {timeout}. To the master: ready {pid, port}, ack
+{generation}, report {slots, access_dropped}, bye {cut}.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Worker:
         self.store: Store | None = None
         self.server: ProxyServer | None = None
         self.drainer = Drainer()
+        self.access_dropped = 0  # access log lines dropped, as last reported
 
     def send(self, message: dict[str, Any]) -> None:
         self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
@@ -125,7 +127,9 @@ class Worker:
                 "in_flight": rt.in_flight,
                 "drain": rt.drain,
             }
-        self.send({"type": "report", "slots": slots})
+        dropped = self.server.access_log_dropped() if self.server is not None else 0
+        self.send({"type": "report", "slots": slots, "access_dropped": dropped - self.access_dropped})
+        self.access_dropped = dropped
 
     async def reporter(self) -> None:
         while True:
@@ -149,6 +153,9 @@ class Worker:
                     self.set_ticket_keys(message["keys"])
                 elif kind == "tls":
                     self.reload_tls(parse_settings(message["settings"]))
+                elif kind == "reopen":
+                    if self.server is not None:
+                        self.server.reopen_logs()
                 elif kind == "health":
                     self.apply_health(message["health"])
                 elif kind == "stop":
@@ -196,7 +203,7 @@ def cli() -> None:
     # Stopping is the master's decision: systemd (KillMode=control-group), `tini -g` and Ctrl-C signal
     # the whole process group, and a worker that died on SIGTERM would drop its in-flight requests.
     # The master sends "stop" (drain) on SIGTERM/SIGINT; if the master dies, the socket's EOF stops us.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):  # USR1: reopen, from the master
         signal.signal(sig, signal.SIG_IGN)
     raise SystemExit(uvloop.run(main(args.fd)))
 

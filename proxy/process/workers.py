@@ -174,6 +174,10 @@ class WorkerSet:
         for worker in self.workers:
             self._send(worker, {"type": "tickets", "keys": keys.hex()})
 
+    def reopen_logs(self) -> None:
+        for worker in self.workers:
+            self._send(worker, {"type": "reopen"})
+
     def health_vector(self) -> dict[str, dict[str, bool]]:
         snap = self.app.store.current
         return {name: {p.url: p.healthy for p in route.pools} for name, route in snap.routes.items()}
@@ -213,6 +217,7 @@ class WorkerSet:
             kind = message["type"]
             if kind == "report":
                 self._merge(worker, message["slots"])
+                self.app.server.access_dropped += int(message.get("access_dropped", 0))
             elif kind == "ack":
                 worker.acked = max(worker.acked, int(message["generation"]))
             elif kind == "closed":

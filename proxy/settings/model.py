@@ -148,15 +148,21 @@ class StateConfig(ConfigModel):
 
 class Sticky(ConfigModel):
     """How a client keeps its slot during a ramp: a hash of this key. A request without the key
-    is placed on its own."""
+    is placed on its own; with `set_cookie` (by cookie), the proxy then gives it the cookie, so its
+    next requests keep the place it got."""
 
     by: Literal["ip", "cookie", "header", "none"] = "ip"
     name: str = ""
+    set_cookie: bool = False
 
     @model_validator(mode="after")
     def _named(self) -> Sticky:
         if self.by in ("cookie", "header") and not self.name:
             raise ValueError(f"sticky.by {self.by} needs a name")
+        if self.set_cookie and self.by != "cookie":
+            raise ValueError("sticky.set_cookie needs sticky.by cookie")
+        if self.by in ("cookie", "header") and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", self.name):
+            raise ValueError(f"sticky.name: not a valid {self.by} name: {self.name!r}")
         return self
 
 
@@ -167,6 +173,30 @@ class Preview(ConfigModel):
     cookie: str = "slotswitch_preview"
     secret_env: str = "SLOTSWITCH_PREVIEW_SECRET"
     secret_file: str | None = None
+
+
+def _access_log_shorthand(value: object) -> object:
+    # `access_log: true` / `false`, the form from before the section existed, still reads.
+    if isinstance(value, str):
+        raise ValueError("expected true or false (not a string like 'yes'), or a mapping")
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+class AccessLogConfig(ConfigModel):
+    """One line per request, nginx's access log: written in batches off the request path (every second or
+    64 KiB, and at shutdown); SIGUSR1 reopens the file (logrotate's postrotate)."""
+
+    enabled: Bool = False
+    path: str = Field(default="-", min_length=1)
+    format: Literal["json", "combined"] = "json"
+    sample: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\0" in value or value != value.strip():
+            raise ValueError("not a usable file name")
+        return value
 
 
 class Metrics(ConfigModel):
@@ -204,7 +234,7 @@ class Settings(ConfigModel):
     metrics: Metrics = Metrics()
     promql: PromQL = PromQL()
     alerts: Alerts = Alerts()
-    access_log: Bool = False  # one JSON line per request on stdout, buffered; off: nothing logged per request
+    access_log: Annotated[AccessLogConfig, BeforeValidator(_access_log_shorthand)] = AccessLogConfig()
     log_level: str = "info"
 
     _v_listen = field_validator("listen")(check_listen)
