@@ -290,6 +290,9 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None or ex.client.transport is None:
             return
         transport = ex.client.transport
+        capture = ex.capture
+        if capture is not None:
+            capture.add(body, ex.client.server.tap.max_body)
         held = self.held
         if self.mode == MODE_CHUNK:
             self.held = b""
@@ -338,6 +341,9 @@ class UpstreamConnection(asyncio.Protocol):
         """The final response's head is complete: its head for the client (`body` joined after it), and
         the slot's counts."""
         head, self.mode = response_head(self, ex, code, body)
+        capture = ex.capture
+        if capture is not None:  # shadow traffic: a copy of the answer (proxy.datapath.shadow)
+            capture.response(code, self.headers)
         ex.response_started = True
         ex.status = code
         pool = self.pool

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from proxy.settings.rollout import Alerts, Analysis, Gates, Health, PromQL
+from proxy.settings.shadow import Shadow
 from proxy.settings.tls import ListenerTLS, RedirectHTTP, UpstreamTLS
 from proxy.settings.types import (
     SLOT_NAME,
@@ -209,6 +210,7 @@ class Settings(ConfigModel):
     metrics: Metrics = Metrics()
     promql: PromQL = PromQL()
     alerts: Alerts = Alerts()
+    shadow: Shadow = Shadow()
     access_log: bool = False  # one JSON line per request on stdout, buffered; off: nothing logged per request
     log_level: str = "info"
 
