@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from admin.api import AUDIT, SERVICES, ApiError, actor
+from admin.api import AUDIT, SERVICES, ApiError, actor, json_body, text
 from proxy.release.audit import event
 from proxy.release.shadow_results import ShadowResults
 
@@ -116,8 +116,12 @@ def paths(error: Any) -> dict[str, Any]:
             },
             "delete": {
                 "operationId": "shadow_reset",
-                "summary": "Start the shadow comparison afresh (operator; audited).",
-                "responses": {"200": ok, **{str(s): error(s) for s in (401, 403)}},
+                "summary": "Start the shadow comparison afresh (operator; audited with the reason given).",
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReasonRequest"}}},
+                },
+                "responses": {"200": ok, **{str(s): error(s) for s in (400, 401, 403, 413)}},
             },
         }
     }
@@ -145,12 +149,14 @@ async def get_shadow(request: web.Request) -> web.Response:
 
 
 async def delete_shadow(request: web.Request) -> web.Response:
+    body = await json_body(request, ("reason",))
+    reason = text(body, "reason")
     results = _results(request)
     before = results.view()["totals"]
     results.reset()
     store = request.app[SERVICES].controller.store
     entry = event(store.current, time.time(), "shadow_reset", {"slot": results.slot, "before": before})
-    entry.update(actor=actor(request), trigger="api")
+    entry.update(actor=actor(request), trigger="api", reason=reason)
     request.app[AUDIT].append(entry)
     return web.json_response(results.view())
 
