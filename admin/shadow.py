@@ -63,7 +63,8 @@ SCHEMAS: dict[str, Any] = {
         request=_obj(["method", "target", "headers"], method=_S, target=_S, headers=_PAIR),
         active=_SIDE,
         shadow=_SIDE,
-        differences={"type": "array", "items": _S},
+        differences={"type": "array", "items": _S, "description": "Where the answers differ (concrete JSON paths)."},
+        noise={"type": "array", "items": _S, "description": "Where they differ in places learned as noise."},
     ),
     "Shadow": _obj(
         ["slot", "active", "upstreams", "percent", "since", "totals", "endpoints"],

@@ -311,3 +311,32 @@ async def test_off_by_default(start: Any, apps: tuple[App, App]) -> None:
         await fetch(app.proxy_port, f"/api/users/{n}")
     assert app.server.shadow_bp == 0 and green.plain == green.shadowed == 0
     assert app.shadow.view()["endpoints"] == []
+
+
+async def test_slotswitch_diff_shows_the_table_and_samples_side_by_side(start: Any) -> None:
+    from tests.test_cli import cli, parsed
+
+    app, watch = await start(shadow={"percent": 100, "noise_samples": 2})
+    for n in range(4):
+        await fetch(app.proxy_port, f"/api/orders/{n}")
+        await fetch(app.proxy_port, f"/api/users/{n}")
+    await watch.wait(8)
+    result = await cli(app, "diff")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("comparing idle slot green with active slot blue")
+    orders = next(line for line in lines if line.startswith("GET /api/orders/{id}"))
+    assert (
+        orders.split()[2:8] == ["4", "0", "4", "0", "0", "100.0%"]
+        and "$.total (4)" in orders
+        and "$.generated_at" in orders
+    )
+    assert parsed(await cli(app, "diff", "--json"))["totals"]["differ"] == 4
+    result = await cli(app, "diff", "--endpoint", "GET /api/orders/{id}")
+    assert result.exit_code == 0, result.stderr
+    assert "differences: $.total" in result.stdout
+    side = next(line for line in result.stdout.splitlines() if line.startswith("slot blue: 200"))
+    assert side.split("|")[1].strip() == "slot green: 200"
+    assert any('"total": 10' in line and '"total": 11' in line for line in result.stdout.splitlines())
+    result = await cli(app, "diff", "--endpoint", "GET /nope")
+    assert result.exit_code != 0 and "unknown_endpoint" in result.stderr

@@ -19,7 +19,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from proxy.release.diff import covered
+from proxy.release.diff import covered, generalize
 
 if TYPE_CHECKING:
     from proxy.release.shadow import Outcome
@@ -178,8 +178,16 @@ class ShadowResults:
         }
 
     def samples(self, endpoint: str) -> list[dict[str, Any]] | None:
+        """An endpoint's samples, their places split into differences and (as now known) noise."""
         ep = self.endpoints.get(endpoint)
-        return None if ep is None else list(ep.samples)
+        if ep is None:
+            return None
+        out = []
+        for sample in ep.samples:
+            places = sample.get("differences", [])
+            noise = [p for p in places if p != "status" and covered(generalize(p), ep.noise)]
+            out.append({**sample, "differences": [p for p in places if p not in noise], "noise": noise})
+        return out
 
     def gate(self, slot: str) -> list[str]:
         """gates.shadow: refuse `slot` while an endpoint judged differs too often, or none can be judged."""
