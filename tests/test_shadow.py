@@ -340,3 +340,14 @@ async def test_slotswitch_diff_shows_the_table_and_samples_side_by_side(start: A
     assert any('"total": 10' in line and '"total": 11' in line for line in result.stdout.splitlines())
     result = await cli(app, "diff", "--endpoint", "GET /nope")
     assert result.exit_code != 0 and "unknown_endpoint" in result.stderr
+
+
+async def test_memory_stays_bounded_past_max_endpoints(start: Any) -> None:
+    app, watch = await start(shadow={"percent": 100, "max_endpoints": 2, "samples": 1})
+    for path in ("/api/users/1", "/api/orders/1", "/a", "/b", "/c", "/api/orders/2"):
+        await fetch(app.proxy_port, path)
+    await watch.wait(6)
+    view = app.shadow.view()
+    rows = {(e["method"], e["path"]): e["mirrored"] for e in view["endpoints"]}
+    assert rows == {("GET", "/api/users/{id}"): 1, ("GET", "/api/orders/{id}"): 2, ("*", "(other endpoints)"): 3}
+    assert len(app.shadow.samples("GET /api/orders/{id}") or []) == 1
