@@ -351,3 +351,12 @@ async def test_memory_stays_bounded_past_max_endpoints(start: Any) -> None:
     rows = {(e["method"], e["path"]): e["mirrored"] for e in view["endpoints"]}
     assert rows == {("GET", "/api/users/{id}"): 1, ("GET", "/api/orders/{id}"): 2, ("*", "(other endpoints)"): 3}
     assert len(app.shadow.samples("GET /api/orders/{id}") or []) == 1
+
+
+async def test_a_client_cannot_send_the_shadow_mark(start: Any, apps: tuple[App, App]) -> None:
+    blue, _ = apps
+    app, _ = await start()
+    for spelling in ("X-Slotswitch-Shadow", "x-slotswitch-shadow"):
+        status, _, _ = await fetch(app.proxy_port, "/api/users/1", headers={spelling: "1", "Accept": "*/*"})
+        assert status == 200
+    assert blue.shadowed == 0 and blue.plain == 2
