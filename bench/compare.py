@@ -32,7 +32,26 @@ PROXY_CPU, LOAD_CPU = "0", "1"
 PATHS = ("/small", "/16k", "/post4k")
 # Paths measured with a wrk script: /post4k sends a 4 KiB body (both proxies buffer it before going upstream).
 SCRIPTS = {"/post4k": BENCH_DIR / "post4k.lua"}
-TARGETS = ("direct", "nginx", "slotswitch", "slotswitch-llhttp", "slotswitch-source")
+TARGETS = (
+    "direct",
+    "nginx",
+    "slotswitch",
+    "slotswitch-llhttp",
+    "slotswitch-source",
+    *(f"slotswitch-shadow{p}" for p in (10, 100)),
+)
+TARGETS += ("slotswitch-shadow100-slowidle",)  # --shadow: the idle slot answers after 300 ms
+SLOW_IDLE = """
+import asyncio, sys
+from aiohttp import web
+async def slow(request):
+    await request.read()
+    await asyncio.sleep(0.3)
+    return web.Response(body=b"x" * 64)
+app = web.Application()
+app.router.add_route("*", "/{tail:.*}", slow)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LATENCY_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 SOAK_WARMUP_REQUESTS = 50_000
@@ -216,10 +235,12 @@ def start_slotswitch(
     prefix: tuple[str, ...] = (),
     source: bool = False,
     scan_heads: bool = True,
+    extra: str = "",
 ) -> tuple[int, int]:
     """Returns (port, pid). `cpu` None: not pinned; `prefix` goes before the command (e.g. prlimit);
     `source`: the data path from its Python source, not the compiled build (SLOTSWITCH_PURE_PYTHON=1);
-    `scan_heads` False: every head through llhttp, none through the whole-head fast path (SLOTSWITCH_SCAN_HEADS=0)."""
+    `scan_heads` False: every head through llhttp, none through the whole-head fast path (SLOTSWITCH_SCAN_HEADS=0);
+    `extra`: more YAML at the top level of its config (e.g. a `shadow:` section)."""
     if not exe.exists():
         raise BenchError(f"{exe} does not exist (install the project: .venv/bin/pip install -e .)")
     port, admin = pick_port(19020, ports), pick_port(19021, ports)
@@ -230,7 +251,7 @@ def start_slotswitch(
         f'  blue:  {{upstreams: ["http://127.0.0.1:{up["blue"]}"]}}\n'
         f'  green: {{upstreams: ["http://127.0.0.1:{up["green"]}"]}}\n'
         f"active: blue\nworkers: {workers}\n"
-        f"admin: {{listen: 127.0.0.1:{admin}, insecure_loopback: true}}\n"
+        f"admin: {{listen: 127.0.0.1:{admin}, insecure_loopback: true}}\n" + extra
     )
     log = tmp / f"{name}.log"
     pin = ["taskset", "-c", cpu] if cpu is not None else []
@@ -360,9 +381,37 @@ def start_targets(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str
             targets["slotswitch-source"] = start_slotswitch(
                 procs, tmp, up, ports, Path(args.slotswitch), name="slotswitch-source", source=True
             )
+        if getattr(args, "shadow", False):
+            targets.update(start_shadow_targets(procs, tmp, up, ports, Path(args.slotswitch)))
     except BenchError as exc:
         print(f"*** slotswitch NOT benchmarked: {exc}\n*** continuing with direct and nginx only.\n", flush=True)
     return targets
+
+
+def start_shadow_targets(
+    procs: Procs, tmp: Path, up: dict[str, int], ports: set[int], exe: Path
+) -> dict[str, tuple[int, int | None]]:
+    """--shadow: slotswitch with shadow.percent 10 and 100 (the idle slot is the green nginx upstream, on
+    the load cpu), and with 100 against an idle slot that answers after 300 ms (an aiohttp app, not pinned):
+    the client's p99 must stay that of slotswitch without shadowing."""
+    out: dict[str, tuple[int, int | None]] = {}
+    for percent in (10, 100):
+        out[f"slotswitch-shadow{percent}"] = start_slotswitch(
+            procs, tmp, up, ports, exe, name=f"slotswitch-shadow{percent}", extra=f"shadow: {{percent: {percent}}}\n"
+        )
+    slow_port = pick_port(19030, ports)
+    slow = procs.start([sys.executable, "-c", SLOW_IDLE, str(slow_port)], tmp / "slow-idle.log")
+    wait_ready(slow, slow_port, tmp / "slow-idle.log")
+    out["slotswitch-shadow100-slowidle"] = start_slotswitch(
+        procs,
+        tmp,
+        {**up, "green": slow_port},
+        ports,
+        exe,
+        name="slotswitch-shadow100-slowidle",
+        extra="shadow: {percent: 100}\n",
+    )
+    return out
 
 
 def run_round(rnd: int, targets: dict[str, tuple[int, int | None]], args: argparse.Namespace) -> list[Sample]:
@@ -654,6 +703,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--llhttp",
         action="store_true",
         help="also measure slotswitch with every head through llhttp (SLOTSWITCH_SCAN_HEADS=0)",
+    )
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="also measure slotswitch with shadow.percent 10 and 100, and 100 with a 300 ms idle slot",
     )
     p.add_argument("--soak", type=int, metavar="N", help="soak mode: drive N requests to /small, sample RSS")
     p.add_argument("--soak-target", choices=("slotswitch", "nginx"), default="slotswitch", help="soak this proxy")
