@@ -136,7 +136,7 @@ class Watch:
 async def start(apps: tuple[App, App]) -> AsyncIterator[Any]:
     running: list[Slotswitch] = []
 
-    async def go(**overrides: Any) -> tuple[Slotswitch, Watch]:
+    async def go(workers: int = 1, **overrides: Any) -> tuple[Slotswitch, Watch | None]:
         blue, green = apps
         data: dict[str, Any] = {
             "listen": "127.0.0.1:0",
@@ -147,10 +147,10 @@ async def start(apps: tuple[App, App]) -> AsyncIterator[Any]:
             "health": {"interval": "1h"},
         }
         data.update(overrides)
-        app = Slotswitch(parse_settings(data))
+        app = Slotswitch(parse_settings(data), workers=workers)
         await app.start()
         running.append(app)
-        return app, Watch(app)
+        return app, Watch(app) if workers == 1 else None
 
     yield go
     for app in running:
@@ -360,3 +360,21 @@ async def test_a_client_cannot_send_the_shadow_mark(start: Any, apps: tuple[App,
         status, _, _ = await fetch(app.proxy_port, "/api/users/1", headers={spelling: "1", "Accept": "*/*"})
         assert status == 200
     assert blue.shadowed == 0 and blue.plain == 2
+
+
+async def test_worker_processes_mirror_and_the_master_holds_the_results(start: Any, apps: tuple[App, App]) -> None:
+    _, green = apps
+    app, _ = await start(workers=2, shadow={"percent": 100, "noise_samples": 2})
+    assert app.workers is not None and app.mirror is None
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        for n in range(10):  # a connection each: the kernel spreads them over both workers
+            async with s.get(f"http://127.0.0.1:{app.proxy_port}/api/orders/{n}") as r:
+                assert r.status == 200 and (await r.json())["total"] == 10
+    async with asyncio.timeout(10):
+        while app.shadow.view()["totals"]["mirrored"] < 10:
+            await app.workers.activity()  # a report from a worker
+    orders = row(app.shadow.view(), "/api/orders/{id}")
+    assert (orders["differ"], orders["same"]) == (10, 0)
+    assert orders["top_differences"] == [{"where": "$.total", "count": 10}]
+    assert "$.generated_at" in orders["noise"]
+    assert green.shadowed == 10
