@@ -48,6 +48,7 @@ COMPILED = (
     "proxy.routing.state",
     "proxy.datapath.server",
     "proxy.datapath.accesslog",
+    "proxy.datapath.shadow",
 )
 COMPILED_DIRS = ("datapath", "routing")
 STAMP = "_native_stamp.json"

@@ -88,9 +88,13 @@ def request_headers(head: bytes) -> list[tuple[str, str]]:
 
 
 def response_headers(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
+    """(lower-case name, value) from the header lines the data path kept: an item may hold a run of
+    several lines (proxy.datapath.scan forwards runs of ordinary lines as one slice)."""
     out = []
-    for line in lines:
-        name, _, value = line.partition(b":")
+    for line in b"".join(lines).split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
         out.append((name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")))
     return tuple(out)
 
