@@ -30,6 +30,7 @@ from proxy.release.audit import AuditLog, refused
 from proxy.release.control import Conflict, Controller, Invalid, Refused, StoreUnavailable, UnknownSlot
 from proxy.release.gates import Gates
 from proxy.release.health import HealthChecker
+from proxy.release.shadow_results import ShadowResults
 from proxy.settings.types import parse_duration
 
 log = logging.getLogger("slotswitch.admin")
@@ -65,6 +66,7 @@ class Services:
     synced: Callable[[int], Awaitable[float]] | None = None  # waits until all workers route by a generation
     gates: Gates | None = None  # smoke, warm-up and migration gates (proxy/release/gates.py)
     fleet: Fleet | None = None  # fleet mode (state.backend: redis): changes go through the shared store
+    shadow: ShadowResults | None = None  # shadow traffic's comparison (GET/DELETE /v1/shadow)
 
     async def mutate(self, fn: Callable[[], T]) -> T:
         """Apply a controller verb: at once on a single node; in fleet mode through the shared

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from admin.api import Handler, as_api_error
 from proxy import native
 from proxy.release.control import Controller
+from proxy.release.shadow_results import ShadowResults
 
 TRIGGERS = ("api", "rollback", "judge", "alert", "reload", "ramp")
 ROLLBACK_REASONS = ("api", "judge_error_rate", "judge_latency", "judge_baseline", "promql", "alert")
@@ -58,8 +59,10 @@ class SlotswitchCollector(Collector):
         controller: Controller,
         extra: dict[str, float] | None = None,
         store_up: Callable[[], bool] | None = None,
+        shadow: ShadowResults | None = None,
     ) -> None:
         self.controller = controller
+        self.shadow = shadow
         self.extra = extra if extra is not None else {}
         self.store_up = store_up  # fleet mode: whether this replica reaches the shared store; None = local file
 
@@ -86,6 +89,16 @@ class SlotswitchCollector(Collector):
                 healthy.add_metric([name, pool.url], 1.0 if pool.usable else 0.0)
         yield healthy
         yield from self._control(snap.generation)
+        if self.shadow is not None:
+            shadow = CounterMetricFamily(
+                "slotswitch_shadow_requests",
+                "Requests mirrored to the idle slot, by how its answer compared with the active slot's "
+                "(dropped: not mirrored, shadow.max_in_flight reached; skipped: a body over shadow.max_body).",
+                labels=["result"],
+            )
+            for result, n in self.shadow.counts().items():
+                shadow.add_metric([result], float(n))
+            yield shadow
 
     def _traffic(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -168,9 +181,11 @@ class SlotswitchCollector(Collector):
         yield info
 
 
-def make_registry(controller: Controller, store_up: Callable[[], bool] | None = None) -> CollectorRegistry:
+def make_registry(
+    controller: Controller, store_up: Callable[[], bool] | None = None, shadow: ShadowResults | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SlotswitchCollector(controller, store_up=store_up))
+    registry.register(SlotswitchCollector(controller, store_up=store_up, shadow=shadow))
     return registry
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from admin import shadow
 from admin.api import DURATION, IF_MATCH, MAX_SECONDS, MAX_TEXT, MAX_UPSTREAMS, POSITIVE_DURATION, UPSTREAM_URL
 from admin.codes import ERROR_CODES, JUDGE_STATES, PHASES
 from admin.codes import listing as _listing
@@ -253,6 +254,7 @@ SCHEMAS: Json = {
         **{"from": _nullable(_ref("Routing")), "to": _nullable(_ref("Routing"))},
     ),
     "History": _obj(["entries"], entries={"type": "array", "items": _ref("HistoryEntry")}),
+    **shadow.SCHEMAS,
 }
 
 _ERRORS = {
@@ -422,6 +424,7 @@ PATHS: Json = {
             ("/ui/favicon.svg", "console_icon", "The console's icon.", "image/svg+xml"),
         )
     },
+    **shadow.paths(_error),
     "/v1/alerts": {
         "post": {
             "operationId": "alerts",

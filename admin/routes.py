@@ -31,6 +31,7 @@ from admin.api import (
 from admin.console import add_console_routes
 from admin.metrics import exposition
 from admin.openapi import body_fields, document_for
+from admin.shadow import add_shadow_routes
 from admin.views import change_json, status_json
 from proxy.release.audit import KEEP
 from proxy.release.control import Controller, Result
@@ -199,5 +200,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/resume", post_resume, name="resume")
     app.router.add_post("/v1/promote", post_promote, name="promote")
     app.router.add_put("/v1/slots/{slot}", put_slot, name="deploy")
+    add_shadow_routes(app)  # GET and DELETE /v1/shadow (admin/shadow.py)
     add_alert_routes(app)  # POST /v1/alerts, the Alertmanager webhook (admin/alerts.py)
     add_console_routes(app)  # GET /ui, /v1/whoami, /v1/events: the web console (admin/console/)

@@ -42,7 +42,20 @@ TARGETS = (
     "slotswitch-combined",
     "slotswitch-json",
     "slotswitch-ramp-cookie",
+    *(f"slotswitch-shadow{p}" for p in (10, 100)),
 )
+TARGETS += ("slotswitch-shadow100-slowidle",)  # --shadow: the idle slot answers after 300 ms
+SLOW_IDLE = """
+import asyncio, sys
+from aiohttp import web
+async def slow(request):
+    await request.read()
+    await asyncio.sleep(0.3)
+    return web.Response(body=b"x" * 64)
+app = web.Application()
+app.router.add_route("*", "/{tail:.*}", slow)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
 # --logging: these targets log every request to a file, and are compared with nginx-log (nginx's
 # `access_log FILE combined buffer=64k flush=1s`), not with nginx without its log.
 LOGGING = ("slotswitch-combined", "slotswitch-json", "slotswitch-ramp-cookie")
@@ -238,7 +251,8 @@ def start_slotswitch(
     """Returns (port, pid). `cpu` None: not pinned; `prefix` goes before the command (e.g. prlimit);
     `source`: the data path from its Python source, not the compiled build (SLOTSWITCH_PURE_PYTHON=1);
     `scan_heads` False: every head through llhttp, none through the whole-head fast path (SLOTSWITCH_SCAN_HEADS=0);
-    `extra`: YAML lines added to the config; `ramp`: a 50 % ramp to green is started (forced, an hour per step)."""
+    `extra`: YAML lines added to the config (e.g. a `shadow:` section); `ramp`: a 50 % ramp to green is started
+    (forced, an hour per step)."""
     if not exe.exists():
         raise BenchError(f"{exe} does not exist (install the project: .venv/bin/pip install -e .)")
     port, admin = pick_port(19020, ports), pick_port(19021, ports)
@@ -396,6 +410,8 @@ def start_targets(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str
             )
         if getattr(args, "logging", False):
             start_logging_targets(procs, tmp, args, up, ports, targets)
+        if getattr(args, "shadow", False):
+            targets.update(start_shadow_targets(procs, tmp, up, ports, Path(args.slotswitch)))
     except BenchError as exc:
         print(f"*** slotswitch NOT benchmarked: {exc}\n*** continuing with direct and nginx only.\n", flush=True)
     return targets
@@ -427,6 +443,32 @@ def start_logging_targets(
     targets["slotswitch-ramp-cookie"] = start_slotswitch(
         procs, tmp, up, ports, exe, name="slotswitch-ramp-cookie", extra=extra, ramp=True
     )
+
+
+def start_shadow_targets(
+    procs: Procs, tmp: Path, up: dict[str, int], ports: set[int], exe: Path
+) -> dict[str, tuple[int, int | None]]:
+    """--shadow: slotswitch with shadow.percent 10 and 100 (the idle slot is the green nginx upstream, on
+    the load cpu), and with 100 against an idle slot that answers after 300 ms (an aiohttp app, not pinned):
+    the client's p99 must stay that of slotswitch without shadowing."""
+    out: dict[str, tuple[int, int | None]] = {}
+    for percent in (10, 100):
+        out[f"slotswitch-shadow{percent}"] = start_slotswitch(
+            procs, tmp, up, ports, exe, name=f"slotswitch-shadow{percent}", extra=f"shadow: {{percent: {percent}}}\n"
+        )
+    slow_port = pick_port(19030, ports)
+    slow = procs.start([sys.executable, "-c", SLOW_IDLE, str(slow_port)], tmp / "slow-idle.log")
+    wait_ready(slow, slow_port, tmp / "slow-idle.log")
+    out["slotswitch-shadow100-slowidle"] = start_slotswitch(
+        procs,
+        tmp,
+        {**up, "green": slow_port},
+        ports,
+        exe,
+        name="slotswitch-shadow100-slowidle",
+        extra="shadow: {percent: 100}\n",
+    )
+    return out
 
 
 def run_round(rnd: int, targets: dict[str, tuple[int, int | None]], args: argparse.Namespace) -> list[Sample]:
@@ -724,6 +766,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also measure with access logs on both sides: nginx-log (combined, buffer=64k) against slotswitch "
         "combined and json to a file, and a 50%% ramp sticky by a cookie the proxy sets",
+    )
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="also measure slotswitch with shadow.percent 10 and 100, and 100 with a 300 ms idle slot",
     )
     p.add_argument("--soak", type=int, metavar="N", help="soak mode: drive N requests to /small, sample RSS")
     p.add_argument("--soak-target", choices=("slotswitch", "nginx"), default="slotswitch", help="soak this proxy")

@@ -50,6 +50,7 @@ COMPILED = (
     "proxy.datapath.accesslog",
     "proxy.datapath.ratelog",
     "proxy.datapath.logformat",
+    "proxy.datapath.shadow",
 )
 COMPILED_DIRS = ("datapath", "routing")
 STAMP = "_native_stamp.json"

@@ -71,6 +71,8 @@ def matrix(app: Slotswitch, ups: Upstreams) -> list[tuple[str, str, dict[str, An
         ("GET", "/openapi.json", None),
         ("GET", "/v1/whoami", None),
         ("GET", "/v1/events", None),
+        ("GET", "/v1/shadow", None),
+        ("DELETE", "/v1/shadow", {"reason": "new baseline"}),
         *(("GET", path, None) for path in CONSOLE_FILES),
         ("POST", "/v1/ramp", {"slot": "green", "steps": [50], "interval": "1h"}),
         ("POST", "/v1/pause", {"reason": "look at the graphs"}),

@@ -29,7 +29,7 @@ from tests.conftest import StartProxy, Upstreams
 TOKEN = "s3cret"
 HTTP_CHECKS = {"checks": {"blue": [{"path": "/health"}], "green": [{"path": "/health"}]}, "interval": "1h", "fall": 1}
 COMMANDS = ["status", "health", "history", "switch", "rollback", "abort", "ramp", "pause", "resume", "promote"]
-COMMANDS += ["set-upstreams"]
+COMMANDS += ["set-upstreams", "diff"]
 
 
 def admin_url(app: Slotswitch) -> str:

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from proxy.cli import diff as _diff  # noqa: F401  (registers `slotswitch diff`)
 from proxy.cli.client import register
 from proxy.settings.model import ConfigError, config_warnings, load_settings, parse_settings
 

@@ -32,6 +32,7 @@ from proxy.datapath.relay import drop_nominated
 if TYPE_CHECKING:
     from proxy.datapath.client import ClientConnection
     from proxy.datapath.pool import UpstreamPool
+    from proxy.datapath.shadow import Capture
     from proxy.datapath.upstream import UpstreamConnection
     from proxy.routing.state import Route
 
@@ -51,6 +52,7 @@ class Exchange:
         "body_len",
         "body_seen",
         "body_sent",
+        "capture",
         "chunked",
         "client",
         "conn",
@@ -137,6 +139,7 @@ class Exchange:
         self.body_seen = 0
         self.request_done = False
         self.held: UpstreamPool | None = None  # the pool picked while the body is read first (buffering)
+        self.capture: Capture | None = None  # a copy for shadow traffic (proxy.datapath.shadow), rarely set
         # Routing and response.
         self.route: Route | None = None
         self.conn: UpstreamConnection | None = None
@@ -290,6 +293,9 @@ class Exchange:
         if pool is None:
             self.fail("no_upstream")
             return
+        if server.shadow_bp and route is snap.primary and not self.ws:  # shadow.percent 0: this check only
+            body = self.content_length > 0 or self.chunked
+            self.capture = server.tap.select(self.method, self.target, body, server.buffering)
         if self.content_length > 0 or self.chunked:
             client.body_started()  # a bodyless request gets DL_UPSTREAM in client_done
             if server.buffering and not self.request_done:
@@ -361,6 +367,8 @@ class Exchange:
         if buf is None and not (self.request_done and self.chunked):
             conn.send(self.head)
             return
+        if self.capture is not None and buf:
+            self.client.server.tap.request_body(self.capture, buf, self.request_done)
         parts = [self.head]
         if buf:
             if self.chunked:
@@ -428,7 +436,7 @@ class Exchange:
             conn.release(reusable and self.request_done)
         keep = self.keep_alive and self.request_done and not self.ws
         now = self.client.clock()  # read once for both (a call into the event loop)
-        self._end(now)
+        self._end(now, True)
         self.client.exchange_done(self, keep, now)
 
     def upstream_failed(self, reason: str, pool: UpstreamPool) -> None:
@@ -504,10 +512,15 @@ class Exchange:
             conn.close()
         self._end()
 
-    def _end(self, now: float = -1.0) -> None:
+    def _end(self, now: float = -1.0, complete: bool = False) -> None:
+        """`complete`: the whole response went to the client (finish)."""
         if self.ended:
             return
         self.ended = True
+        capture = self.capture
+        if capture is not None:
+            self.capture = None
+            self.client.server.tap.end(capture, self.head, complete)
         route = self.route
         if route is not None:
             rt = route.runtime

@@ -339,6 +339,9 @@ def relay_scanned(conn: UpstreamConnection, ex: Exchange, data: bytes, at: int) 
     head = conn.start_response(ex, conn.code, data[at:] if small else b"")  # small: one write, one syscall
     conn.body_left -= size
     ex.body_sent = size
+    capture = ex.capture
+    if capture is not None and size:  # shadow traffic: a copy of the body (proxy.datapath.shadow)
+        capture.add(data[at:], ex.client.server.tap.max_body)
     transport = ex.client.transport
     if transport is not None:
         if not size or small:
@@ -353,6 +356,9 @@ def relay_rest(conn: UpstreamConnection, ex: Exchange, data: bytes) -> None:
     """More of a body whose head scan_response read: relayed until its length is reached."""
     left = conn.body_left
     transport = ex.client.transport
+    capture = ex.capture
+    if capture is not None:
+        capture.add(data if len(data) <= left else data[:left], ex.client.server.tap.max_body)
     if len(data) <= left:
         conn.body_left = left - len(data)
         ex.body_sent += len(data)

@@ -28,6 +28,7 @@ from proxy.datapath.accesslog import AccessLog
 from proxy.datapath.balance import set_cookie_lines
 from proxy.datapath.client import ClientConnection
 from proxy.datapath.scan import Shapes
+from proxy.datapath.shadow import Capture, ShadowTap
 from proxy.datapath.tls import ServerTLS, load_certs
 from proxy.datapath.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 from proxy.settings.model import Settings
@@ -103,6 +104,9 @@ class ProxyServer:
         self.acme_prefix = b""  # requests on the redirect listener under this prefix are forwarded
         self.https_port = b""  # b":8443" in the redirect's Location when the TLS port is not 443
         self.handshake_timeout = 60.0
+        # Shadow traffic: the share copied (basis points, 0 = off: the one check per request) and the tap.
+        self.tap = ShadowTap()
+        self.shadow_bp = 0
         self.apply(store.current.settings)
 
     def apply(self, settings: Settings) -> None:
@@ -163,6 +167,14 @@ class ProxyServer:
         self.resp_tail = (tls.hsts.header() if tls.enabled else b"") + wire.VIA
         self.acme_prefix = settings.redirect_http.acme_prefix.encode("latin-1")
         self.handshake_timeout = t.header_read or 60.0
+        self.tap.configure(settings.shadow)
+        self.shadow_bp = self.tap.bp
+
+    def shadow_to(self, sink: Callable[[Capture], None] | None) -> None:
+        """Install the control side's receiver of completed captures (None: shadowing stops)."""
+        self.tap.sink = sink
+        self.tap.configure(self.store.current.settings.shadow)
+        self.shadow_bp = self.tap.bp
 
     def load_tls(self, settings: Settings) -> None:
         """Load the listener's certificates: the first time, the context of the listener to come; later

@@ -293,6 +293,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         transport = ex.client.transport
         ex.body_sent += len(body)
+        capture = ex.capture
+        if capture is not None:
+            capture.add(body, ex.client.server.tap.max_body)
         held = self.held
         if self.mode == MODE_CHUNK:
             self.held = b""
@@ -343,6 +346,9 @@ class UpstreamConnection(asyncio.Protocol):
         """The final response's head is complete: its head for the client (`body` joined after it), and
         the slot's counts."""
         head, self.mode = response_head(self, ex, code, body)
+        capture = ex.capture
+        if capture is not None:  # shadow traffic: a copy of the answer (proxy.datapath.shadow)
+            capture.response(code, self.headers)
         ex.response_started = True
         ex.status = code
         pool = self.pool

@@ -63,6 +63,9 @@ REQUEST_SPECIAL.update(
         b"cookie": H_COOKIE,
         b"expect": H_EXPECT,
         b"forwarded": H_FORWARDED,
+        # Shadow traffic's mark (proxy.release.shadow) is the proxy's to set, on its own connections to the
+        # idle slot: a client's is dropped, so no client can make the active slot skip its side effects.
+        b"x-slotswitch-shadow": H_HOP,
     }
 )
 

@@ -40,6 +40,8 @@ from proxy.release.control import Controller
 from proxy.release.gates import Gates
 from proxy.release.health import HealthChecker
 from proxy.release.promql import PromQLPoller
+from proxy.release.shadow import Mirror, Outcome
+from proxy.release.shadow_results import ShadowResults
 from proxy.routing.state import Registry, Snapshot, Store
 from proxy.settings.model import ConfigError, Settings, load_settings
 from proxy.settings.paths import beside_config
@@ -102,14 +104,28 @@ class Slotswitch:
         self.analyzer.fleet = self.fleet
         self.promql = PromQLPoller(self.store, self.analyzer.candidate, self.analyzer.take_promql)
         self.workers = WorkerSet(self, workers) if workers > 1 else None
+        # Shadow traffic: the results live here; the mirror runs where the data path does (workers
+        # run their own and send their outcomes with their reports).
+        self.shadow = ShadowResults(self.store)
+        self.store.subscribe(self.shadow.on_publish)
+        self.controller.gates.append(self.shadow.gate)
+        self.mirror: Mirror | None = None
+        if self.workers is None:
+            self.mirror = Mirror(self.store, self.server.tap, self._shadow_outcome)
+            self.shadow.on_reset.append(self.mirror.forget_noise)
+            self.shadow.dropped_source = self.mirror.dropped
+            self.server.shadow_to(self.mirror.take)
         self.services = Services(
             self.controller,
             self.health,
             self.analyzer,
-            make_registry(self.controller, store_up=self._store_up if self.fleet is not None else None),
+            make_registry(
+                self.controller, store_up=self._store_up if self.fleet is not None else None, shadow=self.shadow
+            ),
             synced=self.workers.synced if self.workers is not None else None,
             gates=self.gates,
             fleet=self.fleet,
+            shadow=self.shadow,
         )
         self.audit = self._open_audit(audit_path)
         if reset_state:
@@ -126,6 +142,9 @@ class Slotswitch:
         self.metrics_port = 0  # admin.metrics_listen's bound port; 0 when it is not set
         self.stopped = asyncio.Event()
         self._ticket_task: asyncio.Task[None] | None = None
+
+    def _shadow_outcome(self, outcome: Outcome) -> None:
+        self.shadow.add(outcome)
 
     def _open_state(self, state_path: str | Path | None) -> StateStore | None:
         path = beside_config(self.settings.state.file, self.config_path, ".state.json")
@@ -368,6 +387,9 @@ class Slotswitch:
             await self.fleet.stop()
         await self.promql.stop()
         await self.health.stop()
+        if self.mirror is not None:
+            self.server.shadow_to(None)
+            await self.mirror.close()
         for pool in list(self.registry.pools.values()):
             pool.retire()
             pool.cut_off()

@@ -32,6 +32,7 @@ from proxy.datapath.tls import TLSError
 from proxy.process import libssl
 from proxy.process.runtime import configure_logging, reuseport_socket
 from proxy.release.drain import Drainer
+from proxy.release.shadow import Mirror, Outcome
 from proxy.routing.state import Registry, Snapshot, Store, build_snapshot, routing_fields
 from proxy.settings.model import Settings, parse_settings
 from proxy.settings.types import parse_listen
@@ -39,6 +40,7 @@ from proxy.settings.types import parse_listen
 log = logging.getLogger("slotswitch.worker")
 
 REPORT_INTERVAL = 0.05  # seconds between reports: the judge sees worker traffic within this
+MAX_OUTCOMES = 10_000  # shadow outcomes held for one report
 
 
 class Worker:
@@ -55,6 +57,8 @@ class Worker:
         self.server: ProxyServer | None = None
         self.drainer = Drainer()
         self.access_dropped = 0  # access log lines dropped, as last reported
+        self.mirror: Mirror | None = None
+        self.outcomes: list[dict[str, Any]] = []  # shadow outcomes for the next report (bounded)
 
     def send(self, message: dict[str, Any]) -> None:
         self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
@@ -77,6 +81,8 @@ class Worker:
         self.set_ticket_keys(message.get("ticket_keys", ""))
         # The master's secret: its smoke and warm-up requests may land on any worker.
         self.server.internal_secret = message["internal_secret"].encode()
+        self.mirror = Mirror(self.store, self.server.tap, self.shadow_outcome)
+        self.server.shadow_to(self.mirror.take)
         self.apply_health(message.get("health", {}))
         host, port = settings.listen_addr
         await self.server.listen(host, port, sock=reuseport_socket(host, message["port"]))
@@ -116,6 +122,10 @@ class Worker:
         for pool in self.registry.pools.values():
             pool.reload_tls()
 
+    def shadow_outcome(self, outcome: Outcome) -> None:
+        if len(self.outcomes) < MAX_OUTCOMES:  # the master reads every 50 ms: this bound is never reached in practice
+            self.outcomes.append(outcome.to_json())
+
     def report(self) -> None:
         assert self.store is not None
         slots = {}
@@ -128,8 +138,14 @@ class Worker:
                 "drain": rt.drain,
             }
         dropped = self.server.access_log_dropped() if self.server is not None else 0
-        self.send({"type": "report", "slots": slots, "access_dropped": dropped - self.access_dropped})
+        message: dict[str, Any] = {"type": "report", "slots": slots, "access_dropped": dropped - self.access_dropped}
         self.access_dropped = dropped
+        if self.mirror is not None:
+            mirror_dropped = self.mirror.dropped()
+            if self.outcomes or mirror_dropped:
+                message["shadow"] = {"outcomes": self.outcomes, "dropped": mirror_dropped}
+                self.outcomes = []
+        self.send(message)
 
     async def reporter(self) -> None:
         while True:
@@ -172,6 +188,9 @@ class Worker:
         self.send({"type": "closed"})
         cut = await self.server.shutdown(timeout) if self.server is not None else 0
         self.drainer.cancel_all()
+        if self.mirror is not None and self.server is not None:
+            self.server.shadow_to(None)
+            await self.mirror.close()
         for pool in list(self.registry.pools.values()):
             pool.retire()
             pool.cut_off()

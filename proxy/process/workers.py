@@ -24,6 +24,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from proxy.release.shadow import Outcome
 from proxy.routing.state import Snapshot, routing_dict
 from proxy.routing.stats import Report
 from proxy.settings.types import parse_listen
@@ -218,6 +219,8 @@ class WorkerSet:
             if kind == "report":
                 self._merge(worker, message["slots"])
                 self.app.server.access_dropped += int(message.get("access_dropped", 0))
+                if "shadow" in message:
+                    self._shadow(message["shadow"])
             elif kind == "ack":
                 worker.acked = max(worker.acked, int(message["generation"]))
             elif kind == "closed":
@@ -239,6 +242,13 @@ class WorkerSet:
         self.workers[worker.index] = replacement
         await replacement.ready
         self._merge(worker, {name: {"in_flight": 0} for name in worker.in_flight})
+
+    def _shadow(self, data: dict[str, Any]) -> None:
+        """A worker's shadow outcomes (proxy.release.shadow): into the master's results."""
+        results = self.app.shadow
+        results.count_dropped(int(data.get("dropped", 0)))
+        for item in data.get("outcomes", ()):
+            results.add(Outcome.from_json(item))
 
     def _merge(self, worker: WorkerProc, slots: dict[str, dict[str, Any]]) -> None:
         runtimes = self.app.registry.runtimes

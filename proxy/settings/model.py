@@ -31,6 +31,7 @@ from pydantic import (
 from proxy.settings.errors import ConfigError as ConfigError
 from proxy.settings.errors import cross_field, format_errors, merge, read_yaml
 from proxy.settings.rollout import Alerts, Analysis, Gates, Health, PromQL
+from proxy.settings.shadow import Shadow
 from proxy.settings.tls import ListenerTLS, RedirectHTTP, UpstreamTLS
 from proxy.settings.types import (
     SLOT_NAME,
@@ -234,6 +235,7 @@ class Settings(ConfigModel):
     metrics: Metrics = Metrics()
     promql: PromQL = PromQL()
     alerts: Alerts = Alerts()
+    shadow: Shadow = Shadow()
     access_log: Annotated[AccessLogConfig, BeforeValidator(_access_log_shorthand)] = AccessLogConfig()
     log_level: str = "info"
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from proxy.settings.shadow import ShadowGate
 from proxy.settings.types import Bool, ConfigModel, Duration, parse_duration
 
 
@@ -130,6 +131,7 @@ class Gates(ConfigModel):
     smoke: tuple[Check, ...] = ()
     warmup: Warmup = Warmup()
     migrations: Migrations = Migrations()
+    shadow: ShadowGate | None = None  # refuse a slot whose shadowed answers differ (off unless set)
 
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
