@@ -31,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -241,24 +242,13 @@ def _slow(arm: Arm, tau: float, hang_limit: float, *, up: bool) -> int:
     """Requests slower than tau: tau rounded up (candidate) or down (baseline) to the arm's bounds."""
     bounds = arm.bounds
     if up:
-        index = _first_at_least(bounds, tau)
+        index = bisect_left(bounds, tau)
         slow = sum(arm.lat[index + 1 :]) if index < len(bounds) else 0
         return slow + (arm.hung if hang_limit >= tau else 0)
-    index = _first_at_least(bounds, tau)
+    index = bisect_left(bounds, tau)
     if index == len(bounds) or bounds[index] > tau:
         index -= 1  # the largest bound <= tau; -1 means "everything is slower"
     return sum(arm.lat[index + 1 :]) + arm.hung
-
-
-def _first_at_least(bounds: tuple[float, ...], value: float) -> int:
-    lo, hi = 0, len(bounds)
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if bounds[mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def shift_threshold(tau: float, policy: JudgePolicy) -> float:

@@ -87,24 +87,18 @@ class Tick:
         self.lat = [0] * buckets
 
 
-class Window:
-    """A sum of ticks: request and error counts and a latency histogram over `bounds`."""
+class Window(Tick):
+    """A sum of ticks: the same counts, and the latency histogram's `bounds`."""
 
-    __slots__ = ("abandoned", "bounds", "client_errors", "endpoints", "errors", "lat", "started", "total")
+    __slots__ = ("bounds",)
 
     def __init__(self, bounds: tuple[float, ...] = FINE_BOUNDS, ticks: Iterable[Tick] = ()) -> None:
+        super().__init__(len(bounds) + 1)
         self.bounds = bounds
-        self.total = 0
-        self.errors = 0
-        self.client_errors = 0
-        self.abandoned = 0
-        self.started = 0
-        self.endpoints: dict[str, int] = {}
-        self.lat = [0] * (len(bounds) + 1)
         for tick in ticks:
             self.add(tick)
 
-    def add(self, tick: Tick | Window) -> None:
+    def add(self, tick: Tick) -> None:
         self.total += tick.total
         self.errors += tick.errors
         self.client_errors += tick.client_errors
