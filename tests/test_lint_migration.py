@@ -1,4 +1,4 @@
-"""Tests for proxy.release.lint_migration: the rules per dialect, statement/line numbers, comments, quoting,
+"""Tests for proxy.release.migrations.lint: the rules per dialect, statement/line numbers, comments, quoting,
 the --schema baseline, unparseable input, and the `lint-migration` click command (exit codes, --json)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from sqlglot import exp
 
-import proxy.release.lint_migration as lint_module
-from proxy.release.lint_migration import findings_for_file, lint, lint_migration_command
-from proxy.release.migration_rules import RULES, Finding, UnparseableSQL, compare_types
+import proxy.release.migrations.lint as lint_module
+from proxy.release.migrations.lint import findings_for_file, lint, lint_migration_command
+from proxy.release.migrations.rules import RULES, Finding, UnparseableSQL, compare_types
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DIALECTS = ("postgres", "mysql", "sqlite")

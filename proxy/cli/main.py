@@ -17,7 +17,7 @@ from proxy.settings.model import ConfigError, config_warnings, load_settings, pa
 class Group(click.Group):
     """The command group; `lint-migration` is imported only when used (sqlglot is slow to import)."""
 
-    LAZY = {"lint-migration": ("proxy.release.lint_migration", "lint_migration_command")}
+    LAZY = {"lint-migration": ("proxy.release.migrations.lint", "lint_migration_command")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])

@@ -7,7 +7,7 @@ reach the idle slot exactly as user requests later will). The controller's synch
 then read what `prepare` found:
 - smoke: every configured request must meet its expectations, else the switch is refused (409,
   listing the failures); results count only for the slot and only for a short while;
-- migrations: while a registered migration file has findings (proxy/release/lint_migration.py), a switch
+- migrations: while a registered migration file has findings (proxy/release/migrations/lint.py), a switch
   is refused. Findings are cached per file modification time.
 `force` skips the refusal; the controller records what was overridden in the audit trail.
 """
@@ -133,8 +133,8 @@ class Gates:
         cached = self._migrations.get(path)
         if cached is not None and cached[0] == mtime:
             return cached[1]
-        from proxy.release.lint_migration import findings_for_file
-        from proxy.release.migration_rules import UnparseableSQL
+        from proxy.release.migrations.lint import findings_for_file
+        from proxy.release.migrations.rules import UnparseableSQL
 
         try:
             found = findings_for_file(path, dialect)

@@ -2,8 +2,8 @@
 version, and the expand/contract alternative), its severity, the Finding record, and the column type
 comparison that tells a widening from a narrowing.
 
-proxy/release/lint_migration.py's docstring explains every rule to users; a test checks it lists each key of RULES.
-proxy/release/migration_linter.py walks the SQL and emits the findings.
+proxy/release/migrations/lint.py's docstring explains every rule to users; a test checks it lists each key of RULES.
+proxy/release/migrations/linter.py walks the SQL and emits the findings.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The statement walker of `slotswitch lint-migration`: tokenizes and parses the SQL with sqlglot, one
 statement at a time, tracks the tables and columns the file (and the optional --schema) define, and
-emits a Finding for each change the rules of proxy/release/migration_rules.py flag.
+emits a Finding for each change the rules of proxy/release/migrations/rules.py flag.
 
 sqlglot 30.x names (checked by introspection): ALTER is exp.Alter (formerly exp.AlterTable) with actions
 exp.ColumnDef (ADD COLUMN), exp.Drop, exp.RenameColumn, exp.AlterRename, exp.AlterColumn, exp.ModifyColumn
@@ -21,7 +21,7 @@ from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
-from proxy.release.migration_rules import RULES, WARNINGS, Finding, UnparseableSQL, compare_types
+from proxy.release.migrations.rules import RULES, WARNINGS, Finding, UnparseableSQL, compare_types
 
 _T = exp.DataType.Type
 _SERIAL = {_T.SMALLSERIAL, _T.SERIAL, _T.BIGSERIAL}

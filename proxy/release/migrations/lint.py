@@ -47,8 +47,8 @@ from pathlib import Path
 import click
 from sqlglot.dialects.dialect import Dialects
 
-from proxy.release.migration_linter import analyze
-from proxy.release.migration_rules import Finding, UnparseableSQL
+from proxy.release.migrations.linter import analyze
+from proxy.release.migrations.rules import Finding, UnparseableSQL
 
 DIALECTS = sorted(d.value for d in Dialects if d.value)
 
