@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from proxy.logtext import escape
-from proxy.process.runtime import Slotswitch, log_handler
+from proxy.process.host import log_handler
+from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy
 from tests.test_admin_api import admin, assert_error
 from tests.test_alerts import alert, payload, post

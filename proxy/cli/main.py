@@ -113,7 +113,7 @@ def demo(port: int, admin_port: int, blue_port: int, green_port: int, scenario: 
     """Start two sample apps (blue "v1", green "v2") and the proxy in front of them, on loopback."""
     import uvloop
 
-    from proxy.process.runtime import configure_logging
+    from proxy.process.host import configure_logging
 
     configure_logging("info")
     settings = parse_settings(

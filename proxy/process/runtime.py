@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import resource
 import signal
-import socket
 import time
 from functools import partial
 from pathlib import Path
-from typing import TextIO
 
 from aiohttp import web
 
@@ -29,8 +26,8 @@ from proxy.datapath.server import ProxyServer
 from proxy.datapath.tls import CertInfo, TLSError, check_client
 from proxy.fleet.persist import StateError, StateStore, initial_snapshot, open_store, persisting
 from proxy.fleet.sync import Fleet, FleetStartError
-from proxy.logtext import EscapingFormatter
 from proxy.process import libssl
+from proxy.process.host import configure_logging, raise_nofile, refused
 from proxy.process.workers import WorkerSet
 from proxy.release.analysis import Analyzer
 from proxy.release.audit import AuditLog, reset_entry
@@ -400,19 +397,6 @@ class Slotswitch:
         return cut
 
 
-def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
-    """A TCP socket bound with SO_REUSEPORT, so several processes can accept on one port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    if listen:
-        sock.listen(4096)
-    sock.setblocking(False)
-    return sock
-
-
 async def serve(settings: Settings, config_path: str | Path | None, *, reset_state: bool = False) -> int:
     # Signal handlers come first: a SIGHUP or SIGTERM during start-up (a supervisor reloading
     # early) must not kill the process with the default action. A reload asked for while
@@ -446,41 +430,6 @@ async def serve(settings: Settings, config_path: str | Path | None, *, reset_sta
     await stop.wait()
     await app.stop()
     return 0
-
-
-def refused(errors: list[str]) -> None:
-    """A config that cannot be used: every error on a line of its own (each escaped: proxy.logtext)."""
-    log.error("config reload refused, keeping the running config:" + "\n%s" * len(errors), *errors)
-
-
-def log_handler(stream: TextIO | None = None) -> logging.Handler:
-    """The handler every process logs through: to stderr, each line escaped (proxy.logtext), so that
-    nothing from outside can forge or split a line."""
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    return handler
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), handlers=[log_handler()])
-
-
-def raise_nofile() -> tuple[int, int]:
-    """Raise the soft open-file limit to the hard one, as nginx's worker_rlimit_nofile and Go's runtime do.
-
-    Every client and upstream connection is a file descriptor, and shells and services start with a
-    soft limit of 1024: 10k idle keep-alive clients need the hard limit. Worker processes inherit it.
-    Returns the (soft, hard) limit now in force.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
-        return soft, hard
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
-        return soft, hard
-    return hard, hard
 
 
 def run(settings: Settings, config_path: str | Path | None, *, reset_state: bool = False) -> int:

@@ -30,7 +30,7 @@ from proxy.datapath.pool import UpstreamPool
 from proxy.datapath.server import ProxyServer
 from proxy.datapath.tls import TLSError
 from proxy.process import libssl
-from proxy.process.runtime import configure_logging, reuseport_socket
+from proxy.process.host import configure_logging, reuseport_socket
 from proxy.release.drain import Drainer
 from proxy.release.shadow import Mirror, Outcome
 from proxy.routing.state import Registry, Snapshot, Store, build_snapshot, routing_fields

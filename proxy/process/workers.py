@@ -69,7 +69,7 @@ class WorkerSet:
     # -- start and stop ---------------------------------------------------------------------
 
     async def start(self) -> int:
-        from proxy.process.runtime import reuseport_socket
+        from proxy.process.host import reuseport_socket
 
         host, port = self.app.settings.listen_addr
         self._sock = reuseport_socket(host, port, listen=False)
