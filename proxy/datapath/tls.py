@@ -15,6 +15,12 @@ Invariants:
 - Session tickets are issued and read by `front` (OpenSSL keeps the session context of the
   connection's first SSL_CTX), so resumption survives a certificate swap. Their keys are shared
   with the other workers and rotated by proxy.process.libssl where libssl allows it.
+- The listener's SSL objects are `DirectSSLObject`s: uvloop's SSL layer calls their `read`, `write` and
+  `pending` on every TLS record, and those are the C methods of `_ssl` themselves, bound once per
+  connection, not ssl.SSLObject's Python wrappers (a Python frame per call, three to five per request).
+  They take the same arguments uvloop and asyncio pass (`read(n)`, `read(n, buffer)`), with the same results.
+- `front` has no SNI callback while the set holds one pair: the callback could only keep the
+  default, and each handshake would call into Python for nothing. `swap` sets it again for two or more.
 - Every context: TLS 1.2 and 1.3 only, Mozilla "intermediate" TLS 1.2 ciphers (ECDHE with AES-GCM
   and ChaCha20-Poly1305), no compression, the client's cipher preference, ALPN http/1.1.
 """
@@ -88,6 +94,22 @@ def _harden(ctx: ssl.SSLContext) -> None:
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.set_alpn_protocols(ALPN)
+
+
+def _create_direct(cls: type[ssl.SSLObject], *args: Any, **kwargs: Any) -> ssl.SSLObject:
+    self: ssl.SSLObject = _PLAIN_CREATE(cls, *args, **kwargs)
+    raw = self._sslobj  # type: ignore[attr-defined]
+    # Instance attributes shadow the class's Python methods: one C call per record, no frame.
+    self.__dict__.update(read=raw.read, write=raw.write, pending=raw.pending)
+    return self
+
+
+_PLAIN_CREATE: Any = ssl.SSLObject._create.__func__  # type: ignore[attr-defined]
+# An ssl.SSLObject whose per-record methods are `_ssl`'s own (see the module's invariants). Made with
+# type(): this module is compiled by mypyc, whose classes cannot subclass a Python class.
+DirectSSLObject: type[ssl.SSLObject] = type(
+    "DirectSSLObject", (ssl.SSLObject,), {"_create": classmethod(_create_direct), "__module__": __name__}
+)
 
 
 def server_context() -> ssl.SSLContext:
@@ -179,14 +201,16 @@ class ServerTLS:
     def __init__(self, certs: CertSet) -> None:
         self.front = server_context()
         self.certs = certs
+        self.front.sslobject_class = DirectSSLObject
         self._load_front(certs)
-        self.front.sni_callback = self._pick
         self.handshakes_sni = 0  # handshakes whose SNI chose a context other than the default
 
     def _load_front(self, certs: CertSet) -> None:
         cert, key = certs.paths[0]
         # Loaded again from the files just checked: an SSLContext has no API to copy a key in.
         self.front.load_cert_chain(cert, key)
+        # One pair: every name gets the default, so no handshake needs to call into Python for SNI.
+        self.front.sni_callback = self._pick if len(certs.contexts) > 1 else None
 
     def swap(self, certs: CertSet) -> None:
         """New handshakes get `certs`; open connections are not touched."""
