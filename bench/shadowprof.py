@@ -73,6 +73,27 @@ def upstream(body: str, ctype: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(proc.stdout.readline())
 
 
+async def settled(app: Slotswitch) -> None:
+    """Returns once no mirror is in flight (each outcome reported wakes it)."""
+    mirror = app.mirror
+    if mirror is None:
+        return
+    reported = asyncio.Event()
+    inner = mirror.report
+
+    def report(outcome: Any) -> None:
+        inner(outcome)
+        reported.set()
+
+    mirror.report = report
+    try:
+        while mirror.tap.in_flight:
+            reported.clear()
+            await asyncio.wait_for(reported.wait(), 30)
+    finally:
+        mirror.report = inner
+
+
 async def measure(percent: float, ports: tuple[int, int], args: argparse.Namespace) -> None:
     settings = parse_settings(
         {
@@ -98,15 +119,13 @@ async def measure(percent: float, ports: tuple[int, int], args: argparse.Namespa
                 prof.enable()
             proc = await asyncio.create_subprocess_exec(*load)
             await proc.wait()
-            while app.mirror is not None and app.mirror.tap.in_flight:  # the last mirrors finish
-                await asyncio.sleep(0.01)
+            await settled(app)
             if prof is not None:
                 prof.disable()
             cpu, wall = time.process_time() - t0, time.perf_counter() - w0
         totals = app.shadow.view()["totals"] if percent else {}
-        print(
-            f"percent {percent:5.1f}: {cpu / requests * 1e6:7.1f} µs CPU per request ({requests / wall:.0f} rps) {totals}"
-        )
+        rate = f"({requests / wall:.0f} rps)"
+        print(f"percent {percent:5.1f}: {cpu / requests * 1e6:7.1f} µs CPU per request {rate} {totals}")
         if prof is not None:
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
     finally:
