@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from proxy.datapath.wire import CHUNKED
@@ -61,9 +61,20 @@ class Outcome:
     noise: tuple[str, ...] = ()  # generalized places that differed between two answers of the active slot
     detail: str = ""  # the error or the reason for skipping
     sample: dict[str, Any] | None = field(default=None, compare=False)
+    count: int = 1  # this many answers alike (a worker sends its "same" outcomes counted, not one by one)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "endpoint": self.endpoint,
+            "result": self.result,
+            "slot": self.slot,
+            "upstreams": self.upstreams,
+            "places": self.places,
+            "noise": self.noise,
+            "detail": self.detail,
+            "sample": self.sample,
+            "count": self.count,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
@@ -76,6 +87,7 @@ class Outcome:
             noise=tuple(data.get("noise", ())),
             detail=str(data.get("detail", "")),
             sample=data.get("sample"),
+            count=max(1, int(data.get("count", 1))),
         )
 
 
