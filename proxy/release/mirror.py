@@ -215,13 +215,15 @@ class MirrorClient:
         self.timeout = timeout
         request.timer = loop.call_later(timeout, self._expired, request)
         idle = self.idle.get(pool.url)
-        if idle:
+        while idle:
             conn = idle.pop()
+            if conn.transport is None or conn.transport.is_closing():
+                continue  # closing: connection_lost has not run yet
             conn.reused = True
             self.busy.add(conn)
             conn.start(request)
-        else:
-            self._connect(pool.url, request)
+            return
+        self._connect(pool.url, request)
 
     def retry(self, key: str, request: _Request) -> None:
         self._connect(key, request)
@@ -247,8 +249,14 @@ class MirrorClient:
         except (OSError, ValueError) as exc:
             conn.fail(f"connect to {key} failed: {exc or type(exc).__name__}")
             return
-        if conn.request is not request or self.closed:  # timed out while connecting
+        except asyncio.CancelledError:
+            conn.fail("shutting down")
+            raise
+        if conn.request is not request:  # timed out while connecting
             conn.close()
+            return
+        if self.closed:
+            conn.fail("shutting down")
             return
         self.busy.add(conn)
         conn.start(request)

@@ -193,15 +193,12 @@ def _joined(parts: list[bytes]) -> bytes:
 
 
 def mirror_request(capture: Capture, shadow: bool) -> bytes:
-    """The request as forwarded to the active slot, framed for the mirror's own connection: a body the data
-    path re-chunked gets a Content-Length, and the shadow copy is marked with X-Slotswitch-Shadow."""
+    """The request exactly as forwarded to the active slot (its target and framing included), marked with
+    X-Slotswitch-Shadow for the idle slot. A captured body was read whole, and the data path forwards such a
+    body with a Content-Length; should a head still say chunked, the body gets a Content-Length instead."""
     head, body = capture.head, capture.body
     if CHUNKED in head:
         head = head.replace(CHUNKED, b"Content-Length: %d\r\n" % len(body), 1)
-    target = capture.target
-    if target[:1] != b"/" and b"://" in target:  # absolute-form: its path
-        path = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
-        head = capture.method + b" " + path + head[len(capture.method) + 1 + len(target) :]
     if shadow:
         head = head[:-2] + SHADOW_LINE
     return head + body if body else head
