@@ -36,8 +36,8 @@ _INDEX = re.compile(r"\[[0-9]+\]")
 Step = str | int  # a key, or a list index; "*" in a pattern matches any step
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+@dataclass(slots=True)
+class Answer:  # never changed once made (not frozen: made twice per mirror, and frozen costs)
     status: int
     headers: tuple[tuple[str, str], ...]  # (lower-case name, value), in order
     body: bytes

@@ -13,7 +13,8 @@ Invariants:
   byte of its answer arrived is sent once more on a new one (the upstream closed it while idle).
 - Framing: Content-Length, chunked, and a body that ends at the close; a response to HEAD has no body.
   A body over `limit` bytes ends the request with error TOO_LARGE and the connection is closed.
-- Every request ends by `timeout` (connect, send and answer together): then the connection is closed.
+- Every request ends by `timeout` (connect, send and answer together; checked by one sweep for all, so
+  up to a quarter of it, at most 1 s, later): then the connection is closed.
 - TLS upstreams use the pool's context and `server_name` (UpstreamPool.server_hostname).
 """
 
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 
 TOO_LARGE: Final = "response_too_large"
 INTERIM: Final = frozenset({100, 102, 103})
+
+
+def _period(timeout: float) -> float:
+    """How often the sweep runs: a request ends between its timeout and a quarter (at most 1 s) later."""
+    return min(1.0, max(0.01, timeout / 4))
 
 
 class Reply:
@@ -50,15 +56,16 @@ class _Stop(Exception):
 
 
 class _Request:
-    __slots__ = ("conn", "data", "done", "head_only", "limit", "retried", "timer")
+    __slots__ = ("conn", "data", "deadline", "done", "head_only", "limit", "retried", "timeout")
 
-    def __init__(self, data: bytes, head_only: bool, limit: int, done: Done) -> None:
+    def __init__(self, data: bytes, head_only: bool, limit: int, done: Done, timeout: float, now: float) -> None:
         self.data = data
         self.head_only = head_only
         self.limit = limit
         self.done = done
         self.retried = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timeout = timeout
+        self.deadline = now + timeout
         self.conn: MirrorConnection | None = None  # the connection it is on, or being connected for
 
 
@@ -136,8 +143,14 @@ class MirrorConnection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        if len(self.headers) > 200:
+        headers = self.headers
+        headers.append((name, value))
+        size = len(name)
+        if size == 14 or size == 17:  # Content-Length, Transfer-Encoding: the close is not the body's end
+            low = name.lower()
+            if low == b"content-length" or (low == b"transfer-encoding" and b"chunked" in value.lower()):
+                self.framed = True
+        if len(headers) > 200:
             raise ValueError("more than 200 response headers")
 
     def on_headers_complete(self) -> None:
@@ -146,10 +159,6 @@ class MirrorConnection(asyncio.Protocol):
             self.headers = []
             return
         self.status = status
-        for name, value in self.headers:
-            low = name.lower()
-            if low == b"content-length" or (low == b"transfer-encoding" and b"chunked" in value.lower()):
-                self.framed = True
         request = self.request
         if request is not None and request.head_only:
             self.keep = self.parser.should_keep_alive()
@@ -204,16 +213,18 @@ class MirrorClient:
         self.idle: dict[str, list[MirrorConnection]] = {}
         self.busy: set[MirrorConnection] = set()
         self.pools: dict[str, UpstreamPool] = {}
-        self.timeout = 10.0
+        self.inflight: set[_Request] = set()
+        self.sweeper: asyncio.TimerHandle | None = None
         self.connecting: set[asyncio.Task[None]] = set()
         self.closed = False
 
     def send(self, pool: UpstreamPool, data: bytes, *, head_only: bool, limit: int, timeout: float, done: Done) -> None:
         loop = asyncio.get_running_loop()
-        request = _Request(data, head_only, limit, done)
+        request = _Request(data, head_only, limit, done, timeout, loop.time())
         self.pools[pool.url] = pool
-        self.timeout = timeout
-        request.timer = loop.call_later(timeout, self._expired, request)
+        self.inflight.add(request)
+        if self.sweeper is None:
+            self.sweeper = loop.call_later(_period(timeout), self._sweep)
         idle = self.idle.get(pool.url)
         while idle:
             conn = idle.pop()
@@ -261,16 +272,19 @@ class MirrorClient:
         self.busy.add(conn)
         conn.start(request)
 
-    def _expired(self, request: _Request) -> None:
-        request.timer = None
-        conn = request.conn
-        if conn is not None:  # connecting (then the connection is dropped when it is made), or waiting
-            conn.fail(f"timed out after {self.timeout:g} s")
+    def _sweep(self) -> None:
+        """Ends the requests past their deadline: one timer for all of them, not one each."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for request in [r for r in self.inflight if r.deadline <= now]:
+            conn = request.conn
+            if conn is not None:  # connecting (then the connection is dropped when it is made), or waiting
+                conn.fail(f"timed out after {request.timeout:g} s")
+        timeout = min((r.timeout for r in self.inflight), default=0.0)
+        self.sweeper = loop.call_later(_period(timeout), self._sweep) if self.inflight else None
 
     def ended(self, conn: MirrorConnection, request: _Request, reusable: bool) -> None:
-        if request.timer is not None:
-            request.timer.cancel()
-            request.timer = None
+        self.inflight.discard(request)
         self.busy.discard(conn)
         if not reusable or self.closed or conn.transport is None:
             conn.close()
@@ -298,6 +312,9 @@ class MirrorClient:
 
     def close(self) -> None:
         self.closed = True
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for task in self.connecting:
             task.cancel()
         for idle in self.idle.values():
