@@ -3,7 +3,7 @@
 Starts two upstreams (a tiny uvloop server answering every request with a fixed response, one process
 each), runs slotswitch in this process with `shadow.percent` as given, and a load process that sends
 `--requests` keep-alive GETs over `--connections` connections. Reports the CPU this process used per
-request (time.process_time: user+system of every thread), and with `--profile` the top of cProfile's
+request (os.times: user+system of every thread, and each apart), and with `--profile` the top of cProfile's
 table. A smoke test of the shadow path, not a benchmark: compare.py --shadow measures against nginx.
 
     .venv/bin/python bench/shadowprof.py --percent 0 --percent 100 [--requests 20000] [--profile] [--json]
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import subprocess
 import sys
@@ -114,7 +115,7 @@ async def measure(percent: float, ports: tuple[int, int], args: argparse.Namespa
         for requests, profile in ((2000, False), (args.requests, args.profile)):  # a warm-up, then the run
             prof = cProfile.Profile() if profile else None
             load = [sys.executable, "-c", LOAD, str(app.proxy_port), str(requests), str(args.connections)]
-            t0, w0 = time.process_time(), time.perf_counter()
+            t0, w0 = os.times(), time.perf_counter()
             if prof is not None:
                 prof.enable()
             proc = await asyncio.create_subprocess_exec(*load)
@@ -122,10 +123,13 @@ async def measure(percent: float, ports: tuple[int, int], args: argparse.Namespa
             await settled(app)
             if prof is not None:
                 prof.disable()
-            cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+            t1, wall = os.times(), time.perf_counter() - w0
+            user, system = t1.user - t0.user, t1.system - t0.system
         totals = app.shadow.view()["totals"] if percent else {}
         rate = f"({requests / wall:.0f} rps)"
-        print(f"percent {percent:5.1f}: {cpu / requests * 1e6:7.1f} µs CPU per request {rate} {totals}")
+        per = f"{(user + system) / requests * 1e6:7.1f} µs CPU per request"
+        split = f"(user {user / requests * 1e6:.1f}, system {system / requests * 1e6:.1f})"
+        print(f"percent {percent:5.1f}: {per} {split} {rate} {totals}")
         if prof is not None:
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
     finally:
