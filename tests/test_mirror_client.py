@@ -1,4 +1,4 @@
-"""The shadow mirror's own client (proxy.release.mirror) against real sockets: framing, reuse, failures.
+"""The shadow mirror's own client (proxy.datapath.mirror) against real sockets: framing, reuse, failures.
 
 Upstreams are scripted with exact bytes (tests/rawupstream.py) or, for a reset and TLS, small asyncio
 servers written here; requests go through MirrorClient.send with a real UpstreamPool.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.datapath.mirror import TOO_LARGE, MirrorClient, Reply
 from proxy.datapath.pool import UpstreamPool
-from proxy.release.mirror import TOO_LARGE, MirrorClient, Reply
 from tests.rawupstream import Responder, ScriptedUpstream
 from tests.tlsutil import TestCA
 

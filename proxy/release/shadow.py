@@ -2,7 +2,7 @@
 
 The data path (proxy.datapath.shadow) hands `Mirror.take` a completed `Capture`: the request as it
 was forwarded to the active slot and that slot's answer. `take` never blocks the data path: it hands
-the same request, with `X-Slotswitch-Shadow: 1`, to this process's own client (proxy.release.mirror:
+the same request, with `X-Slotswitch-Shadow: 1`, to this process's own client (proxy.datapath.mirror:
 callbacks on keep-alive connections of its own, never the data path's pools) for an upstream of the
 idle slot, and compares the two answers when the idle slot's arrives (proxy.release.diff). For the
 first `noise_samples` requests of an endpoint it first sends the request once more to the active slot:
@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from proxy.datapath.mirror import TOO_LARGE, MirrorClient, Reply
 from proxy.datapath.wire import CHUNKED
 from proxy.release.diff import Answer, Ignore, differences, generalize
-from proxy.release.mirror import TOO_LARGE, MirrorClient, Reply
 from proxy.routing.stats import endpoint_key
 
 if TYPE_CHECKING:
