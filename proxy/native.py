@@ -51,6 +51,7 @@ COMPILED = (
     "proxy.datapath.ratelog",
     "proxy.datapath.logformat",
     "proxy.datapath.shadow",
+    "proxy.datapath.mirror",
 )
 COMPILED_DIRS = ("datapath", "routing")
 STAMP = "_native_stamp.json"

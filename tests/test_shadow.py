@@ -378,3 +378,28 @@ async def test_worker_processes_mirror_and_the_master_holds_the_results(start: A
     assert orders["top_differences"] == [{"where": "$.total", "count": 10}]
     assert "$.generated_at" in orders["noise"]
     assert green.shadowed == 10
+
+
+async def test_a_chunked_body_is_mirrored_whole_on_a_kept_connection(start: Any, apps: tuple[App, App]) -> None:
+    # A chunked body read whole goes to both slots with a Content-Length, as does the absolute-form target
+    # the active slot got; the mirror keeps one connection to green for all three.
+    blue, green = apps
+    app, watch = await start(shadow={"percent": 100, "methods": ["GET", "POST"], "noise_samples": 0})
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.proxy_port)
+    try:
+        for n in range(3):
+            writer.write(
+                b"POST http://shop.example/api/notes HTTP/1.1\r\nHost: shop.example\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nd%d\r\n0\r\n\r\n" % n
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert await reader.readexactly(length) == b"ok"
+            await watch.wait(n + 1)
+    finally:
+        writer.close()
+    assert [o.result for o in watch.seen] == ["same"] * 3, watch.seen
+    assert blue.bodies == green.bodies == [b"abcd0", b"abcd1", b"abcd2"]
+    assert green.shadowed == 3 and green.plain == 0
+    assert app.mirror is not None and len(app.mirror.client.idle[green.url]) == 1  # one connection, kept

@@ -59,6 +59,7 @@ class Worker:
         self.access_dropped = 0  # access log lines dropped, as last reported
         self.mirror: Mirror | None = None
         self.outcomes: list[dict[str, Any]] = []  # shadow outcomes for the next report (bounded)
+        self.same: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], int] = {}  # "same" outcomes, counted
 
     def send(self, message: dict[str, Any]) -> None:
         self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
@@ -123,6 +124,11 @@ class Worker:
             pool.reload_tls()
 
     def shadow_outcome(self, outcome: Outcome) -> None:
+        if outcome.result == "same" and not outcome.places:  # the usual case: counted, one entry per kind
+            key = (outcome.endpoint, outcome.slot, outcome.upstreams, outcome.noise)
+            if key in self.same or len(self.same) < MAX_OUTCOMES:
+                self.same[key] = self.same.get(key, 0) + 1
+                return
         if len(self.outcomes) < MAX_OUTCOMES:  # the master reads every 50 ms: this bound is never reached in practice
             self.outcomes.append(outcome.to_json())
 
@@ -142,6 +148,9 @@ class Worker:
         self.access_dropped = dropped
         if self.mirror is not None:
             mirror_dropped = self.mirror.dropped()
+            for (endpoint, slot, upstreams, noise), n in self.same.items():
+                self.outcomes.append(Outcome(endpoint, "same", slot, upstreams, (), noise, count=n).to_json())
+            self.same = {}
             if self.outcomes or mirror_dropped:
                 message["shadow"] = {"outcomes": self.outcomes, "dropped": mirror_dropped}
                 self.outcomes = []

@@ -125,8 +125,8 @@ class ShadowResults:
             if len(ep.noise) < 64:
                 ep.noise[place] = None
         if outcome.result == "skipped":
-            ep.skipped += 1
-            self.totals["skipped"] += 1
+            ep.skipped += outcome.count
+            self.totals["skipped"] += outcome.count
             return
         if outcome.result == "error":
             ep.errors += 1
@@ -135,8 +135,8 @@ class ShadowResults:
                 ep.samples.append({"result": "error", "detail": outcome.detail, **outcome.sample})
             return
         if not outcome.places:
-            ep.unchanged += 1
-            self.totals["same"] += 1
+            ep.unchanged += outcome.count
+            self.totals["same"] += outcome.count
             return
         key = outcome.places if outcome.places in ep.sets or len(ep.sets) < MAX_SETS else ("(other differences)",)
         ep.sets[key] += 1
