@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(c, n_h, healthy_bake) for c in healthy_cases()]
     plan += [(c, n_r, bake) for c in regression_cases(min(300.0, bake / 2))]
     for case, n, b in plan:
-        if args.only and args.only not in case.name:
+        if (args.only and args.only not in case.name) or n <= 0:
             continue
         jobs += [(case, scenario(s, b), n, args.seed) for s in case.scenarios if s in wanted]
     if args.jobs > 1:
