@@ -208,8 +208,11 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def _task(job: tuple[Case, Scenario, int, int]) -> dict[str, object]:
-    return run_case(*job)
+_JOBS: list[tuple[Case, Scenario, int, int]] = []  # what the forked workers run, by index (lambdas do not pickle)
+
+
+def _task(index: int) -> dict[str, object]:
+    return run_case(*_JOBS[index])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,16 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         if (args.only and args.only not in case.name) or n <= 0:
             continue
         jobs += [(case, scenario(s, b), n, args.seed) for s in case.scenarios if s in wanted]
+    _JOBS[:] = jobs
     if args.jobs > 1:
         with mp.get_context("fork").Pool(args.jobs) as pool:
             rows = []
-            for row in pool.imap(_task, jobs):
+            for row in pool.imap(_task, range(len(jobs))):
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
     else:
         rows = []
-        for job in jobs:
-            rows.append(_task(job))
+        for index in range(len(jobs)):
+            rows.append(_task(index))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))
