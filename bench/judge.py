@@ -235,24 +235,32 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.scenarios.split(",")
     started = time.perf_counter()
     jobs = []
-    plan = [(c, n_h, healthy_bake) for c in healthy_cases()]
-    plan += [(c, n_r, bake) for c in regression_cases(min(300.0, bake / 2))]
+    plan = [(c, n_r, bake) for c in regression_cases(min(300.0, bake / 2))]  # the quick ones first
+    plan += [(c, n_h, healthy_bake) for c in healthy_cases()]
     for case, n, b in plan:
         if (args.only and args.only not in case.name) or n <= 0:
             continue
         jobs += [(case, scenario(s, b), n, args.seed) for s in case.scenarios if s in wanted]
     _JOBS[:] = jobs
+    order = {(j[0].name, j[1].name): i for i, j in enumerate(jobs)}
+    rows: list[dict[str, object]] = []
+    header = {"seed": args.seed, "bake_s": bake, "healthy_bake_s": healthy_bake, "quick": args.quick,
+              "argv": sys.argv[1:] if argv is None else argv}  # fmt: skip
+
+    def done(row: dict[str, object]) -> None:  # every row is written as it comes: partial runs are kept
+        rows.append(row)
+        rows.sort(key=lambda r: order[(str(r["case"]), str(r["scenario"]))])
+        print(table([row]).splitlines()[-1], flush=True)
+        if args.json:
+            write_json(args.json, header | {"elapsed_s": time.perf_counter() - started, "complete": False}, rows)
+
     if args.jobs > 1:
         with mp.get_context("fork").Pool(args.jobs) as pool:
-            rows = []
-            for row in pool.imap(_task, range(len(jobs))):
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
+            for row in pool.imap_unordered(_task, range(len(jobs))):
+                done(row)
     else:
-        rows = []
         for index in range(len(jobs)):
-            rows.append(_task(index))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            done(_task(index))
     print()
     print(table(rows))
     elapsed = time.perf_counter() - started
@@ -260,15 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows)} rows, {len(misses)} missed, {elapsed:.0f} s (seed {args.seed}, bake {bake:g} s, "
           f"healthy bake {healthy_bake:g} s)")  # fmt: skip
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        policy = policy_of(Analysis())
-        fields = {k: getattr(policy, k) for k in policy.__dataclass_fields__ if k not in ("prior", "latency_prior")}
-        doc = {"seed": args.seed, "bake_s": bake, "healthy_bake_s": healthy_bake, "quick": args.quick}
-        doc |= {"argv": sys.argv[1:] if argv is None else argv, "elapsed_s": elapsed, "policy": fields}
-        doc["analysis"] = Analysis().model_dump()
-        doc["rows"] = rows
-        args.json.write_text(json.dumps(doc, indent=1, default=str))
+        write_json(args.json, header | {"elapsed_s": elapsed, "complete": True}, rows)
     return 1 if misses else 0
+
+
+def write_json(path: Path, header: dict[str, object], rows: list[dict[str, object]]) -> None:
+    policy = policy_of(Analysis())
+    fields = {k: getattr(policy, k) for k in policy.__dataclass_fields__ if k not in ("prior", "latency_prior")}
+    doc = header | {"policy": fields, "analysis": Analysis().model_dump(), "rows": rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
