@@ -17,7 +17,7 @@ Scenarios, with the default `analysis` settings (a 600 s bake, `--bake`):
 A ramp step still inconclusive `max_inconclusive` (300 s) after it began is held (the default
 `on_inconclusive`): the release ends there as "held" (the live ramp would hold and alert).
 
-    .venv/bin/python bench/judge.py --quick                      # CI (tests/test_judge.py): < 60 s
+    .venv/bin/python bench/judge.py --quick                      # CI (tests/test_judge.py): ~45 s
     nice -n 10 .venv/bin/python bench/judge.py --jobs 2 --json bench/results/judge.json   # the full run
     .venv/bin/python bench/judge.py --only "hang" --regressions 50
 """
@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     bake = args.bake if args.bake is not None else (60.0 if args.quick else 600.0)
     healthy_bake = args.healthy_bake if args.healthy_bake is not None else bake
-    n_h = args.healthy if args.healthy is not None else (30 if args.quick else 2000)
-    n_r = args.regressions if args.regressions is not None else (15 if args.quick else 200)
+    n_h = args.healthy if args.healthy is not None else (20 if args.quick else 2000)
+    n_r = args.regressions if args.regressions is not None else (12 if args.quick else 200)
     wanted = args.scenarios.split(",")
     started = time.perf_counter()
     jobs = []
