@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--healthy-bake", type=float, default=None, help="a shorter bake for the healthy cases")
     ap.add_argument("--healthy", type=int, default=None, help="releases per healthy case and scenario")
     ap.add_argument("--regressions", type=int, default=None, help="releases per regression case and scenario")
-    ap.add_argument("--only", default="", help="run only cases whose name contains this")
+    ap.add_argument("--only", default="", help="run only cases whose name contains this (a|b: either)")
     ap.add_argument("--scenarios", default="ramp,short,switch")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (results do not depend on it)")
     ap.add_argument("--json", type=Path, default=None)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(c, n_r, bake) for c in regression_cases(min(300.0, bake / 2))]  # the quick ones first
     plan += [(c, n_h, healthy_bake) for c in healthy_cases()]
     for case, n, b in plan:
-        if (args.only and args.only not in case.name) or n <= 0:
+        if (args.only and not any(o in case.name for o in args.only.split("|"))) or n <= 0:
             continue
         jobs += [(case, scenario(s, b), n, args.seed) for s in case.scenarios if s in wanted]
     _JOBS[:] = jobs
