@@ -171,7 +171,9 @@ def test_tally_pools_endpoints_past_the_limit() -> None:
 
 # --------------------------------------------------------------------------- the replay (CI-sized)
 
-KNOWN_MISSES = {("+1% errors", "ramp"), ("+1% errors", "switch")}  # see bench/README.md, "judge.py"
+# The quick run's bake is 60 s, not 600: a default ramp with 1 % more errors is caught in its bake at
+# ~115 s (p95 ~140 s, bench/README.md), so some quick releases end first; the full run detects 200/200.
+KNOWN_MISSES = {("+1% errors", "ramp")}
 
 
 @pytest.mark.timeout(600)  # about 40 s of CPU alone; more on a machine shared with other jobs
@@ -189,8 +191,6 @@ def test_bench_quick_meets_targets(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert rows
     for row in rows:
-        if module.check(row) == "-":
-            continue  # no target (the short ramp; a "shared" burst after a switch hits the candidate alone)
         if row["kind"] == "healthy":
             assert row["rolled_back"] <= max(1, math.ceil(0.03 * row["releases"])), row
         elif (row["case"], row["scenario"]) not in KNOWN_MISSES:

@@ -46,6 +46,7 @@ from proxy.release.judge import Verdict, assess
 from proxy.release.policy import State, policy_of
 from proxy.release.promql import PromQLVerdict
 from proxy.release.split import SplitMeter
+from proxy.release.steps import RampClock, decide, waited_since
 from proxy.routing.state import Snapshot
 from proxy.routing.stats import Tick
 
@@ -190,43 +191,40 @@ class Analyzer:
         self._roll_back(snap, release.slot, verdict, f"slot {release.slot} failed analysis: ")
 
     def _hold_or_advance(self, snap: Snapshot, release: Release, verdict: Verdict, now: float) -> None:
+        """Act on a verdict that is not a failure: the decision is `proxy.release.steps.decide`."""
         settings = snap.settings.analysis
-        ramp = snap.ramp
+        ramp, clock = snap.ramp, None
         if release.kind == "ramp":
             if ramp is None or ramp.target != release.slot:
                 return
-            due = not ramp.paused and now - ramp.step_started_at >= ramp.interval
+            clock = RampClock(ramp.step_started_at, ramp.interval, ramp.paused)
             if verdict.outcome == "pass":
-                release.inconclusive_since = None
                 self.state = State("judging", release.slot, self.state.since if self.state.name == "judging" else now)
-                if due:
-                    self._advance(snap, verdict)
-                return
-            waited_since = ramp.step_started_at
-        else:
-            if now < release.until:
-                if verdict.outcome == "pass":
-                    release.inconclusive_since = None
-                return
-            if verdict.outcome == "pass":
-                log.info("slot %s passed its bake (%s)", release.slot, _summary(verdict))
-                self._end("passed", release.slot, now)
-                return
-            waited_since = release.until
-        if release.inconclusive_since is None:
-            release.inconclusive_since = now
-        if now - waited_since < settings.max_inconclusive:
-            return
-        if settings.on_inconclusive == "rollback" and not self.reached_by_rollback:
-            self.state = State("inconclusive", release.slot, release.inconclusive_since, verdict.reasons, "rollback")
+        action = decide(
+            release,
+            verdict.outcome,
+            now,
+            clock,
+            max_inconclusive=settings.max_inconclusive,
+            on_inconclusive=settings.on_inconclusive,
+            may_roll_back=not self.reached_by_rollback,
+        )
+        since = now if release.inconclusive_since is None else release.inconclusive_since
+        if action == "advance":
+            self._advance(snap, verdict)
+        elif action == "pass":
+            log.info("slot %s passed its bake (%s)", release.slot, _summary(verdict))
+            self._end("passed", release.slot, now)
+        elif action == "rollback_inconclusive":
+            self.state = State("inconclusive", release.slot, since, verdict.reasons, "rollback")
             self._roll_back(snap, release.slot, verdict, f"slot {release.slot} stayed inconclusive: ")
-            return
-        if self.state.name != "inconclusive":
-            why = "; ".join(verdict.reasons)
-            log.warning("slot %s inconclusive for %.0fs (holding): %s", release.slot, now - waited_since, why)
-            self.state = State("inconclusive", release.slot, release.inconclusive_since, verdict.reasons, "hold")
-        if release.kind == "bake":
-            self._end("inconclusive", release.slot, release.inconclusive_since, "; ".join(verdict.reasons), "hold")
+        elif action in ("hold", "end_inconclusive"):
+            if self.state.name != "inconclusive":
+                why, waited = "; ".join(verdict.reasons), now - waited_since(release, clock)
+                log.warning("slot %s inconclusive for %.0fs (holding): %s", release.slot, waited, why)
+                self.state = State("inconclusive", release.slot, since, verdict.reasons, "hold")
+            if action == "end_inconclusive":
+                self._end("inconclusive", release.slot, since, "; ".join(verdict.reasons), "hold")
 
     def candidate(self, now: float | None = None) -> str | None:
         """The slot under judgement now: the ramp's target, or the new active slot while it bakes."""

@@ -11,7 +11,9 @@ Invariants:
 - The baseline is what the judge compares with: during a ramp step the stable slot's concurrent
   traffic in that step; after a plain switch a fixed window of the old slot's traffic before it
   (`analysis.baseline_window`); after a ramp's last step, the stable slot's traffic over the whole
-  ramp, frozen. A release reached by a rollback has no baseline (absolute limits only).
+  ramp and before it (the odd ticks of its `baseline_window` before the ramp), frozen: a short
+  ramp's few seconds alone are too small a baseline for a bake. A release reached by a rollback has
+  no baseline (absolute limits only).
 - Latency thresholds and the hang limit are taken from baseline data before the release began that
   the tests do not use, and frozen for the release.
 - Hung requests are never timed one by one: among the requests started before `now - limit`, at
@@ -54,6 +56,7 @@ def arm(window: Window, hung: int) -> Arm:
         lat=tuple(window.lat),
         bounds=window.bounds,
         endpoints=endpoints,
+        per_arm=True,
     )
 
 
@@ -85,7 +88,7 @@ class Release:
     over its steps): pooling steps whose traffic share differs would let a transient that hits both
     slots weigh more in the candidate's pool than in the baseline's (Simpson's paradox;
     bench/judge.py's shared-burst case). The last step, the bake after a ramp, is compared with all
-    of the stable slot's traffic during the ramp."""
+    of the stable slot's traffic during the ramp and its odd ticks before it."""
 
     slot: str
     kind: Kind
@@ -120,12 +123,14 @@ class Release:
     ) -> Release:
         """A new release. `history`: the baseline slot's closed ticks before `now` (the slot itself
         without a baseline). Latency thresholds and the hang limit come from data the tests do not
-        use: for a ramp all of it (the baseline is the concurrent traffic to come); for a switch its
-        even ticks, while its odd ticks are the baseline."""
+        use: its even ticks. Its odd ticks are the baseline after a switch, and the start of the
+        baseline of a ramp's bake (with the stable slot's concurrent traffic during the ramp)."""
+        before = None  # a ramp's bake compares with the stable slot's odd pre-ramp ticks too
         if baseline_slot is None:
             base, kind_of, sample = None, "none", total(history, bounds)
         elif concurrent:
-            base, kind_of, sample = Window(bounds), "concurrent", total(history, bounds)
+            base, kind_of, sample = Window(bounds), "concurrent", total(history[0::2], bounds)
+            before = total(history[1::2], bounds)
         else:
             base, kind_of, sample = total(history[1::2], bounds), "pre_switch", total(history[0::2], bounds)
         thresholds: tuple[float, ...] = ()
@@ -146,7 +151,7 @@ class Release:
             hang=HangCounter(limit),
             base_hang=HangCounter(limit) if kind_of == "concurrent" else None,
             steps=max(1, steps),
-            ramp_base=Window(bounds) if kind_of == "concurrent" else None,
+            ramp_base=before,
             step_started_at=now,
         )
 
@@ -172,7 +177,7 @@ class Release:
 
     def to_bake(self, now: float, until: float) -> None:
         """The ramp's last step: the candidate takes all traffic and bakes against the stable slot's
-        traffic during the whole ramp, frozen."""
+        traffic during the whole ramp and its odd ticks before it, frozen."""
         self.new_step(now)
         self.kind, self.until = "bake", until
         self.base, self.base_hang = self.ramp_base, None

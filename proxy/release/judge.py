@@ -70,7 +70,7 @@ class JudgePolicy:
     client_ratio: float = 1.25  # the same for the 4xx share, with a wider absolute margin
     client_margin: float = 0.005
     endpoint_ratio: float = 1.25
-    endpoint_margin: float = 0.002
+    endpoint_margin: float = 0.001  # of the arm's requests (failures at the endpoint per arm request)
     latency_quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
     latency_rel_margin: float = 0.25  # slower than max(tau * 1.25, tau + 10 ms) counts as slow
     latency_abs_margin: float = 0.010
@@ -98,6 +98,9 @@ class Arm:
     lat: tuple[int, ...] = ()  # completed requests per bucket of `bounds` (+ overflow); empty = none
     bounds: tuple[float, ...] = FINE_BOUNDS
     endpoints: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (requests, failures)
+    # True: `endpoints` counts failures at each endpoint per request of the whole arm (the live data
+    # path counts only failures by endpoint), so a key absent here had no failures in `requests`.
+    per_arm: bool = False
 
     @property
     def requests(self) -> int:
@@ -212,7 +215,7 @@ def _comparison_tests(policy: JudgePolicy, ev: Evidence, base: Arm) -> list[Test
     share = alpha * policy.weight_endpoints / (policy.max_endpoints + 1)
     for key in _endpoint_keys(cand, policy.max_endpoints + 1):
         n_b, k_b = cand.endpoints.get(key, (0, 0))
-        n_a, k_a = base.endpoints.get(key, (0, 0))
+        n_a, k_a = base.endpoints.get(key, (base.requests, 0) if base.per_arm else (0, 0))
         out.append(_two(f"endpoint {key}", "judge_endpoint", (k_a, n_a), (k_b, n_b),
                         policy.endpoint_ratio, policy.endpoint_margin, share, policy))  # fmt: skip
     return out

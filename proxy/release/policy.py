@@ -40,6 +40,7 @@ def policy_of(analysis: Analysis) -> JudgePolicy:
         failure_margin=analysis.error_margin,
         client_ratio=analysis.error_ratio,
         endpoint_ratio=analysis.error_ratio,
+        endpoint_margin=analysis.error_margin,
         latency_rel_margin=analysis.latency_margin,
         latency_abs_margin=analysis.latency_margin_min,
         min_requests=analysis.min_requests,
