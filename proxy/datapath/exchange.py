@@ -231,7 +231,10 @@ class Exchange:
             raise wire.Reject("method_not_allowed")
         if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
             raise wire.Reject("bad_host")
-        if self.host and not wire.valid_host(self.host):
+        host = self.host
+        # client.fwd_host is a Host already checked and forwarded on this connection (headers.request_head):
+        # a client keeps sending the same one, so it is checked once per connection, not once per request.
+        if host and host != self.client.fwd_host and not wire.valid_host(host):
             raise wire.Reject("bad_host")
         if self.te:
             if version == "1.0" or self.content_length >= 0:
