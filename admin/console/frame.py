@@ -9,6 +9,9 @@ adds later appear in the console without a change here.
 Invariants:
 - A sample after an idle gap (no console open) has no rates: `reset()` forgets the old totals.
 - The backlog keeps the last `KEEP_POINTS` points (five minutes at one a second) for the charts.
+- Shadow traffic (`shadow`) is in a frame only while it is on or has results: its totals and the
+  `SHADOW_ROWS` worst endpoints (most differences and errors first), as GET /v1/shadow orders them;
+  the samples are fetched by the page from GET /v1/shadow?endpoint=... when an endpoint is opened.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from proxy.routing.state import SlotRuntime
 
 KEEP_POINTS = 300
+SHADOW_ROWS = 10
 HISTORY = 25
 FLEET_HISTORY_EVERY = 5.0  # seconds between reads of the fleet's shared history (Redis)
 
@@ -91,6 +95,20 @@ def analysis_json(services: Services) -> dict[str, Any]:
     return out
 
 
+def shadow_json(services: Services) -> dict[str, Any] | None:
+    """Shadow traffic's comparison, its worst endpoints first; None while it is off and empty."""
+    results = services.shadow
+    if results is None:
+        return None
+    view = results.view()
+    if not view["percent"] and not view["totals"]["mirrored"]:
+        return None
+    rows = view["endpoints"]
+    view["endpoints"] = rows[:SHADOW_ROWS]
+    view["more_endpoints"] = max(0, len(rows) - SHADOW_ROWS)
+    return view
+
+
 class Sampler:
     """The console's frame source (stream.Source)."""
 
@@ -129,6 +147,7 @@ class Sampler:
         self.points.append(point)
         status["analysis"] = analysis_json(services)
         status["history"] = await self._recent(status["generation"], mono)
+        status["shadow"] = shadow_json(services)
         return {"t": now, **status, "point": point}
 
     async def _recent(self, generation: int, mono: float) -> list[dict[str, Any]]:

@@ -170,6 +170,7 @@ function render() {
   renderJudge(s.analysis || {});
   renderHistory(s.history || []);
   renderSlotChoice(s);
+  renderShadow(s.shadow);
 }
 
 function renderSlots(s) {
@@ -286,6 +287,72 @@ function renderSlotChoice(s) {
     const idle = names.find((n) => n !== s.active);
     if (idle) select.value = idle;
   }
+}
+
+// -- shadow traffic: the comparison's totals, its worst endpoints, one sample side by side -----
+const shadowView = { open: null, seq: 0 };
+function renderShadow(sh) {
+  $("shadow").hidden = !sh;
+  if (!sh) return;
+  const t = sh.totals;
+  const rate = $("shadow-rate");
+  rate.textContent = t.diff_rate === null ? "nothing compared yet" : `${pct(t.diff_rate)} differ`;
+  rate.className = "pill " + (t.diff_rate === null ? "" : t.differ || t.errors ? "fail" : "pass");
+  fillFacts($("shadow-facts"), [
+    ["compares", `${sh.slot} (${sh.upstreams.join(", ")}) with ${sh.active}`],
+    ["mirrors", `${sh.percent}% of requests; ${t.mirrored} since ${clock(sh.since)}`],
+    ["answers", `${t.same} same, ${t.differ} differ, ${t.errors} errors, ${t.skipped} skipped, ${t.dropped} dropped`],
+  ]);
+  $("shadow-endpoints").tBodies[0].replaceChildren(...sh.endpoints.map((e) => {
+    const key = `${e.method} ${e.path}`;
+    const open = el("button", { type: "button", class: "link" }, key);
+    open.addEventListener("click", () => openSample(key));
+    const where = (e.top_differences || []).map((d) => `${d.where} (${d.count})`).join(", ");
+    return el("tr", { class: key === shadowView.open ? "open" : "", data: { endpoint: key } },
+      el("td", {}, open), el("td", {}, e.mirrored), el("td", {}, e.same), el("td", {}, e.differ),
+      el("td", {}, e.errors), el("td", {}, where || "–"));
+  }));
+  const more = $("shadow-more");
+  more.hidden = !sh.more_endpoints;
+  more.textContent = `and ${sh.more_endpoints} more endpoints: slotswitch diff lists them all`;
+}
+
+async function openSample(key) {
+  shadowView.open = key;
+  const seq = ++shadowView.seq;
+  let r, body;
+  try {
+    r = await fetch("/v1/shadow?endpoint=" + encodeURIComponent(key), { headers: headers(), cache: "no-store" });
+    body = await r.json().catch(() => ({}));
+  } catch (e) {
+    return showSample(key, null, "the admin API could not be reached");
+  }
+  if (seq !== shadowView.seq) return; // another endpoint was opened meanwhile
+  if (!r.ok) return showSample(key, null, (body.error && body.error.message) || `HTTP ${r.status}`);
+  const samples = body.samples || [];
+  showSample(key, samples[samples.length - 1] || null, "no sample kept for this endpoint yet");
+}
+
+function sideHead(side) {
+  if (!side) return "–";
+  return `${side.slot}: ${side.error ? side.error : side.status}`;
+}
+
+function showSample(key, sample, message) {
+  $("shadow-sample").hidden = false;
+  $("shadow-sample-title").textContent = sample ? `${sample.request.method} ${sample.request.target}` : key;
+  let where = message;
+  if (sample) {
+    where = sample.result === "error" ? `error: ${sample.detail || "–"}`
+      : `differs at ${(sample.differences || []).join(", ") || "–"}`;
+    if ((sample.noise || []).length) where += ` (noise: ${sample.noise.join(", ")})`;
+  }
+  $("shadow-sample-where").textContent = where;
+  $("shadow-active-head").textContent = sample ? sideHead(sample.active) : "";
+  $("shadow-active-body").textContent = sample && sample.active ? sample.active.body || "" : "";
+  $("shadow-idle-head").textContent = sample ? sideHead(sample.shadow) : "";
+  $("shadow-idle-body").textContent = sample && sample.shadow ? sample.shadow.body || "" : "";
+  for (const row of $("shadow-endpoints").tBodies[0].rows) row.classList.toggle("open", row.dataset.endpoint === key);
 }
 
 // -- charts: small line charts on <canvas>, both slots on each ---------------------------------
