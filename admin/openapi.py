@@ -19,243 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from admin import shadow
-from admin.api import DURATION, IF_MATCH, MAX_SECONDS, MAX_TEXT, MAX_UPSTREAMS, POSITIVE_DURATION, UPSTREAM_URL
-from admin.codes import ERROR_CODES, JUDGE_STATES, PHASES
-from admin.codes import listing as _listing
+from admin.api import IF_MATCH
+from admin.openapi_schemas import ANY_OBJECT, SCHEMAS, STRING, Json, obj, ref
 from proxy.release.audit import KEEP
-
-Json = dict[str, Any]
-
-_REF = "#/components/schemas/"
-
-
-def _ref(name: str) -> Json:
-    return {"$ref": _REF + name}
-
-
-def _obj(required: list[str], **properties: Json) -> Json:
-    return {"type": "object", "required": required, "properties": properties}
-
-
-def _closed(schema: Json) -> Json:
-    """A request body: unknown fields are refused (400 unknown_field)."""
-    return {**schema, "additionalProperties": False}
-
-
-def _nullable(schema: Json) -> Json:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-STRING: Json = {"type": "string"}
-INT: Json = {"type": "integer"}
-NUMBER: Json = {"type": "number"}
-BOOL: Json = {"type": "boolean"}
-ANY_OBJECT: Json = {"type": "object"}
-INT_MAP: Json = {"type": "object", "additionalProperties": INT}
-REASON: Json = {"type": "string", "maxLength": MAX_TEXT, "description": "Why; recorded with the change."}
-
-SCHEMAS: Json = {
-    "Error": _obj(
-        ["error"],
-        error=_obj(
-            ["code", "message"],
-            code={"type": "string", "description": "One of " + _listing(ERROR_CODES) + "."},
-            message=STRING,
-            reasons={"type": "array", "items": STRING},
-        ),
-    ),
-    "Judge": {
-        "description": "The judge state contract: one state for the judge, with its slot, since when, why "
-        "and the numbers so far.",
-        **_obj(
-            ["state", "slot", "since", "on_inconclusive", "reasons", "numbers", "watch_until"],
-            state={"type": "string", "enum": list(JUDGE_STATES), "description": _listing(JUDGE_STATES)},
-            slot={**_nullable(STRING), "description": "The slot judged (or that failed or passed)."},
-            since={**_nullable(NUMBER), "description": "When this state began (epoch seconds)."},
-            generation={"type": "integer", "description": "The generation that began the judged episode."},
-            on_inconclusive={"type": "string", "enum": ["hold", "rollback"]},
-            reasons={"type": "array", "items": STRING},
-            numbers=ANY_OBJECT,
-            watch_until={**_nullable(NUMBER), "description": "When the watch ends (epoch seconds); null: no end."},
-            watching=_nullable(STRING),
-        ),
-    },
-    "Duration": {
-        "description": "Seconds, or a string like 250ms, 30s, 2m, 1h.",
-        "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_SECONDS}, {"type": "string", "pattern": DURATION}],
-    },
-    "PositiveDuration": {
-        "description": "A duration greater than zero.",
-        "anyOf": [
-            {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
-            {"type": "string", "pattern": POSITIVE_DURATION},
-        ],
-    },
-    "SwitchRequest": _closed(_obj(["slot"], slot=STRING, reason=REASON, drain_timeout=_ref("Duration"), force=BOOL)),
-    "ReasonRequest": _closed(_obj([], reason=REASON)),
-    "RampRequest": _closed(
-        _obj(
-            ["slot"],
-            slot=STRING,
-            steps={
-                "type": "array",
-                "description": "Percentages of new traffic for the slot, in any order; 100 is added when missing.",
-                "items": {"type": "integer", "minimum": 1, "maximum": 100},
-                "minItems": 1,
-                "maxItems": 100,
-                "uniqueItems": True,
-            },
-            interval=_ref("PositiveDuration"),
-            force=BOOL,
-            reason=REASON,
-        )
-    ),
-    "DeployRequest": _closed(
-        _obj(
-            ["upstreams"],
-            upstreams={
-                "type": "array",
-                "items": {"type": "string", "pattern": UPSTREAM_URL},
-                "minItems": 1,
-                "maxItems": MAX_UPSTREAMS,
-            },
-            reason=REASON,
-        )
-    ),
-    "AlertmanagerWebhook": {
-        "description": "Alertmanager webhook payload, version 4. Unknown keys are accepted (Grafana sends more).",
-        **_obj(
-            ["version", "status", "alerts"],
-            version={"type": "string", "enum": ["4"]},  # any other version is a 400 (admin/alerts.py)
-            groupKey=STRING,
-            truncatedAlerts={"type": "integer", "minimum": 0},
-            status={"type": "string", "enum": ["firing", "resolved"]},
-            receiver=STRING,
-            groupLabels={"type": "object", "additionalProperties": STRING},
-            commonLabels={"type": "object", "additionalProperties": STRING},
-            commonAnnotations={"type": "object", "additionalProperties": STRING},
-            externalURL=STRING,
-            alerts={"type": "array", "items": _ref("Alert")},
-        ),
-    },
-    "Alert": _obj(
-        ["status", "labels"],
-        status={"type": "string", "enum": ["firing", "resolved"]},
-        labels={"type": "object", "additionalProperties": STRING},
-        annotations={"type": "object", "additionalProperties": STRING},
-        startsAt=STRING,
-        endsAt=STRING,
-        generatorURL=STRING,
-        fingerprint=STRING,
-    ),
-    "Upstream": _obj(
-        ["url", "healthy"],
-        url=STRING,
-        state={"type": "string", "description": "pending (not checked yet), up, down, or down (passive)."},
-        healthy=BOOL,
-        checks={"type": "array"},
-        checked_at=_nullable(NUMBER),
-    ),
-    "Slot": _obj(
-        ["upstreams", "healthy", "in_flight", "requests", "errors", "drain", "weight"],
-        upstreams={"type": "array", "items": _ref("Upstream")},
-        healthy=BOOL,
-        in_flight=INT,
-        requests=INT,
-        upstream_5xx={"type": "integer", "description": "5xx answered by the slot's upstreams (not the proxy's own)."},
-        upstream_4xx={"type": "integer", "description": "4xx answered by the slot's upstreams."},
-        errors=INT_MAP,
-        drain=_obj(["state"], state=STRING),
-        weight={"type": "integer", "minimum": 0, "maximum": 100},
-    ),
-    "Ramp": _obj(
-        ["slot", "steps", "step", "percent", "interval_s", "paused"],
-        slot=STRING,
-        steps={"type": "array", "items": INT},
-        step=INT,
-        percent=INT,
-        interval_s=NUMBER,
-        paused=BOOL,
-        next_step_in_s=_nullable(NUMBER),
-        held={**_nullable(STRING), "description": "Why a step that is due has not advanced."},
-        note=STRING,
-    ),
-    "Status": _obj(
-        ["active", "previous", "generation", "phase", "weights", "ramp", "analysis", "slots", "last_change"],
-        active=STRING,
-        previous=_nullable(STRING),
-        generation={"type": "integer", "minimum": 1},
-        phase={"type": "string", "enum": list(PHASES), "description": _listing(PHASES)},
-        weights=INT_MAP,
-        ramp=_nullable(_ref("Ramp")),
-        split={
-            "type": "object",
-            "description": "The split the traffic got since the weights last changed, next to the configured "
-            "one (percent), and a warning when they are far apart.",
-        },
-        failed={"type": "object", "description": "Slots that failed analysis, with why (until redeployed or forced)."},
-        analysis={
-            "type": "object",
-            "description": "The judge: `judge` holds the judge state contract (see Judge).",
-            "properties": {"judge": _ref("Judge")},
-        },
-        slots={"type": "object", "additionalProperties": _ref("Slot")},
-        last_change=_obj(
-            ["action", "trigger", "by", "reason", "at"],
-            action=STRING,
-            trigger=STRING,
-            by=STRING,
-            reason=STRING,
-            at=NUMBER,
-        ),
-        tls=_nullable(
-            _obj(
-                ["certificates"],
-                certificates={
-                    "type": "array",
-                    "items": _obj(
-                        ["name", "names", "file", "not_after", "expires_in_s"],
-                        name=STRING,
-                        names={"type": "array", "items": STRING},
-                        file=STRING,
-                        not_after=STRING,
-                        expires_in_s=INT,
-                    ),
-                },
-            )
-        ),
-    ),
-    "Change": {
-        "description": "The status after the call, plus whether it changed anything and the slot active before.",
-        "allOf": [
-            _ref("Status"),
-            _obj(
-                ["changed", "from"],
-                changed=BOOL,
-                message={"type": "string", "description": 'Why nothing changed, e.g. "already rolled back to blue".'},
-                **{"from": STRING},
-            ),
-        ],
-    },
-    "Routing": _obj(["active", "weights"], active=STRING, weights=INT_MAP),
-    "HistoryEntry": _obj(
-        ["time", "actor", "action", "from", "to", "reason", "generation", "trigger", "details", "in_flight", "outcome"],
-        time={"type": "string", "format": "date-time"},
-        actor={"type": "string", "description": "The token's name (never its secret), loopback, or a component."},
-        action=STRING,
-        reason=STRING,
-        generation=INT,
-        trigger=STRING,
-        details=ANY_OBJECT,
-        in_flight=INT_MAP,
-        outcome={"type": "string", "enum": ["applied", "refused"]},
-        status={"type": "integer", "description": "Refused entries: the HTTP status answered."},
-        error=_obj(["code", "message"], code=STRING, message=STRING),
-        **{"from": _nullable(_ref("Routing")), "to": _nullable(_ref("Routing"))},
-    ),
-    "History": _obj(["entries"], entries={"type": "array", "items": _ref("HistoryEntry")}),
-    **shadow.SCHEMAS,
-}
 
 _ERRORS = {
     400: "The request is malformed: bad JSON, an unknown or invalid field, a bad If-Match or query.",
@@ -271,7 +37,7 @@ _ERRORS = {
 
 
 def _error(status: int) -> Json:
-    response: Json = {"description": _ERRORS[status], "content": {"application/json": {"schema": _ref("Error")}}}
+    response: Json = {"description": _ERRORS[status], "content": {"application/json": {"schema": ref("Error")}}}
     if status == 401:
         response["headers"] = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}
     return response
@@ -309,9 +75,9 @@ def _change(op_id: str, summary: str, body: str, *, required: bool, errors: tupl
         "operationId": op_id,
         "summary": summary,
         "parameters": [IF_MATCH_PARAM, *extra.pop("parameters", [])],
-        "requestBody": {"required": required, "content": {"application/json": {"schema": _ref(body)}}},
+        "requestBody": {"required": required, "content": {"application/json": {"schema": ref(body)}}},
         "responses": {
-            "200": _json("Done (or nothing to do: changed is false).", _ref("Change")),
+            "200": _json("Done (or nothing to do: changed is false).", ref("Change")),
             **{str(s): _error(s) for s in (400, 401, 403, *errors, 413, 503)},
         },
         **extra,
@@ -323,13 +89,13 @@ _SLOT = (404, 409, 412)
 
 PATHS: Json = {
     "/v1/status": {
-        "get": _read("status", "Routing state, weights, per-slot health and counts.", _json("Status", _ref("Status")))
+        "get": _read("status", "Routing state, weights, per-slot health and counts.", _json("Status", ref("Status")))
     },
     "/v1/health": {
         "get": _read(
             "health",
             "Liveness of the admin API (no token needed).",
-            _json("OK", _obj(["status"], status=STRING)),
+            _json("OK", obj(["status"], status=STRING)),
             (),
             security=[],
         )
@@ -345,7 +111,7 @@ PATHS: Json = {
         "get": _read(
             "history",
             "Audit log entries, newest first: applied and refused changes.",
-            _json("History", _ref("History")),
+            _json("History", ref("History")),
             (400, 401, 503),  # 503: fleet mode reads the shared audit stream
             parameters=[
                 {
@@ -403,7 +169,7 @@ PATHS: Json = {
         "get": _read(
             "whoami",
             "The caller's token name (never its secret) and role.",
-            _json("Who", _obj(["name", "role"], name=STRING, role={"type": "string", "enum": ["viewer", "operator"]})),
+            _json("Who", obj(["name", "role"], name=STRING, role={"type": "string", "enum": ["viewer", "operator"]})),
         )
     },
     "/v1/events": {
@@ -429,7 +195,7 @@ PATHS: Json = {
         "post": {
             "operationId": "alerts",
             "summary": "Alertmanager webhook receiver: firing alerts may roll back the slot taking new traffic.",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AlertmanagerWebhook")}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref("AlertmanagerWebhook")}}},
             "responses": {
                 "200": _json("What was done with the alerts.", ANY_OBJECT),
                 **{str(s): _error(s) for s in (400, 401, 403, 413, 503)},
