@@ -108,6 +108,30 @@ async def test_protocols_and_alpn_with_openssl(start_proxy: StartProxy, ca: Test
     assert result.returncode != 0
 
 
+@needs_openssl
+async def test_client_renegotiation_is_refused(start_proxy: StartProxy, ca: TestCA) -> None:
+    """A TLS 1.2 client asking to renegotiate (a CPU cost it can make the server pay at will) gets an alert;
+    a request on a connection that did not ask is answered (the check that the command itself works)."""
+    proxy = await start_proxy(tls=_tls(ca))
+
+    def s_client(commands: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{proxy.proxy_port}", "-tls1_2", "-crlf", *args],
+            input=commands,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+
+    request = "GET / HTTP/1.1\nHost: localhost\nConnection: close\n\n"
+    plain = await asyncio.to_thread(s_client, request, "-ign_eof")  # -ign_eof: wait for the answer
+    assert "HTTP/1.1 200 OK" in plain.stdout, plain.stderr
+    asked = await asyncio.to_thread(s_client, "R\n")  # commands such as R work only without -ign_eof
+    assert "RENEGOTIATING" in asked.stderr + asked.stdout
+    assert "no renegotiation" in asked.stderr + asked.stdout
+
+
 @needs_curl
 async def test_curl(start_proxy: StartProxy, ca: TestCA) -> None:
     proxy = await start_proxy(tls=_tls(ca))

@@ -22,7 +22,8 @@ Invariants:
 - `front` has no SNI callback while the set holds one pair: the callback could only keep the
   default, and each handshake would call into Python for nothing. `swap` sets it again for two or more.
 - Every context: TLS 1.2 and 1.3 only, Mozilla "intermediate" TLS 1.2 ciphers (ECDHE with AES-GCM
-  and ChaCha20-Poly1305), no compression, the client's cipher preference, ALPN http/1.1.
+  and ChaCha20-Poly1305), no compression, the client's cipher preference, ALPN http/1.1. The
+  listener's also refuse renegotiation.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ def server_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx)
     ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE  # intermediate: every allowed suite is strong
+    # No TLS 1.2 renegotiation a client asks for (a handshake's CPU at the client's will): OpenSSL 3
+    # refuses it by default, OpenSSL 1.1.1 would not.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     return ctx
 
 
