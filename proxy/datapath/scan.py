@@ -49,7 +49,7 @@ TOKEN: Final = bytes(1 if byte in TCHAR else 0 for byte in range(256))
 GET: Final = b"GET"
 METHODS: Final[dict[bytes, bytes]] = {m: m for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
 MAX_LENGTH_DIGITS: Final = 15
-MAX_NAME: Final = 256  # a longer header name declines
+MAX_NAME: Final = 256  # a longer header name declines (so a length fits in the 8 bits _header gives it)
 # Hop-by-hop response headers llhttp reads itself (as Connection, or for an upgrade).
 UNREAD_HOPS: Final = frozenset({b"proxy-connection", b"upgrade"})
 
@@ -98,7 +98,8 @@ RESPONSE_SHAPES: Final = Shapes(wire.RESPONSE_KINDS)
 
 def _token_end(data: bytes, pos: i64, stop: i64) -> i64:
     """The offset of the first byte from `pos` on that is not a token's (`stop` if none is)."""
-    while pos < stop and TOKEN[data[pos]]:
+    token = TOKEN  # a local: a Final global is checked for being set at each read
+    while pos < stop and token[data[pos]]:
         pos += 1
     return pos
 
@@ -118,16 +119,19 @@ def _crlf(data: bytes, at: i64, stop: i64) -> bool:
 
 
 def _header(data: bytes, pos: i64, stop: i64) -> i64:
-    """The offset of the colon of the header line at `pos` if the line is `token ": " value`, the
-    value not starting with SP (a line of at most MAX_NAME and printable bytes up to its CR), else
-    DECLINE; the line's end is then _text_end(data, colon + 2, stop), which must be a CRLF."""
+    """The header line at `pos`, if it is `token ": " value CRLF`, the name shorter than MAX_NAME, the
+    value not starting with SP and every byte up to the CR printable: the offset of its CR times 256
+    plus the length of its name (both in one native int: one call per line), else DECLINE."""
     colon = _token_end(data, pos, stop)
     size = colon - pos
     if size <= 0 or size >= MAX_NAME or colon + 2 >= stop:
         return DECLINE
     if data[colon] != 58 or data[colon + 1] != 32 or data[colon + 2] == 32:
         return DECLINE  # 58 ":", 32 SP: one after the colon; data[colon + 2] is the value or its CR
-    return colon
+    eol = _text_end(data, colon + 2, stop)
+    if eol + 1 >= stop or data[eol] != 13 or data[eol + 1] != 10:
+        return DECLINE
+    return eol * 256 + size
 
 
 def _connection(value: bytes) -> int:
@@ -185,13 +189,12 @@ def scan_request(client: ClientConnection, data: bytes, start: i64) -> i64:
     lines = 0
     while not _crlf(data, pos, stop):  # the empty line ends the head
         lines += 1
-        colon = _header(data, pos, stop)
-        if colon < 0:
+        line = _header(data, pos, stop)
+        if line < 0:
             return DECLINE
-        eol = _text_end(data, colon + 2, stop)
-        if not _crlf(data, eol, stop):
-            return DECLINE
-        size = colon - pos
+        eol = line >> 8
+        size = line & 255
+        colon = pos + size
         kind = shapes.kind(data, pos, size)
         if kind == wire.H_HOST:  # the line stays in its run: it is the line add_header would write
             ex.host = data[colon + 2 : eol]
@@ -285,13 +288,12 @@ def scan_response(conn: UpstreamConnection, data: bytes) -> i64:
     close = False
     run = pos = eol + 2
     while not _crlf(data, pos, stop):  # the empty line ends the head
-        colon = _header(data, pos, stop)
-        if colon < 0:
+        line = _header(data, pos, stop)
+        if line < 0:
             return DECLINE
-        eol = _text_end(data, colon + 2, stop)
-        if not _crlf(data, eol, stop):
-            return DECLINE
-        size = colon - pos
+        eol = line >> 8
+        size = line & 255
+        colon = pos + size
         kind = RESPONSE_SHAPES.kind(data, pos, size)
         if kind == wire.R_CONTENT_LENGTH:
             if length >= 0:
