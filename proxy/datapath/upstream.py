@@ -345,7 +345,7 @@ class UpstreamConnection(asyncio.Protocol):
     def start_response(self, ex: Exchange, code: int, body: bytes = b"") -> bytes:
         """The final response's head is complete: its head for the client (`body` joined after it), and
         the slot's counts."""
-        head, self.mode = response_head(self, ex, code, body)
+        head = response_head(self, ex, code, body)  # sets self.mode
         capture = ex.capture
         if capture is not None:  # shadow traffic: a copy of the answer (proxy.datapath.shadow)
             capture.response(code, self.headers)
