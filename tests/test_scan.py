@@ -292,6 +292,41 @@ def test_the_fast_path_takes_plain_responses_and_only_those(
     )
 
 
+def test_the_fast_path_takes_heads_up_to_the_limits_and_not_one_byte_past(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]],
+) -> None:
+    """The scan reads no further than the limits: a head at each limit is taken, one byte past it
+    declines (llhttp's path then answers 414 or 431, or 502 for a response)."""
+    app, _, _ = proxied
+    server = app.server
+    client = ClientConnection(server)
+
+    def request(line: int, headers: int) -> bytes:
+        head = b"GET /" + b"p" * (line - len(b"GET / HTTP/1.1")) + b" HTTP/1.1\r\n"
+        lines = b"Host: h\r\nX-Fill: " + b"v" * (headers - len(b"Host: h\r\nX-Fill: \r\n")) + b"\r\n"
+        return head + lines + b"\r\n"
+
+    line, headers = server.max_line, server.max_headers
+    for data, taken in (
+        (request(line, 100), True),
+        (request(line + 1, 100), False),
+        (request(100, headers), True),
+        (request(100, headers + 1), False),
+        (request(line, headers), True),
+        (request(line, headers) + b"GET / HTTP/1.1\r\n", True),  # a pipelined head that did not come whole
+    ):
+        end = scan.scan_request(client, data, 0)
+        assert (end == data.index(b"\r\n\r\n") + 4) if taken else end == scan.DECLINE, (len(data), taken)
+    pool = server.store.current.primary.pools[0]
+    limit = pool.head_limit
+    for size, taken in ((limit, True), (limit + 1, False)):  # size: up to the CRLF CRLF that ends the head
+        fill = b"v" * (size - len(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Fill: "))
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Fill: " + fill + b"\r\n\r\nok"
+        assert answer.index(b"\r\n\r\n") == size
+        end = scan.scan_response(UpstreamConnection(pool), answer)
+        assert end == (len(answer) - 2 if taken else scan.DECLINE), (size, taken)
+
+
 @pytest.mark.parametrize("scan_heads", [True, False])
 async def test_bytes_after_a_request_that_closes_are_not_read(
     proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]], scan_heads: bool

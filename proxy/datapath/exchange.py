@@ -162,7 +162,7 @@ class Exchange:
         if kind == wire.H_HOST:
             self.host = value
             self.host_count += 1
-            self.headers.append(name + b": " + value + wire.CRLF)
+            self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.H_CONTENT_LENGTH:
             # llhttp has validated it, but lets through what another parser may read otherwise (leading
             # zeros, trailing whitespace): the upstream gets the number the proxy framed the body by, as
@@ -180,7 +180,7 @@ class Exchange:
         elif kind == wire.H_EXPECT:
             self.expect = value.strip(b" \t").lower() == b"100-continue"
             if not self.client.server.buffering:  # buffering: the proxy answers 100 itself (start)
-                self.headers.append(name + b": " + value + wire.CRLF)
+                self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.H_UPGRADE:
             self.upgrade = value.strip().lower()
         elif kind == wire.H_XFF:
@@ -194,28 +194,28 @@ class Exchange:
         elif kind == wire.H_REQUEST_ID:
             self.request_id = True
             self.request_id_value = value
-            self.headers.append(name + b": " + value + wire.CRLF)
+            self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.H_COOKIE:
             self.cookie = value if not self.cookie else self.cookie + b"; " + value
             preview = self.client.server.preview_cookie
             if preview and preview in value:  # the preview secret stays at the proxy, like its header
                 value = drop_cookie(value, preview)
             if value:
-                self.headers.append(name + b": " + value + wire.CRLF)
+                self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.H_STICKY:
             self.sticky = value
-            self.headers.append(name + b": " + value + wire.CRLF)
+            self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.H_PREVIEW:
             self.preview = value  # never forwarded, matching secret or not
         elif kind == wire.H_FORWARDED:
             self.forwarded = value if not self.forwarded else self.forwarded + b", " + value
-            self.headers.append(name + b": " + value + wire.CRLF)
+            self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.H_USER_AGENT:
             self.agent = value
-            self.headers.append(name + b": " + value + wire.CRLF)
+            self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.H_REFERER:
             self.referer = value
-            self.headers.append(name + b": " + value + wire.CRLF)
+            self.headers.append(b"%s: %s\r\n" % (name, value))
         # other hop-by-hop headers are dropped
 
     def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:

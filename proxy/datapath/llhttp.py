@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from proxy.datapath.exchange import Exchange
-from proxy.datapath.wire import CRLF, ORDINARY, Reject
+from proxy.datapath.wire import ORDINARY, Reject
 
 if TYPE_CHECKING:
     from proxy.datapath.client import ClientConnection
@@ -67,7 +67,7 @@ class RequestCallbacks:
         if kind is None:
             kind = kinds.get(name.lower(), ORDINARY)
         if kind == ORDINARY:  # most headers: copied as they came, without a call into the exchange
-            ex.headers.append(name + b": " + value + CRLF)
+            ex.headers.append(b"%s: %s\r\n" % (name, value))  # one allocation (CPyBytes_Build)
         else:
             ex.add_header(kind, name, value)
 

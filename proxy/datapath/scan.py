@@ -2,13 +2,12 @@
 
 llhttp calls back into Python once per header with two new bytes objects, and the head is then
 rebuilt line by line. Most heads are plain, so this module reads a whole one at once and forwards
-runs of ordinary header lines as slices of the read. It works on the head's *class string*: each
-byte translated to its class (CLASSES: a token's byte, another printable byte or SP, anything else),
-searched with str.find, which mypyc compiles to a C call. A line ends at the next byte of the third
-class and its header name at the next byte that is not a token's; only there are the bytes
-themselves read (that the break is CRLF, that the name ends with ": "), and a header name is looked
-at only when its length and first byte match a name that needs a decision (Shapes). No object is
-made per line.
+runs of ordinary header lines as slices of the read. It reads each byte once, in loops on native
+ints that mypyc compiles to a few instructions a byte: a header name runs to the first byte that is
+not a token's (TOKEN), its line to the first that is not printable ASCII or SP; only there are the
+bytes themselves compared (that the break is CRLF, that the name ends with ": "), and a header name
+is looked at only when its length and first byte match a name that needs a decision (Shapes). No
+object is made per ordinary line, and no byte after the head is read (nor beyond the head limits).
 
 Invariant: it takes only heads that llhttp takes and reads the same way, and produces the same
 bytes for them; for anything else it declines (DECLINE), and the head goes to llhttp as before.
@@ -38,32 +37,19 @@ from proxy.datapath import wire
 from proxy.datapath.exchange import Exchange
 
 if TYPE_CHECKING:
+    from mypy_extensions import i64  # a native int when compiled (annotations only: int at run time)
+
     from proxy.datapath.client import ClientConnection
     from proxy.datapath.upstream import UpstreamConnection
 
 DECLINE: Final = -1
 TCHAR: Final = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&'*+-.^_`|~"
-
-
-def _class(byte: int) -> int:
-    if byte in TCHAR:
-        return ord("t")  # may stand in a header name
-    if 0x20 <= byte <= 0x7E:
-        return ord("v")  # SP, ":" and the other printable bytes: a header name ends at the first
-    # CR and LF, and a tab, a control byte, DEL or obs-text: a line ends at the first of any, where
-    # its bytes are read, and only CR LF goes on (so the others decline the head where they stand).
-    return 13
-
-
-CLASSES: Final = bytes(_class(byte) for byte in range(256))
+# 1 for the bytes that may stand in a header name (a token's), 0 for the others.
+TOKEN: Final = bytes(1 if byte in TCHAR else 0 for byte in range(256))
 GET: Final = b"GET"
 METHODS: Final[dict[bytes, bytes]] = {m: m for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
 MAX_LENGTH_DIGITS: Final = 15
-MAX_NAME: Final = 256  # a longer header name declines
-HEAD_END: Final = b"\r\n\r\n"
-# A response read this short is classed whole, body and all: translating ~7 instructions a byte
-# costs less than the generic bytes.find (~1.5k) for the bytes after a usual head.
-SMALL_READ: Final = 320
+MAX_NAME: Final = 256  # a longer header name declines (so a length fits in the 8 bits _header gives it)
 # Hop-by-hop response headers llhttp reads itself (as Connection, or for an upgrade).
 UNREAD_HOPS: Final = frozenset({b"proxy-connection", b"upgrade"})
 
@@ -106,25 +92,46 @@ class Shapes:
 
 RESPONSE_SHAPES: Final = Shapes(wire.RESPONSE_KINDS)
 
-
-def _classes(data: bytes) -> str:
-    """The class string of `data` (ASCII: one character of CLASSES per byte)."""
-    return data.translate(CLASSES).decode("ascii")
+# The byte loops below index with native ints (i64: no tagged-int checks), one comparison or table
+# load per byte; `stop` bounds every read (the end of the read, or of the longest head taken).
 
 
-def _crlf(data: bytes, at: int) -> bool:
-    return data[at] == 13 and data[at + 1] == 10
+def _token_end(data: bytes, pos: i64, stop: i64) -> i64:
+    """The offset of the first byte from `pos` on that is not a token's (`stop` if none is)."""
+    token = TOKEN  # a local: a Final global is checked for being set at each read
+    while pos < stop and token[data[pos]]:
+        pos += 1
+    return pos
 
 
-def _name(text: str, data: bytes, base: int, pos: int, eol: int) -> int:
-    """The length of the header name of the line text[pos:eol] (data[base + pos:base + eol]) if the
-    line is `token ": " value`, the value not starting with SP, and ends with CRLF, else DECLINE."""
-    colon = text.find("v", pos, eol)  # the first byte that is not a token's: the colon, if plain
+def _text_end(data: bytes, pos: i64, stop: i64) -> i64:
+    """The offset of the first byte from `pos` on that is not printable ASCII or SP (`stop` if none is)."""
+    while pos < stop:
+        byte = data[pos]
+        if byte < 32 or byte > 126:
+            return pos
+        pos += 1
+    return pos
+
+
+def _crlf(data: bytes, at: i64, stop: i64) -> bool:
+    return at + 1 < stop and data[at] == 13 and data[at + 1] == 10
+
+
+def _header(data: bytes, pos: i64, stop: i64) -> i64:
+    """The header line at `pos`, if it is `token ": " value CRLF`, the name shorter than MAX_NAME, the
+    value not starting with SP and every byte up to the CR printable: the offset of its CR times 256
+    plus the length of its name (both in one native int: one call per line), else DECLINE."""
+    colon = _token_end(data, pos, stop)
     size = colon - pos
-    at = base + colon
-    if size <= 0 or size >= MAX_NAME or data[at] != 58 or data[at + 1] != 32 or data[at + 2] == 32:
-        return DECLINE  # 58 ":", 32 SP: one after the colon; data[at + 2] is the value or its CR
-    return size if _crlf(data, base + eol) else DECLINE
+    if size <= 0 or size >= MAX_NAME or colon + 2 >= stop:
+        return DECLINE
+    if data[colon] != 58 or data[colon + 1] != 32 or data[colon + 2] == 32:
+        return DECLINE  # 58 ":", 32 SP: one after the colon; data[colon + 2] is the value or its CR
+    eol = _text_end(data, colon + 2, stop)
+    if eol + 1 >= stop or data[eol] != 13 or data[eol + 1] != 10:
+        return DECLINE
+    return eol * 256 + size
 
 
 def _connection(value: bytes) -> int:
@@ -150,35 +157,26 @@ def _digits(data: bytes, start: int, end: int) -> int:
     return number
 
 
-def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
+def scan_request(client: ClientConnection, data: bytes, start: i64) -> i64:
     """Read a whole bodyless request head at data[start:]; on success `client.parsing` is its
     exchange (method, target, version, keep_alive and headers set, head_complete not yet called)
     and the offset after the head is returned."""
-    if start == 0 and data.endswith(HEAD_END):
-        text = _classes(data)  # the usual read: one head, classed without slicing it off
-        end = text.find("\r\r\r\r")  # before len(data) - 4 only when requests are pipelined
-    else:
-        end = data.find(HEAD_END, start)  # bytes.find is a generic call: not for the usual read
-        if end < 0:
-            return DECLINE
-        text = _classes(data[start : end + 4])
-        end -= start
-    # Offsets into text are relative to start: data[start + i] is the byte of text[i].
     server = client.server
-    stop = end + 2  # text[stop:] is the empty line that ends the head
-    eol = text.find("\r")
-    if eol > server.max_line or end - eol > server.max_headers:
-        return DECLINE  # too long: llhttp's path answers 414 or 431
-    # METHOD SP target SP HTTP/1.x: the method is a token, the version 8 bytes.
-    sp = text.find("v", 0, eol)
-    at = start + sp + 1  # the target
-    last = start + eol - 9  # the SP before the version
-    if sp <= 0 or at >= last or data[at] != 47 or data[at - 1] != 32 or data[last] != 32:
-        return DECLINE  # 47: "/", the origin form
-    if not _crlf(data, start + eol) or not _crlf(data, start + stop):
+    # A head past either limit declines (llhttp's path answers 414 or 431): none is read beyond them.
+    stop: i64 = start + server.max_line + server.max_headers + 4
+    if stop > len(data):
+        stop = len(data)
+    # METHOD SP target SP HTTP/1.x CRLF: the method is a token, the version 8 bytes.
+    sp = _token_end(data, start, stop)
+    eol = _text_end(data, sp, stop)
+    at = sp + 1  # the target
+    last = eol - 9  # the SP before the version
+    if eol - start > server.max_line or sp <= start or at >= last or not _crlf(data, eol, stop):
         return DECLINE
-    proto = data[last + 1 : start + eol]
-    name = data[start : at - 1]
+    if data[at] != 47 or data[sp] != 32 or data[last] != 32:
+        return DECLINE  # 47: "/", the origin form
+    proto = data[last + 1 : eol]
+    name = data[start:sp]
     method = GET if name == GET else METHODS.get(name)  # GET compared first: no hashing the usual one
     target = data[at:last]
     # 32: SP, as an int (with b" ", `in` first fails to read it as one, which costs an exception)
@@ -187,46 +185,47 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
     ex = Exchange(client)
     shapes = server.scan_shapes
     flags = 0  # 1: Connection: close seen, 2: Connection: keep-alive seen (llhttp's flags)
-    run = pos = eol + 2  # data[start + run:start + pos] is a run of lines forwarded as they came
+    first = run = pos = eol + 2  # data[run:pos] is a run of lines forwarded as they came
     lines = 0
-    while pos < stop:
+    while not _crlf(data, pos, stop):  # the empty line ends the head
         lines += 1
-        eol = text.find("\r", pos)
-        size = _name(text, data, start, pos, eol)
-        if size < 0:
+        line = _header(data, pos, stop)
+        if line < 0:
             return DECLINE
-        at = start + pos
-        kind = shapes.kind(data, at, size)
+        eol = line >> 8
+        size = line & 255
+        colon = pos + size
+        kind = shapes.kind(data, pos, size)
         if kind == wire.H_HOST:  # the line stays in its run: it is the line add_header would write
-            ex.host = data[at + size + 2 : start + eol]
+            ex.host = data[colon + 2 : eol]
             ex.host_count += 1
         elif kind >= wire.H_REFERER:  # the combined access log's: kept, the line stays in its run too
             if kind == wire.H_USER_AGENT:
-                ex.agent = data[at + size + 2 : start + eol]
+                ex.agent = data[colon + 2 : eol]
             else:
-                ex.referer = data[at + size + 2 : start + eol]
+                ex.referer = data[colon + 2 : eol]
         elif kind != wire.ORDINARY:
             if kind == wire.H_CONTENT_LENGTH or kind == wire.H_TE or kind == wire.H_UPGRADE:
                 return DECLINE
-            name = data[at : at + size]
+            name = data[pos:colon]
             if kind == wire.H_HOP and name.lower() == b"proxy-connection":
                 return DECLINE  # llhttp reads it as Connection
-            value = data[at + size + 2 : start + eol]
+            value = data[colon + 2 : eol]
             if kind == wire.H_CONNECTION:
                 token = _connection(value)
                 if token < 0:
                     return DECLINE
                 flags |= token
             if pos > run:
-                ex.headers.append(data[start + run : at])
+                ex.headers.append(data[run:pos])
             if kind != wire.H_CONNECTION:
                 ex.add_header(kind, name, value)  # what the slow path does with it, in the same order
             run = eol + 2
         pos = eol + 2
-    if lines > server.max_header_count:
+    if lines > server.max_header_count or pos - first > server.max_headers:
         return DECLINE  # llhttp's path answers 431
     if pos > run:
-        ex.headers.append(data[start + run : start + pos])
+        ex.headers.append(data[run:pos])
     ex.method = method
     ex.target = target
     if proto == b"HTTP/1.1":
@@ -235,7 +234,7 @@ def scan_request(client: ClientConnection, data: bytes, start: int) -> int:
         ex.version = "1.0"
         ex.keep_alive = bool(flags & 2)  # llhttp: keep-alive named, even next to close
     client.parsing = ex
-    return start + end + 4
+    return pos + 2
 
 
 def take_requests(client: ClientConnection, data: bytes) -> bytes:
@@ -269,54 +268,53 @@ def _take(client: ClientConnection) -> bool:
     return True
 
 
-def scan_response(conn: UpstreamConnection, data: bytes) -> int:
+def scan_response(conn: UpstreamConnection, data: bytes) -> i64:
     """Read a whole response head at the start of `data` that is framed by Content-Length; on
     success conn.code, headers, has_length, conn_close and body_left (the length) are set and the
     offset after the head is returned."""
-    if len(data) <= SMALL_READ:
-        text = _classes(data)  # the body too: cheaper than bytes.find (a generic call) for a small read
-        end = text.find("\r\r\r\r")
-    else:
-        end = data.find(HEAD_END)
-        text = _classes(data[: end + 4]) if end >= 0 else ""
-    if end < 12 or end > conn.head_limit or not data.startswith(b"HTTP/1.1 "):
+    if not data.startswith(b"HTTP/1.1 "):
         return DECLINE
-    stop = end + 2  # text[stop:] is the empty line that ends the head
-    eol = text.find("\r")
+    stop: i64 = conn.head_limit + 4  # a longer head declines: nothing is read beyond it
+    if stop > len(data):
+        stop = len(data)
+    eol = _text_end(data, 9, stop)
+    if eol < 12 or not _crlf(data, eol, stop) or (eol > 12 and data[12] != 32):
+        return DECLINE
     code = _digits(data, 9, 12)
-    if code < 200 or code > 599 or code == 204 or code == 304 or (eol > 12 and data[12] != 32):
-        return DECLINE
-    if not _crlf(data, eol) or not _crlf(data, stop):
+    if code < 200 or code > 599 or code == 204 or code == 304:
         return DECLINE
     headers: list[bytes] = []
     length = -1
     close = False
     run = pos = eol + 2
-    while pos < stop:
-        eol = text.find("\r", pos)
-        size = _name(text, data, 0, pos, eol)
-        if size < 0:
+    while not _crlf(data, pos, stop):  # the empty line ends the head
+        line = _header(data, pos, stop)
+        if line < 0:
             return DECLINE
+        eol = line >> 8
+        size = line & 255
+        colon = pos + size
         kind = RESPONSE_SHAPES.kind(data, pos, size)
         if kind == wire.R_CONTENT_LENGTH:
             if length >= 0:
                 return DECLINE
-            length = _digits(data, pos + size + 2, eol)
+            length = _digits(data, colon + 2, eol)
             if length < 0:
                 return DECLINE
         elif kind != wire.ORDINARY:
             if kind == wire.R_CONNECTION:
-                token = _connection(data[pos + size + 2 : eol])
+                token = _connection(data[colon + 2 : eol])
                 if token < 0:
                     return DECLINE
                 close = close or token == 1
-            elif kind == wire.R_TE or data[pos : pos + size].lower() in UNREAD_HOPS:
+            elif kind == wire.R_TE or data[pos:colon].lower() in UNREAD_HOPS:
                 return DECLINE
             if pos > run:
                 headers.append(data[run:pos])
             run = eol + 2  # hop-by-hop: dropped, as on_header does
         pos = eol + 2
-    if length < 0 or len(data) - end - 4 > length:
+    end = pos + 2  # the offset after the head
+    if length < 0 or len(data) - end > length:
         return DECLINE  # close-delimited, or bytes after the response (llhttp's path reports them)
     if pos > run:
         headers.append(data[run:pos])
@@ -325,7 +323,7 @@ def scan_response(conn: UpstreamConnection, data: bytes) -> int:
     conn.has_length = True
     conn.conn_close = close
     conn.body_left = length
-    return end + 4
+    return end
 
 
 # -- relaying what scan_response read (UpstreamConnection.data_received calls these) -------------

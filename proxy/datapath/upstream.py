@@ -251,10 +251,10 @@ class UpstreamConnection(asyncio.Protocol):
         if kind is None:
             kind = wire.RESPONSE_KINDS.get(name.lower(), wire.ORDINARY)
         if kind == wire.ORDINARY:
-            self.headers.append(name + b": " + value + wire.CRLF)
+            self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.R_CONTENT_LENGTH:
             self.has_length = True
-            self.headers.append(name + b": " + value + wire.CRLF)
+            self.headers.append(b"%s: %s\r\n" % (name, value))
         elif kind == wire.R_TE:
             # The proxy drops Transfer-Encoding and re-frames the body, so only chunked can be relayed
             # (nginx: "upstream sent unknown Transfer-Encoding"); llhttp would read any other coding
@@ -345,7 +345,7 @@ class UpstreamConnection(asyncio.Protocol):
     def start_response(self, ex: Exchange, code: int, body: bytes = b"") -> bytes:
         """The final response's head is complete: its head for the client (`body` joined after it), and
         the slot's counts."""
-        head, self.mode = response_head(self, ex, code, body)
+        head = response_head(self, ex, code, body)  # sets self.mode
         capture = ex.capture
         if capture is not None:  # shadow traffic: a copy of the answer (proxy.datapath.shadow)
             capture.response(code, self.headers)

@@ -74,6 +74,10 @@ class Route:
 
     def pick(self) -> UpstreamPool | None:
         """Round-robin over the slot's upstreams that are up; None when none is."""
+        pools = self.pools
+        if len(pools) == 1:  # one upstream: no round to make (next() on the cycle is a generic call)
+            pool = pools[0]
+            return pool if pool.usable else None
         pool = next(self._rr)
         if pool.usable:
             return pool
