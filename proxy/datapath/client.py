@@ -68,6 +68,8 @@ class ClientConnection(asyncio.Protocol):
         "head_raw",
         "last",
         "llhttp_open",
+        "log_head",
+        "log_second",
         "loop",
         "parser",
         "parsing",
@@ -127,6 +129,9 @@ class ClientConnection(asyncio.Protocol):
         # Per-request state
         self.parsing: Exchange | None = None
         self.head_raw = 0  # bytes of the reads that continued a head and did not complete it
+        # The access log's: the start of this client's lines in the second log_second (proxy.datapath.logformat).
+        self.log_head = b""
+        self.log_second = -1
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -353,7 +358,8 @@ class ClientConnection(asyncio.Protocol):
             if access is not None:  # refused before routing: logged with what was read of it
                 refused = parsing if parsing is not None else Exchange(self)
                 refused.body_sent = 0 if head_request else len(reply.body)
-                access.record(refused, reply.status, 0.0, self.clock())
+                refused.started = self.clock()  # a duration of 0
+                access.record(refused, reply.status, refused.started)
         self.pipeline.clear()
         self.server.send_error(self.transport, reason, None, head_request)
         self.close()

@@ -68,10 +68,11 @@ class Exchange:
         "held",
         "host",
         "host_count",
-        "id_number",
+        "id_digits",
         "is_head",
         "keep_alive",
         "kinds",
+        "logged_at",
         "method",
         "nominated",
         "own",
@@ -120,7 +121,7 @@ class Exchange:
         self.xfp = b""
         self.request_id = False
         self.request_id_value = b""  # the client's X-Request-ID (the access log's request_id)
-        self.id_number = 0  # else the number of the one the proxy added (proxy.datapath.headers)
+        self.id_digits = b""  # else the number of the one the proxy added, in decimal (proxy.datapath.headers)
         self.referer = b""  # Referer and User-Agent: read only for the combined access log
         self.agent = b""
         self.cookie = b""
@@ -150,6 +151,7 @@ class Exchange:
         self.status = 0
         self.own = False  # the proxy answered (fail): not counted as the upstream's
         self.started = 0.0
+        self.logged_at = 0.0  # the loop clock when it ended, if the access log took it (AccessLog.record)
         self.attempts = 0
         self.response_started = False
         self.ended = False
@@ -540,7 +542,7 @@ class Exchange:
                 rt.on_idle()
             access = self.client.server.access
             if access is not None:  # off by default: no per-request logging work at all
-                access.record(self, status, elapsed, now)
+                access.record(self, status, now)
 
     def _count(self, reason: str) -> None:
         if self.route is not None:

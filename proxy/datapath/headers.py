@@ -60,9 +60,9 @@ def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> by
         parts.append(client.fwd_block)
     if not ex.request_id:
         _ids.last += 1
-        ex.id_number = _ids.last
+        digits = ex.id_digits = str(_ids.last).encode()  # kept for the access log's request_id
         parts.append(_ID_PREFIX)  # three parts of the one join, not two concatenations first
-        parts.append(str(_ids.last).encode())
+        parts.append(digits)
         parts.append(wire.CRLF)
     if ex.chunked:
         parts.append(wire.CHUNKED)
