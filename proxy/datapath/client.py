@@ -68,8 +68,11 @@ class ClientConnection(asyncio.Protocol):
         "head_raw",
         "last",
         "llhttp_open",
+        "log_agent",
         "log_head",
+        "log_referer",
         "log_second",
+        "log_tail",
         "loop",
         "parser",
         "parsing",
@@ -132,6 +135,9 @@ class ClientConnection(asyncio.Protocol):
         # The access log's: the start of this client's lines in the second log_second (proxy.datapath.logformat).
         self.log_head = b""
         self.log_second = -1
+        self.log_referer = b""  # and the end of its combined lines for this referer and user agent
+        self.log_agent = b""
+        self.log_tail = b'-" "-"\n'  # logformat.C_NO_TAIL
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 GROUP: Final = 32  # lines per join and check: a line to escape makes only its group's lines again
 SMALL: Final = 1000  # sizes below this come from tables, with what follows them
+QUICK: Final = 10_000  # durations below this many microseconds come from a table (Json.quick)
 JSON_HEAD: Final = -2  # ClientConnection.log_second when log_head is the JSON one (it has no time)
 _UNSAFE: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
 _MONTHS: Final = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
@@ -54,7 +55,7 @@ C_METHOD: Final = {m: m + b" " for m in METHODS}
 J_GET: Final = b'GET","target":"'
 C_SEP: Final = b'" "'
 C_END: Final = b'"\n'
-C_NO_AGENT: Final = b'-"\n'
+C_NO_TAIL: Final = b'-" "-"\n'  # no referer, no user agent
 J_CLIENT: Final = b',"client":"'
 J_METHOD: Final = b'","method":"'
 J_TARGET: Final = b'","target":"'
@@ -138,7 +139,6 @@ class Combined:
         self.request11 = [b' HTTP/1.1" %d ' % n for n in range(1000)]  # the request line's end and the status
         self.request10 = [b' HTTP/1.0" %d ' % n for n in range(1000)]
         self.sizes = [b'%d "' % n for n in range(SMALL)]  # and the referer's quote
-        self.sizes_no_referer = [b'%d "-" "' % n for n in range(SMALL)]
 
     def time_local(self, wall: float) -> bytes:
         second = int(wall)
@@ -188,8 +188,8 @@ class Combined:
                 second = self.second
                 since = float(second)
                 mid = self.mid
+            client = ex.client
             if len(ex.addr) == 0:
-                client = ex.client
                 if client.log_second != second:
                     client.log_head = client.peer + mid
                     client.log_second = second
@@ -225,31 +225,26 @@ class Combined:
             else:
                 parts.append(b' HTTP/%s" %d ' % (version.encode(), status))
             size = ex.body_sent
+            if size < SMALL:
+                parts.append(self.sizes[size])
+            else:
+                parts.append(str(size).encode())
+                parts.append(b' "')
+            # The referer and user agent, kept per connection: a client sends the same agent on each
+            # request of a connection, and often the same referer (a page's resources).
             referer = ex.referer
-            if len(referer) == 0:
-                if size < SMALL:
-                    parts.append(self.sizes_no_referer[size])
-                else:
-                    parts.append(str(size).encode())
-                    parts.append(b' "-" "')
-            else:
-                if size < SMALL:
-                    parts.append(self.sizes[size])
-                else:
-                    parts.append(str(size).encode())
-                    parts.append(b' "')
-                parts.append(referer)
-                parts.append(C_SEP)
-                if 34 in referer:
-                    quoted = True
             agent = ex.agent
-            if len(agent) == 0:
-                parts.append(C_NO_AGENT)
+            if agent == client.log_agent and referer == client.log_referer:
+                parts.append(client.log_tail)
             else:
-                parts.append(agent)
-                parts.append(C_END)
-                if 34 in agent:
-                    quoted = True
+                tail = b"".join((referer or b"-", C_SEP, agent or b"-", C_END))
+                parts.append(tail)
+                if 34 in referer or 34 in agent:
+                    quoted = True  # and not kept: what is kept has no quote to look for
+                else:
+                    client.log_referer = referer
+                    client.log_agent = agent
+                    client.log_tail = tail
         return b"".join(parts), quoted
 
     def line(self, ex: Exchange, offset: float) -> bytes:
@@ -309,6 +304,8 @@ class Json:
         self.status10 = [J_VERSION + b"1.0" + J_STATUS + STATUS[n] for n in range(1000)]
         # The duration's fraction, when there was one attempt, and the keys up to the size.
         self.once = [MILLIS[n] + J_ATTEMPTS + b"1" + J_BYTES for n in range(1000)]
+        # The duration in microseconds, below QUICK, and the same: made when first needed.
+        self.quick: list[bytes | None] = [None] * QUICK
         # The size and what follows it: the client's request ID, the proxy's, or none.
         self.sizes_id = [STATUS[n] + J_ID for n in range(SMALL)]
         self.sizes_own_id = [STATUS[n] + J_ID + ID_VALUE_PREFIX for n in range(SMALL)]
@@ -383,10 +380,16 @@ class Json:
             else:
                 parts.append(_loose_tag(ex))
             micros = int((end - ex.started) * 1_000_000.0)
-            parts.append(_digits(micros // 1000))
-            if ex.attempts == 1:
+            if ex.attempts == 1 and 0 <= micros < QUICK:
+                quick = self.quick[micros]
+                if quick is None:
+                    quick = self.quick[micros] = _digits(micros // 1000) + self.once[micros % 1000]
+                parts.append(quick)
+            elif ex.attempts == 1:
+                parts.append(_digits(micros // 1000))
                 parts.append(self.once[micros % 1000])
             else:
+                parts.append(_digits(micros // 1000))
                 parts.append(MILLIS[micros % 1000])
                 parts.append(J_ATTEMPTS)
                 parts.append(_digits(ex.attempts))
