@@ -2,9 +2,11 @@
 
 Invariants:
 - Nothing on the data path logs unless this log is on: Exchange._end asks `server.access is not None`,
-  one attribute read. When it is on, a request costs one tuple appended to a list (`record`); the
-  lines are formatted (proxy.datapath.logformat) and written in batches: when FLUSH_ENTRIES are waiting
-  (about 64 KiB of lines), on a timer FLUSH_INTERVAL after the first entry of a batch, and at shutdown.
+  one attribute read. When it is on, a request costs two attribute writes on its exchange (the status
+  logged and the loop clock when it ended) and one append of it to a list (`record`); the lines are
+  formatted (proxy.datapath.logformat) and written in batches: when FLUSH_ENTRIES are waiting (about
+  64 KiB of lines), on a timer FLUSH_INTERVAL after the first entry of a batch, and at shutdown. An
+  exchange is never reused, so the one in a batch still holds its request's fields when it is formatted.
 - Sampling (`sample` below 1) keeps an evenly spaced share of the requests answered below 400, by an
   integer accumulator (no random number per request); every 4xx and 5xx is logged.
 - Writes never block the event loop and never raise into the data path: a thread of this log's own
@@ -30,7 +32,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-from proxy.datapath.logformat import Clock, Entry, combined_lines, json_lines
+from proxy.datapath.logformat import Combined, Json
 
 if TYPE_CHECKING:
     from proxy.datapath.exchange import Exchange
@@ -54,9 +56,10 @@ class AccessLog:
         self.sample = SAMPLE_ONE
         self.credit = 0
         self.set_sample(sample)
-        self.entries: list[Entry] = []
+        self.entries: list[Exchange] = []
         self.timer: asyncio.TimerHandle | None = None
-        self.times = Clock()
+        self.combined_format = Combined() if self.combined else None
+        self.json_format = None if self.combined else Json()
         self.writer = Writer(path)
 
     def set_sample(self, sample: float) -> None:
@@ -64,14 +67,17 @@ class AccessLog:
 
     # -- per request ------------------------------------------------------------------------
 
-    def record(self, ex: Exchange, status: int, seconds: float, end: float) -> None:
+    def record(self, ex: Exchange, status: int, end: float) -> None:
+        """`ex` has ended with `status` at `end` (the loop clock); its duration is from ex.started."""
         if status < 400 and self.sample != SAMPLE_ONE:
             self.credit += self.sample
             if self.credit < SAMPLE_ONE:
                 return
             self.credit -= SAMPLE_ONE
+        ex.status = status
+        ex.logged_at = end
         entries = self.entries
-        entries.append((ex, status, seconds, end))
+        entries.append(ex)
         if len(entries) >= FLUSH_ENTRIES:
             self.flush()
         elif self.timer is None:
@@ -88,8 +94,14 @@ class AccessLog:
             return
         self.entries = []
         offset = time.time() - self.clock()
-        lines = combined_lines(entries, offset, self.times) if self.combined else json_lines(entries, offset)
-        self.writer.put(lines)
+        combined = self.combined_format
+        json = self.json_format
+        if combined is not None:
+            chunks = combined.batch(entries, offset)
+        else:
+            assert json is not None
+            chunks = json.batch(entries, offset)
+        self.writer.put(chunks, len(entries))
 
     @property
     def written(self) -> int:
@@ -124,7 +136,8 @@ class Writer:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.queue: queue.SimpleQueue[list[bytes] | str | threading.Event | None] = queue.SimpleQueue()
+        # A batch is (chunks of whole lines, the number of lines).
+        self.queue: queue.SimpleQueue[tuple[list[bytes], int] | str | threading.Event | None] = queue.SimpleQueue()
         self.pending = 0  # bytes put and not yet written; changed under `lock`
         self.lock = threading.Lock()
         self.written = 0  # lines
@@ -137,14 +150,14 @@ class Writer:
 
     # -- the event loop's side ---------------------------------------------------------------
 
-    def put(self, lines: list[bytes]) -> None:
-        size = sum(map(len, lines))
+    def put(self, chunks: list[bytes], lines: int) -> None:
+        size = sum(map(len, chunks))
         with self.lock:
             if self.pending + size > MAX_PENDING:
-                self.dropped += len(lines)
+                self.dropped += lines
                 return
             self.pending += size
-        self.queue.put(lines)
+        self.queue.put((chunks, lines))
 
     def reopen(self) -> None:
         self.queue.put(REOPEN)
@@ -175,13 +188,13 @@ class Writer:
             elif isinstance(item, threading.Event):
                 item.set()
             else:
-                self._write(item)
+                self._write(*item)
         if self.fd > 2:
             os.close(self.fd)
         self.fd = -1
 
-    def _write(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
+    def _write(self, chunks: list[bytes], lines: int) -> None:
+        data = b"".join(chunks)
         done = 0
         try:
             if self.fd < 0:
@@ -190,10 +203,10 @@ class Writer:
             while done < len(data):
                 done += os.write(self.fd, view[done:])
         except OSError as exc:
-            self._failed(exc, lines, done)
+            self._failed(exc, data, lines, done)
         else:
             with self.lock:
-                self.written += len(lines)
+                self.written += lines
             if self.failing:
                 self.failing = False
                 log.warning("access log %s: writing again", self._name())
@@ -201,21 +214,16 @@ class Writer:
             with self.lock:
                 self.pending -= len(data)
 
-    def _failed(self, exc: OSError, lines: list[bytes], done: int) -> None:
+    def _failed(self, exc: OSError, data: bytes, lines: int, done: int) -> None:
         # Lines written whole before the failure count as written; a line cut short is ended with a
         # newline when possible, so the next batch starts on a line of its own.
-        whole = size = 0
-        for line in lines:
-            if size + len(line) > done:
-                break
-            size += len(line)
-            whole += 1
-        if done > size:
+        whole = data.count(b"\n", 0, done)
+        if done and data[done - 1] != 10:  # 10: LF
             with contextlib.suppress(OSError):
                 os.write(self.fd, b"\n")
         with self.lock:
             self.written += whole
-            self.dropped += len(lines) - whole
+            self.dropped += lines - whole
         if not self.failing:
             self.failing = True
             log.error(

@@ -19,7 +19,6 @@ still follows the ramp's weight as it advances.
 from __future__ import annotations
 
 import hmac
-import itertools
 import zlib
 from typing import TYPE_CHECKING, Final
 
@@ -29,10 +28,16 @@ if TYPE_CHECKING:
 
 BUCKETS: Final = 10000
 # Keyless requests: a golden-ratio sequence spreads them evenly, so the share matches the weight
-# closely even over few requests.
-_sequence: Final = itertools.count()
+# closely even over few requests. Its position (ProxyServer.keyless) is kept below BUCKETS: the
+# buckets it gives depend only on the position modulo BUCKETS.
 _GOLDEN: Final = 6180
 ISSUED: Final = b"s1."  # the prefix of the values of the cookies the proxy sets (sticky.set_cookie)
+# sticky.by as ProxyServer.sticky_kind, an int compared per request (a str is compared by a call).
+BY_IP: Final = 0
+BY_HEADER: Final = 1
+BY_COOKIE: Final = 2
+BY_NONE: Final = 3
+STICKY_KINDS: Final = {"ip": BY_IP, "header": BY_HEADER, "cookie": BY_COOKIE, "none": BY_NONE}
 
 
 def cookie_value(cookies: bytes, name: bytes) -> bytes:
@@ -54,9 +59,9 @@ def choose(snap: Snapshot, ex: Exchange) -> Route:
     server = ex.client.server
     secret = server.preview_secret
     offered = ex.preview
-    if not offered and secret and ex.cookie:
+    if len(offered) == 0 and len(secret) != 0 and len(ex.cookie) != 0:  # len(): no generic truth test
         offered = cookie_value(ex.cookie, server.preview_cookie)
-    if offered and (
+    if len(offered) != 0 and (
         hmac.compare_digest(offered, server.internal_secret) or (secret and hmac.compare_digest(offered, secret))
     ):
         target = snap.canary.name if snap.canary is not None else snap.idle_slot()
@@ -64,25 +69,26 @@ def choose(snap: Snapshot, ex: Exchange) -> Route:
     canary = snap.canary
     if canary is None:
         return snap.primary
-    key = _sticky_key(ex)
-    if key:
+    key = _sticky_key(ex, server.sticky_kind)
+    if len(key) != 0:
         bucket = issued_bucket(key) if key.startswith(ISSUED) else zlib.crc32(key) % BUCKETS
     else:
-        bucket = next(_sequence) * _GOLDEN % BUCKETS
+        position = server.keyless
+        server.keyless = position + 1 if position < BUCKETS - 1 else 0
+        bucket = position * _GOLDEN % BUCKETS
         cookies = server.sticky_cookies
         if cookies is not None:  # sticky.set_cookie: the client keeps this bucket from its next request on
             ex.set_cookie = cookies[bucket]
     return canary if bucket < snap.canary_bp else snap.primary
 
 
-def _sticky_key(ex: Exchange) -> bytes:
-    by = ex.client.server.sticky_by
-    if by == "ip":
+def _sticky_key(ex: Exchange, by: int) -> bytes:
+    if by == BY_IP:
         return ex.addr or ex.client.peer  # the client's address (headers.resolve_client)
-    if by == "header":
+    if by == BY_HEADER:
         return ex.sticky
-    if by == "cookie":
-        return cookie_value(ex.cookie, ex.client.server.sticky_name) if ex.cookie else b""
+    if by == BY_COOKIE:
+        return cookie_value(ex.cookie, ex.client.server.sticky_name) if len(ex.cookie) != 0 else b""
     return b""
 
 

@@ -68,6 +68,11 @@ class ClientConnection(asyncio.Protocol):
         "head_raw",
         "last",
         "llhttp_open",
+        "log_agent",
+        "log_head",
+        "log_referer",
+        "log_second",
+        "log_tail",
         "loop",
         "parser",
         "parsing",
@@ -127,6 +132,12 @@ class ClientConnection(asyncio.Protocol):
         # Per-request state
         self.parsing: Exchange | None = None
         self.head_raw = 0  # bytes of the reads that continued a head and did not complete it
+        # The access log's: the start of this client's lines in the second log_second (proxy.datapath.logformat).
+        self.log_head = b""
+        self.log_second = -1
+        self.log_referer = b""  # and the end of its combined lines for this referer and user agent
+        self.log_agent = b""
+        self.log_tail = b'-" "-"\n'  # logformat.C_NO_TAIL
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -353,7 +364,8 @@ class ClientConnection(asyncio.Protocol):
             if access is not None:  # refused before routing: logged with what was read of it
                 refused = parsing if parsing is not None else Exchange(self)
                 refused.body_sent = 0 if head_request else len(reply.body)
-                access.record(refused, reply.status, 0.0, self.clock())
+                refused.started = self.clock()  # a duration of 0
+                access.record(refused, reply.status, refused.started)
         self.pipeline.clear()
         self.server.send_error(self.transport, reason, None, head_request)
         self.close()

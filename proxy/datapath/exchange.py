@@ -72,6 +72,7 @@ class Exchange:
         "is_head",
         "keep_alive",
         "kinds",
+        "logged_at",
         "method",
         "nominated",
         "own",
@@ -150,6 +151,7 @@ class Exchange:
         self.status = 0
         self.own = False  # the proxy answered (fail): not counted as the upstream's
         self.started = 0.0
+        self.logged_at = 0.0  # the loop clock when it ended, if the access log took it (AccessLog.record)
         self.attempts = 0
         self.response_started = False
         self.ended = False
@@ -540,7 +542,7 @@ class Exchange:
                 rt.on_idle()
             access = self.client.server.access
             if access is not None:  # off by default: no per-request logging work at all
-                access.record(self, status, elapsed, now)
+                access.record(self, status, now)
 
     def _count(self, reason: str) -> None:
         if self.route is not None:

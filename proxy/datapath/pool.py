@@ -43,6 +43,7 @@ class UpstreamPool:
         "host",
         "host_line",
         "idle",
+        "log_tag",
         "loop",
         "max_connections",
         "max_idle",
@@ -73,6 +74,7 @@ class UpstreamPool:
         self.loop = loop
         self.slot = slot
         self.url = url
+        self.log_tag = b""  # the JSON access log's slot and upstream (proxy.datapath.logformat), made once
         self.host = host
         self.port = port
         self.host_line = b"Host: %s\r\n" % url.partition("://")[2].encode("idna")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from proxy import native
 from proxy.datapath import wire
 from proxy.datapath.accesslog import AccessLog
-from proxy.datapath.balance import set_cookie_lines
+from proxy.datapath.balance import BY_IP, STICKY_KINDS, set_cookie_lines
 from proxy.datapath.client import ClientConnection
 from proxy.datapath.scan import Shapes
 from proxy.datapath.shadow import Capture, ShadowTap
@@ -83,7 +83,8 @@ class ProxyServer:
         # The proxy's own preview secret, for smoke and warm-up requests it sends to the idle
         # slot through its own data path; random per process and never logged.
         self.internal_secret = secrets.token_hex(16).encode()
-        self.sticky_by = "ip"
+        self.sticky_kind = BY_IP  # sticky.by (balance.STICKY_KINDS)
+        self.keyless = 0  # the position of the sequence that places requests without a key (balance.choose)
         self.sticky_name = b""
         self.sticky_cookies: list[bytes] | None = None  # Set-Cookie line per bucket (sticky.set_cookie)
         self.failover = False
@@ -124,7 +125,7 @@ class ProxyServer:
         elif self.recent is None or self.recent.maxlen != keep:
             self.recent = deque(self.recent or (), maxlen=keep)
         kinds = dict(wire.REQUEST_SPECIAL)
-        self.sticky_by = settings.sticky.by
+        self.sticky_kind = STICKY_KINDS[settings.sticky.by]
         self.sticky_name = settings.sticky.name.encode("latin-1")
         if not settings.sticky.set_cookie:
             self.sticky_cookies = None
