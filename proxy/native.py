@@ -50,6 +50,7 @@ COMPILED = (
     "proxy.datapath.accesslog",
     "proxy.datapath.ratelog",
     "proxy.datapath.logformat",
+    "proxy.datapath.logjson",
     "proxy.datapath.shadow",
     "proxy.datapath.mirror",
 )

@@ -32,7 +32,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-from proxy.datapath.logformat import Combined, Json
+from proxy.datapath.logformat import Combined
+from proxy.datapath.logjson import Json
 
 if TYPE_CHECKING:
     from proxy.datapath.exchange import Exchange
