@@ -22,6 +22,7 @@ import pytest
 from proxy.process.demo_apps import PATTERN
 from proxy.process.runtime import Slotswitch
 from tests.conftest import StartProxy
+from tests.rawhttp import request
 from tests.tlsutil import TestCA, get
 
 
@@ -68,6 +69,8 @@ async def test_garbage_instead_of_a_client_hello_closes_and_the_proxy_keeps_serv
             writer.close()
         assert not answer or answer[0] == 0x15  # nothing, or a TLS alert record
     assert _failures(proxy) == 3
+    metrics = await request(proxy.admin_port, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert "slotswitch_tls_handshake_failures_total 3.0" in metrics.body.decode()
     failed = [r for r in caplog.records if r.name == "slotswitch.tls" and "handshake" in r.getMessage()]
     assert len(failed) == 3 and all(r.levelno == logging.DEBUG and not r.exc_info for r in failed)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
