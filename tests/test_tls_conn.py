@@ -105,6 +105,15 @@ class _BioClient:
         self.tls.write(data)
         self.sock.sendall(self.out.read())
 
+    def send_trickled(self, data: bytes, step: int) -> None:
+        """`data` as TLS records, their bytes sent `step` at a time: the proxy reads records in pieces."""
+        self.tls.write(data)
+        wire = self.out.read()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for at in range(0, len(wire), step):
+            self.sock.sendall(wire[at : at + step])
+            time.sleep(0.0002)  # pacing only, so that pieces arrive in separate reads
+
     def close_notify(self) -> None:
         with contextlib.suppress(ssl.SSLWantReadError):  # sent; the proxy's comes later
             self.tls.unwrap()
@@ -115,12 +124,16 @@ class _BioClient:
         got = b""
         while True:
             try:
-                got += self.tls.read(65536)
-                continue
+                chunk = self.tls.read(65536)
             except ssl.SSLZeroReturnError:
                 return got, True
             except ssl.SSLWantReadError:
                 pass
+            else:
+                if not chunk:  # ssl's way to say close_notify, once shut down cleanly
+                    return got, True
+                got += chunk
+                continue
             data = self.sock.recv(65536)
             if not data:
                 return got, False
@@ -145,6 +158,25 @@ async def test_close_notify_ends_the_connection_after_the_answer(start_proxy: St
     assert head.startswith(b"HTTP/1.1 200 ")
     assert json.loads(body)["path_qs"] == "/echo"  # the whole answer came before the end
     assert notified and tail == b""
+
+
+def _trickled_post(port: int, ctx: ssl.SSLContext, body: bytes) -> bytes:
+    client = _BioClient(port, ctx)
+    try:
+        head = b"POST /sink HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+        client.send_trickled(head % len(body) + body, 997)  # nothing follows: no later read to count on
+        return client.read_to_end()[0]
+    finally:
+        client.sock.close()
+
+
+async def test_records_read_in_pieces_arrive_whole(start_proxy: StartProxy, ca: TestCA) -> None:
+    proxy = await _tls_proxy(start_proxy, ca)
+    body = bytes(range(256)) * 200  # 51,200 bytes: four records, each split over many reads
+    got = await asyncio.to_thread(_trickled_post, proxy.proxy_port, ca.client_context(), body)
+    head, _, answer = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(answer) == {"body_len": len(body), "body_sha256": hashlib.sha256(body).hexdigest()}
 
 
 async def test_large_bodies_each_way_with_a_client_that_stops_reading(start_proxy: StartProxy, ca: TestCA) -> None:

@@ -4,7 +4,7 @@ The listener is a plain TCP listener; its protocol is a `TLSConnection`, which d
 memory BIOs and `_ssl`'s own SSL object (`SSLContext._wrap_bio`: C methods, no ssl.SSLObject wrapper), and
 is at the same time the transport its `ClientConnection` writes to. Per connection that is one object
 where uvloop's SSL layer has four (its protocol, its app transport, an ssl.SSLObject, a deque), and no
-256 KiB read buffer: a read asks OpenSSL for one record's plaintext at most.
+256 KiB read buffer: a read asks OpenSSL for no more than the incoming BIO holds, and one record at most.
 
 Invariants:
 - The ClientConnection exists only once the handshake is done (as with uvloop's SSL layer, the data
@@ -54,6 +54,16 @@ HANDSHAKE: Final = 0
 OPEN: Final = 1
 CLOSING: Final = 2  # close(): our close_notify is sent, the TCP transport writes what it holds
 CLOSED: Final = 3
+
+
+def _read_size(pending: int) -> int:
+    """How much plaintext to ask OpenSSL for when the incoming BIO holds `pending` bytes: a record's plaintext
+    is shorter than its ciphertext, so asking for what the BIO holds allocates no more than needed (a 17 KiB
+    bytes per read, shrunk to a short request, costs a malloc and a realloc). It is less than the record
+    when OpenSSL has read part of it already: a read that fills it is followed by one of READ_SIZE."""
+    if pending > READ_SIZE:
+        return READ_SIZE
+    return pending if pending > 256 else 256
 
 
 class TLSConnection(asyncio.Protocol):
@@ -188,9 +198,10 @@ class TLSConnection(asyncio.Protocol):
         of the client's stream, if it came."""
         sslobj = self.sslobj
         incoming = self.incoming
+        size = _read_size(incoming.pending)
         while True:
             try:
-                data: bytes = sslobj.read(READ_SIZE)
+                data: bytes = sslobj.read(size)
             except WANT_READ:
                 break
             except ZERO_RETURN:  # the client's close_notify (as `_ssl` reports it when not clean)
@@ -209,7 +220,13 @@ class TLSConnection(asyncio.Protocol):
             if app is None:
                 return
             app.data_received(data)
-            if self.state != OPEN or self.read_paused or not incoming.pending:
+            if self.state != OPEN or self.read_paused:
+                break
+            if len(data) == size:
+                size = READ_SIZE  # cut short: OpenSSL may hold the rest of the record
+            elif incoming.pending:
+                size = _read_size(incoming.pending)
+            else:
                 break
         if self.outgoing.pending:  # a reply OpenSSL owes the client (a KeyUpdate)
             self._flush()
@@ -277,7 +294,8 @@ class TLSConnection(asyncio.Protocol):
             self.read_paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
-            if (self.incoming.pending or self.eof == 1) and self.resume_handle is None:
+            # records whole in the BIO, plaintext OpenSSL holds (a read cut short by a pause), or the end
+            if (self.incoming.pending or self.sslobj.pending() or self.eof == 1) and self.resume_handle is None:
                 self.resume_handle = self.server.loop.call_soon(self._resume)
 
     def is_reading(self) -> bool:
