@@ -172,6 +172,12 @@ class SlotswitchCollector(Collector):
         for cert in tls.expiries() if tls is not None else ():
             expiry.add_metric([cert.name], cert.not_after - now)
         yield expiry
+        yield CounterMetricFamily(
+            "slotswitch_tls_handshake_failures",
+            "TLS handshakes on the traffic listener that failed (no shared protocol or cipher, bytes that are "
+            "not TLS) or did not finish within timeouts.header_read.",
+            value=float(tls.handshake_failures if tls is not None else 0),
+        )
         info = GaugeMetricFamily(
             "slotswitch_build_info",
             "Build information; data_path is compiled (mypyc) or python.",

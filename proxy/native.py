@@ -34,6 +34,7 @@ from types import ModuleType
 # on the import cycle ("Cannot determine type of VIA").
 COMPILED = (
     "proxy.datapath.client",
+    "proxy.datapath.tlsconn",
     "proxy.datapath.llhttp",
     "proxy.datapath.exchange",
     "proxy.datapath.scan",

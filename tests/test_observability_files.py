@@ -45,6 +45,7 @@ EXPORTED: dict[str, str] = {
     "slotswitch_state_store_up": "gauge",
     "slotswitch_build_info": "gauge",
     "slotswitch_tls_certificate_expiry_seconds": "gauge",  # only with tls on the listener
+    "slotswitch_tls_handshake_failures_total": "counter",
     "slotswitch_shadow_requests_total": "counter",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

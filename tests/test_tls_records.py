@@ -1,11 +1,13 @@
-"""TLS records at the data path's price: the listener's SSL objects call `_ssl` directly, and a listener
-with one certificate pair makes no SNI call into Python (proxy.datapath.tls's invariants).
+"""TLS records at the data path's price: the listener's connections are the data path's own TLS layer over
+`_ssl`'s SSL objects (proxy.datapath.tlsconn), and a listener with one certificate pair makes no SNI call into
+Python (proxy.datapath.tls's invariants).
 
 Real handshakes and records through the in-process proxy; certificates from trustme (tests/tlsutil.py).
 """
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import hashlib
 import json
@@ -43,10 +45,21 @@ async def test_records_go_straight_to_ssl(start_proxy: StartProxy, tmp_path: Pat
     assert proxy.server.tls is not None
     front = proxy.server.tls.front
     assert front.sni_callback is None  # one pair: nothing for SNI to choose
-    # the listener's own SSL objects: `_ssl`'s C methods, no Python frame per record
-    probe = front.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
-    for name in ("read", "write", "pending"):
-        assert type(getattr(probe, name)).__name__ == "builtin_function_or_method", name
+    # the listener's own TLS layer is the ClientConnection's transport, over `_ssl`'s object itself
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", proxy.proxy_port, ssl=ca.client_context(), server_hostname="localhost"
+    )
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+        (conn,) = proxy.server.connections
+        assert conn.transport is not None
+        assert type(conn.transport).__name__ == "TLSConnection"
+        assert type(conn.transport.get_extra_info("ssl_object")) is _ssl._SSLSocket
+        assert conn.transport.get_extra_info("cipher")[1] in ("TLSv1.3", "TLSv1.2")
+        assert conn.transport.get_extra_info("peername")[0] == "127.0.0.1"
+    finally:
+        writer.close()
     # a body of many records (64 KiB = 4+ records) and small ones, several per connection, arrive whole
     for body in (b"a" * 65536, b"ping", b"x" * 17000):
         sent = (len(body), hashlib.sha256(body).hexdigest())

@@ -3,8 +3,10 @@
 `ProxyServer.apply(settings)` recomputes the shared values when settings change (start-up,
 SIGHUP); connections read them as attributes, never per request from the settings tree.
 
-With `tls` set, the listener terminates TLS (proxy.datapath.tls: `ServerTLS.front` is its context;
-`load_tls` swaps the certificates for new handshakes) and the connections it accepts forward
+With `tls` set, the listener terminates TLS: it is a plain TCP listener whose connections are
+proxy.datapath.tlsconn's `TLSConnection`s, each the transport of its `ClientConnection` once the handshake
+is done (`ServerTLS.front` is every handshake's context; `load_tls` swaps the certificates for new
+handshakes; `handshake_timeout` bounds a handshake). Its connections forward
 `X-Forwarded-Proto: https` and add the HSTS header; a `redirect_http` listener's connections answer
 308 to the https URL, except under the ACME challenge prefix, which they forward as plain HTTP.
 """
@@ -30,6 +32,7 @@ from proxy.datapath.client import ClientConnection
 from proxy.datapath.scan import Shapes
 from proxy.datapath.shadow import Capture, ShadowTap
 from proxy.datapath.tls import ServerTLS, load_certs
+from proxy.datapath.tlsconn import TLSConnection
 from proxy.datapath.wire import DL_BODY, DL_HEADER, DL_IDLE, DL_SEND, DL_UPSTREAM
 from proxy.settings.model import Settings
 from proxy.settings.paths import resolve
@@ -257,9 +260,9 @@ class ProxyServer:
         """The traffic listener: TLS when load_tls loaded certificates."""
         tls = self.tls
         if tls is not None:  # every handshake goes through tls.front's SNI callback (see proxy.datapath.tls)
-            server = await self._create(lambda: ClientConnection(self), host, port, sock, tls.front)
+            server = await self._create(lambda: TLSConnection(self, tls), host, port, sock)
         else:
-            server = await self._create(lambda: ClientConnection(self), host, port, sock, None)
+            server = await self._create(lambda: ClientConnection(self), host, port, sock)
         self._listener = server
         return server
 
@@ -268,29 +271,16 @@ class ProxyServer:
     ) -> asyncio.Server:
         """The plain listener of `redirect_http`: 308 to https://<host><https_port><target>."""
         self.https_port = b"" if https_port == 443 else b":%d" % https_port
-        server = await self._create(lambda: ClientConnection(self, True), host, port, sock, None)
+        server = await self._create(lambda: ClientConnection(self, True), host, port, sock)
         self._redirect_listener = server
         return server
 
     async def _create(
-        self,
-        factory: Callable[[], ClientConnection],
-        host: str,
-        port: int,
-        sock: socket.socket | None,
-        ssl: Any,
+        self, factory: Callable[[], asyncio.Protocol], host: str, port: int, sock: socket.socket | None
     ) -> asyncio.Server:
-        if ssl is None:
-            if sock is not None:
-                return await self.loop.create_server(factory, sock=sock, backlog=4096)
-            return await self.loop.create_server(factory, host, port, backlog=4096, reuse_address=True)
         if sock is not None:
-            return await self.loop.create_server(
-                factory, sock=sock, backlog=4096, ssl=ssl, ssl_handshake_timeout=self.handshake_timeout
-            )
-        return await self.loop.create_server(
-            factory, host, port, backlog=4096, reuse_address=True, ssl=ssl, ssl_handshake_timeout=self.handshake_timeout
-        )
+            return await self.loop.create_server(factory, sock=sock, backlog=4096)
+        return await self.loop.create_server(factory, host, port, backlog=4096, reuse_address=True)
 
     def bound_port(self, redirect: bool = False) -> int:
         # Any, not typeshed's asyncio.Server: uvloop's `sockets` is a list, not the tuple typeshed

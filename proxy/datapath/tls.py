@@ -1,7 +1,8 @@
 """TLS contexts: the traffic listener's (certificates chosen by SNI, reloaded live) and the upstreams'.
 
-The data path itself never sees TLS: the listener is created with `ssl=` (uvloop decrypts before
-`data_received`), so the fast head scan and llhttp read the same bytes as on a plain listener.
+The data path itself never sees TLS: the listener's connections are proxy.datapath.tlsconn's, which decrypt
+before `ClientConnection.data_received`, so the fast head scan and llhttp read the same bytes as on a plain
+listener.
 
 Invariants:
 - A listener's SSLContext is fixed when the listener is created: `ServerTLS.front`. Every handshake
@@ -15,10 +16,9 @@ Invariants:
 - Session tickets are issued and read by `front` (OpenSSL keeps the session context of the
   connection's first SSL_CTX), so resumption survives a certificate swap. Their keys are shared
   with the other workers and rotated by proxy.process.libssl where libssl allows it.
-- The listener's SSL objects are `DirectSSLObject`s: uvloop's SSL layer calls their `read`, `write` and
-  `pending` on every TLS record, and those are the C methods of `_ssl` themselves, bound once per
-  connection, not ssl.SSLObject's Python wrappers (a Python frame per call, three to five per request).
-  They take the same arguments uvloop and asyncio pass (`read(n)`, `read(n, buffer)`), with the same results.
+- The listener's SSL objects are `_ssl`'s own, made by `front._wrap_bio` (proxy.datapath.tlsconn): every
+  record is read and written by a C method, with no ssl.SSLObject wrapper and no Python frame per call.
+  `handshake_failures` counts the handshakes that failed or timed out there.
 - `front` has no SNI callback while the set holds one pair: the callback could only keep the
   default, and each handshake would call into Python for nothing. `swap` sets it again for two or more.
 - Every context: TLS 1.2 and 1.3 only, Mozilla "intermediate" TLS 1.2 ciphers (ECDHE with AES-GCM
@@ -95,22 +95,6 @@ def _harden(ctx: ssl.SSLContext) -> None:
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.set_alpn_protocols(ALPN)
-
-
-def _create_direct(cls: type[ssl.SSLObject], *args: Any, **kwargs: Any) -> ssl.SSLObject:
-    self: ssl.SSLObject = _PLAIN_CREATE(cls, *args, **kwargs)
-    raw = self._sslobj  # type: ignore[attr-defined]
-    # Instance attributes shadow the class's Python methods: one C call per record, no frame.
-    self.__dict__.update(read=raw.read, write=raw.write, pending=raw.pending)
-    return self
-
-
-_PLAIN_CREATE: Any = ssl.SSLObject._create.__func__  # type: ignore[attr-defined]
-# An ssl.SSLObject whose per-record methods are `_ssl`'s own (see the module's invariants). Made with
-# type(): this module is compiled by mypyc, whose classes cannot subclass a Python class.
-DirectSSLObject: type[ssl.SSLObject] = type(
-    "DirectSSLObject", (ssl.SSLObject,), {"_create": classmethod(_create_direct), "__module__": __name__}
-)
 
 
 def server_context() -> ssl.SSLContext:
@@ -205,9 +189,9 @@ class ServerTLS:
     def __init__(self, certs: CertSet) -> None:
         self.front = server_context()
         self.certs = certs
-        self.front.sslobject_class = DirectSSLObject
         self._load_front(certs)
         self.handshakes_sni = 0  # handshakes whose SNI chose a context other than the default
+        self.handshake_failures = 0  # handshakes that failed or timed out (proxy.datapath.tlsconn)
 
     def _load_front(self, certs: CertSet) -> None:
         cert, key = certs.paths[0]

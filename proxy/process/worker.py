@@ -11,7 +11,7 @@ Messages from the master: init {settings, state, health, port, redirect_port, in
 config_path, ticket_keys}, state {state}, settings {settings, state}, health {health}, tls {settings}
 (SIGHUP: read the certificates again), tickets {keys} (rotated session ticket keys), reopen (SIGUSR1 at
 the master: the access log file opens again), stop {timeout}. To the master: ready {pid, port}, ack
-{generation}, report {slots, access_dropped}, bye {cut}.
+{generation}, report {slots, access_dropped, tls_handshake_failures}, bye {cut}.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Worker:
         self.server: ProxyServer | None = None
         self.drainer = Drainer()
         self.access_dropped = 0  # access log lines dropped, as last reported
+        self.tls_failures = 0  # TLS handshakes that failed, as last reported
         self.mirror: Mirror | None = None
         self.outcomes: list[dict[str, Any]] = []  # shadow outcomes for the next report (bounded)
         self.same: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], int] = {}  # "same" outcomes, counted
@@ -146,6 +147,10 @@ class Worker:
         dropped = self.server.access_log_dropped() if self.server is not None else 0
         message: dict[str, Any] = {"type": "report", "slots": slots, "access_dropped": dropped - self.access_dropped}
         self.access_dropped = dropped
+        tls = self.server.tls if self.server is not None else None
+        if tls is not None and tls.handshake_failures != self.tls_failures:
+            message["tls_handshake_failures"] = tls.handshake_failures - self.tls_failures
+            self.tls_failures = tls.handshake_failures
         if self.mirror is not None:
             mirror_dropped = self.mirror.dropped()
             for (endpoint, slot, upstreams, noise), n in self.same.items():

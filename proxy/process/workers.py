@@ -219,6 +219,8 @@ class WorkerSet:
             if kind == "report":
                 self._merge(worker, message["slots"])
                 self.app.server.access_dropped += int(message.get("access_dropped", 0))
+                if self.app.server.tls is not None:
+                    self.app.server.tls.handshake_failures += int(message.get("tls_handshake_failures", 0))
                 if "shadow" in message:
                     self._shadow(message["shadow"])
             elif kind == "ack":
