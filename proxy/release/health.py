@@ -189,11 +189,13 @@ class HealthChecker:
         for pool in snap.routes[slot].pools:
             state = self.state.get((slot, pool.url))
             if state is None or not state.last:
-                reasons.append(f"{pool.url}: not checked yet")
+                reasons.append(f"upstream {pool.url}: not checked yet")
                 continue
-            failing = [f"{pool.url} {r['check']}: {r.get('error', 'failed')}" for r in state.last if not r["ok"]]
+            failing = [
+                f"upstream {pool.url} {r['check']}: {r.get('error', 'failed')}" for r in state.last if not r["ok"]
+            ]
             if not failing and not pool.usable:
-                failing.append(f"{pool.url}: marked down by passive health checks (failed requests)")
+                failing.append(f"upstream {pool.url}: marked down by passive health checks (failed requests)")
             reasons += failing
         return reasons
 
