@@ -19,9 +19,13 @@ A head it takes:
   the form in which the slow path's `name + b": " + value` is the line as it came, byte for byte
   (llhttp drops SP before a value and keeps SP after it);
 - requests: `METHOD SP target SP HTTP/1.x`, a usual METHOD, an origin-form target (llhttp takes
-  every printable byte in it), no Content-Length, Transfer-Encoding, Upgrade or Proxy-Connection,
-  and Connection only as `close` or `keep-alive`: so it has no body, and llhttp would read its
-  keep-alive the same way;
+  every printable byte in it), no Transfer-Encoding, Upgrade or Proxy-Connection, and Connection
+  only as `close` or `keep-alive` (so llhttp would read its keep-alive the same way); at most one
+  Content-Length, its value 1 to MAX_LENGTH_DIGITS plain digits without a leading zero (the line is
+  then the one add_header writes), and no Expect with it. Its body (Content-Length bytes, perhaps
+  none) is counted down over this read and the next ones (client.body_left, take_body), handed to
+  the exchange as on_body hands it, piece by piece as it arrived, and ended as on_message_complete
+  ends it; the byte after its last is the next message's first, read by this scan or by llhttp;
 - responses: `HTTP/1.1 SP 3DIGIT [SP reason]`, status 200-599 but 204 and 304, not to HEAD, framed by
   one Content-Length of digits and no more body than that in the read, Connection as above, no
   Transfer-Encoding, Upgrade or Proxy-Connection.
