@@ -3,11 +3,13 @@
 Feeds a request into a ClientConnection and the upstream's response into an UpstreamConnection,
 both on in-memory transports, and reports µs of Python per request. Run:
 
-    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--access-log combined|json] [--ramp-cookie]
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--access-log combined|json]
+        [--ramp-cookie] [--post]
 
 --access-log logs every request (to /dev/null: the formatting is counted, the write is one syscall per batch);
 --ramp-cookie runs a 50 % ramp sticky by a cookie the proxy sets, with requests that carry none (a Set-Cookie
-on every response), as compare.py's slotswitch-ramp-cookie target does.
+on every response), as compare.py's slotswitch-ramp-cookie target does; --post sends a POST with a 4 KiB body
+in the same read as its head (what wrk sends with bench/post4k.lua, compare.py's /post4k row).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from proxy.routing.state import Ramp, Registry, Store, build_snapshot
 from proxy.settings.model import parse_settings
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+POST = (
+    b"POST /post4k HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 4096\r\n"
+    b"Content-Type: application/octet-stream\r\n\r\n" + b"a" * 4096
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 01:24:08 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
@@ -104,21 +110,28 @@ def setup(
     return client, sent, client_transport
 
 
-def run(n: int, profile: bool, scan: bool | None = None, access_log: str = "off", ramp_cookie: bool = False) -> float:
+def run(
+    n: int,
+    profile: bool,
+    scan: bool | None = None,
+    access_log: str = "off",
+    ramp_cookie: bool = False,
+    message: bytes = REQUEST,
+) -> float:
     loop = uvloop.new_event_loop()
     # The response comes from the upstream the request went to (`sent`, set by its transport's write):
     # the same few interpreted steps whether one slot serves or a ramp splits the requests.
     client, sent, out = setup(loop, scan, access_log, ramp_cookie)
     request = client.data_received
     for _ in range(1000):  # warm-up
-        request(REQUEST)
+        request(message)
         sent[0].data_received(RESPONSE)
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
     start = time.perf_counter()
     for _ in range(n):
-        request(REQUEST)
+        request(message)
         sent[0].data_received(RESPONSE)
     elapsed = time.perf_counter() - start
     if client.server.access is not None:
@@ -144,10 +157,12 @@ def main() -> None:
     )
     parser.add_argument("--access-log", choices=("off", "combined", "json"), default="off", help="log every request")
     parser.add_argument("--ramp-cookie", action="store_true", help="a 50%% ramp, sticky by a cookie the proxy sets")
+    parser.add_argument("--post", action="store_true", help="a POST with a 4 KiB body in the read of its head")
     args = parser.parse_args()
     scan = None if args.heads == "default" else args.heads == "scan"
-    us = run(args.requests, args.profile, scan, args.access_log, args.ramp_cookie)
+    us = run(args.requests, args.profile, scan, args.access_log, args.ramp_cookie, POST if args.post else REQUEST)
     what = f"{args.heads}, access log {args.access_log}" + (", ramp sticky by cookie" if args.ramp_cookie else "")
+    what += ", POST 4 KiB" if args.post else ""
     print(f"hot path: {us:.2f} µs of Python per proxied request ({args.requests} requests, no sockets, {what})")
 
 

@@ -2,7 +2,8 @@
 
 `ScriptedUpstream(responder)` listens on 127.0.0.1; for each request head it reads, it calls
 `responder(head_bytes)` and writes what it returns (None: hang up without answering; b"": stay
-silent until the test ends). It counts the connections it accepted.
+silent until the test ends). It counts the connections it accepted and keeps the heads and the
+Content-Length bodies it read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class ScriptedUpstream:
         self.responder = responder
         self.connections = 0
         self.heads: list[bytes] = []
+        self.bodies: list[bytes] = []  # the Content-Length body of each request in `heads` (b"" if none)
         self.server: asyncio.Server | None = None
         self.got_request = asyncio.Event()
         self._writers: list[asyncio.StreamWriter] = []
@@ -43,8 +45,7 @@ class ScriptedUpstream:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.heads.append(head)
                 length = _content_length(head)
-                if length:
-                    await reader.readexactly(length)
+                self.bodies.append(await reader.readexactly(length) if length else b"")
                 self.got_request.set()
                 answer = self.responder(head)
                 if answer is None:

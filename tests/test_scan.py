@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,9 +161,44 @@ RESPONSES = [
 ]
 
 
+# Requests with a body framed by Content-Length: the fast path reads the body too (scan.take_requests,
+# take_body), or declines the head and llhttp reads both.
+BODIES = [
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"PUT /p HTTP/1.1\r\nHost: h\r\ncontent-length: 3\r\n\r\nabc"
+    b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloXYZ\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST /p HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhelloGET /2 HTTP/1.1\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 200000\r\n\r\n" + bytes(i % 251 for i in range(200000)),
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n" + b"b" * 2000000,
+    b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: a b\r\nContent-Length: 5\r\n\r\nhello",
+    # declined: llhttp's path answers them as before
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 005\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: -5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5 \r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5,5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: \r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0x5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: something\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\nhello",
+]
+TAKEN_BODIES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+
+
 @dataclass
 class Seen:
     heads: list[bytes]  # what the upstream got
+    bodies: list[bytes]  # and the bodies it read after them
     got: list[tuple[int, str, list[tuple[str, str]], bytes]]  # the responses the client read
     opened: int  # upstream connections opened
 
@@ -189,11 +224,19 @@ async def proxied() -> AsyncIterator[tuple[Slotswitch, ScriptedUpstream, list[by
 
 
 async def through(
-    app: Slotswitch, up: ScriptedUpstream, answers: list[bytes], data: bytes, answer: bytes = OK, *, scan_heads: bool
+    app: Slotswitch,
+    up: ScriptedUpstream,
+    answers: list[bytes],
+    data: bytes,
+    answer: bytes = OK,
+    *,
+    scan_heads: bool,
+    split: int = 0,
 ) -> Seen:
     """Send `data` on a fresh connection with `answer` as the upstream's; what the upstream got, what
     came back (to the close) and how many upstream connections were opened. One pooled upstream
-    connection is ready before, whatever the case before did to the pool."""
+    connection is ready before, whatever the case before did to the pool. `split`: data[:split] is
+    sent first, and the rest once the proxy has read that."""
     app.server.scan_heads = scan_heads
     answers[0] = OK
     warm = await RawClient.connect(app.proxy_port)
@@ -202,11 +245,17 @@ async def through(
     await warm.close()
     answers[0] = answer
     up.heads.clear()
+    up.bodies.clear()
     before = up.connections
     client = await RawClient.connect(app.proxy_port)
     responses: list[Response] = []
     try:
-        await client.send(data)
+        if split:  # the first part is read by the proxy before the rest is sent
+            await client.send(data[:split])
+            await until(
+                lambda: up.heads or any(c.llhttp_open or c.parsing or c.body_left for c in app.server.connections)
+            )
+        await client.send(data[split:])
         head_request = data.startswith(b"HEAD")
         while True:
             try:
@@ -222,7 +271,15 @@ async def through(
         await client.close()
     heads = [GENERATED_ID.sub(b"X-Request-ID: (generated)\r\n", head) for head in up.heads]
     got = [(r.status, r.reason, r.headers, r.body) for r in responses]
-    return Seen(heads, got, up.connections - before)
+    return Seen(heads, list(up.bodies), got, up.connections - before)
+
+
+async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait for `check()` to hold, yielding to the event loop in between."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
 
 
 @pytest.mark.parametrize("data", REQUESTS, ids=range(len(REQUESTS)))
@@ -246,6 +303,51 @@ async def test_responses_fast_and_slow_agree(
     assert fast == slow
 
 
+@pytest.mark.parametrize("data", BODIES, ids=range(len(BODIES)))
+async def test_requests_with_bodies_fast_and_slow_agree(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]], data: bytes
+) -> None:
+    app, up, answers = proxied
+    slow = await through(app, up, answers, data, scan_heads=False)
+    fast = await through(app, up, answers, data, scan_heads=True)
+    assert fast == slow
+
+
+SPLIT = BODIES[0]
+
+
+@pytest.mark.parametrize("split", range(1, len(SPLIT)))
+async def test_a_body_split_anywhere_fast_and_slow_agree(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]], split: int
+) -> None:
+    """A POST and a pipelined GET, in two reads split at every offset: the head split (llhttp reads it
+    on both paths), the body split (the fast path reads its rest in take_body), or the GET's head."""
+    app, up, answers = proxied
+    slow = await through(app, up, answers, SPLIT, scan_heads=False, split=split)
+    fast = await through(app, up, answers, SPLIT, scan_heads=True, split=split)
+    assert fast == slow
+    assert [body for body in fast.bodies] == [b"hello", b""]
+
+
+@pytest.mark.parametrize("scan_heads", [True, False])
+async def test_a_client_that_closes_mid_body_is_answered_400(
+    proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]], scan_heads: bool
+) -> None:
+    app, up, _ = proxied
+    app.server.scan_heads = scan_heads
+    client = await RawClient.connect(app.proxy_port)
+    try:
+        await client.send(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhel")
+        await until(lambda: any(c.parsing for c in app.server.connections))
+        (conn,) = [c for c in app.server.connections if c.parsing]
+        assert conn.body_left == (7 if scan_heads else 0)
+        client.writer.write_eof()
+        assert (await client.read_response()).status == 400
+        assert not up.heads  # request_buffering: nothing of it went upstream
+    finally:
+        await client.close()
+
+
 async def test_head_requests_take_llhttps_path(proxied: tuple[Slotswitch, ScriptedUpstream, list[bytes]]) -> None:
     app, up, answers = proxied
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
@@ -256,7 +358,36 @@ async def test_head_requests_take_llhttps_path(proxied: tuple[Slotswitch, Script
 
 # -- which heads the fast path takes ----------------------------------------------------------
 
-TAKEN_REQUESTS = (0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 26, 32, 33, 52, 55, 56, 57, 58, 65)
+TAKEN_REQUESTS = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    12,
+    13,
+    14,
+    15,
+    16,
+    21,
+    22,
+    23,
+    24,
+    25,
+    26,
+    27,
+    28,
+    32,
+    33,
+    52,
+    55,
+    56,
+    57,
+    58,
+    65,
+)
 TAKEN_REQUESTS += (73, 74, 75, 76, 77, 78, 79, 80, 81)  # Hosts (refused after the scan, as by llhttp), 100 headers
 TAKEN_RESPONSES = (0, 1, 2, 3, 4, 5, 6, 12, 14, 17, 25, 29)  # 30 declines only when it arrives whole
 
@@ -273,6 +404,10 @@ def test_the_fast_path_takes_plain_requests_and_only_those(
     assert scan.scan_request(client, pipelined, 0) == second
     assert scan.scan_request(client, pipelined, second) == len(pipelined)
     assert client.parsing is not None and client.parsing.target == b"/2"
+    taken = [i for i, data in enumerate(BODIES) if scan.scan_request(client, data, 0) >= 0]
+    assert taken == list(TAKEN_BODIES)
+    assert scan.scan_request(client, BODIES[0], 0) == BODIES[0].index(b"hello")
+    assert client.parsing.content_length == 5
 
 
 def test_the_fast_path_takes_plain_responses_and_only_those(

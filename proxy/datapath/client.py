@@ -9,6 +9,8 @@ Invariants:
 - `self.current` is the exchange whose response is being (or will next be) written; queued ones
   wait in `self.pipeline` and have not been routed yet, so they pick the snapshot current when
   they start. That is what sends the next keep-alive request after a switch to the new slot.
+- `self.body_left` > 0 only while the fast path reads the body of `self.parsing` (its head and
+  body bytes so far were taken by proxy.datapath.scan): the next bytes are that body's, not llhttp's.
 - Reading from the client is paused while any bit of `self.read_block` is set (upload
   backpressure, a pipeline queue, or a body buffered before an upstream is attached).
 - One lazy timer per connection enforces whichever deadline the phase needs (`DL_*`).
@@ -30,7 +32,7 @@ import httptools
 from proxy.datapath import wire
 from proxy.datapath.exchange import Exchange
 from proxy.datapath.llhttp import RequestCallbacks
-from proxy.datapath.scan import take_requests
+from proxy.datapath.scan import take_body, take_requests
 from proxy.datapath.wire import (
     DL_BODY,
     DL_HEADER,
@@ -56,6 +58,7 @@ log = logging.getLogger("slotswitch.client")
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "body_end",
+        "body_left",
         "clock",
         "current",
         "deadline",
@@ -108,6 +111,7 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(RequestCallbacks(self))
         self.feed = self.parser.feed_data  # bound once: a method call on the parser looks it up each time
         self.llhttp_open = False  # llhttp has read part of a message: what follows must go to it too
+        self.body_left = 0  # bytes still to come of a body whose head proxy.datapath.scan read (take_body)
         self.peer = b""
         self.trusted = False
         self.xff_line = b""
@@ -157,6 +161,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.last:
             return  # what a client sends after its request that closes the connection is not read
+        if self.body_left:  # the rest of a body the fast path is reading; then the next message
+            data = take_body(self, data)
+            if not data or self.last:
+                return
         if self.parsing is None and not self.llhttp_open and self.server.scan_heads:
             data = take_requests(self, data)  # whole plain heads take the fast path; llhttp gets the rest
             if not data:
@@ -337,6 +345,7 @@ class ClientConnection(asyncio.Protocol):
         self.last = True  # nothing more is read
         self.parsing = None
         self.llhttp_open = False
+        self.body_left = 0
 
     def reject(self, reason: str) -> None:
         """Answer a client-side error with ERRORS[reason] and close; in-progress work is dropped."""

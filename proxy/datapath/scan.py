@@ -19,9 +19,13 @@ A head it takes:
   the form in which the slow path's `name + b": " + value` is the line as it came, byte for byte
   (llhttp drops SP before a value and keeps SP after it);
 - requests: `METHOD SP target SP HTTP/1.x`, a usual METHOD, an origin-form target (llhttp takes
-  every printable byte in it), no Content-Length, Transfer-Encoding, Upgrade or Proxy-Connection,
-  and Connection only as `close` or `keep-alive`: so it has no body, and llhttp would read its
-  keep-alive the same way;
+  every printable byte in it), no Transfer-Encoding, Upgrade or Proxy-Connection, and Connection
+  only as `close` or `keep-alive` (so llhttp would read its keep-alive the same way); at most one
+  Content-Length, its value 1 to MAX_LENGTH_DIGITS plain digits without a leading zero (the line is
+  then the one add_header writes), and no Expect with it. Its body (Content-Length bytes, perhaps
+  none) is counted down over this read and the next ones (client.body_left, take_body), handed to
+  the exchange as on_body hands it, piece by piece as it arrived, and ended as on_message_complete
+  ends it; the byte after its last is the next message's first, read by this scan or by llhttp;
 - responses: `HTTP/1.1 SP 3DIGIT [SP reason]`, status 200-599 but 204 and 304, not to HEAD, framed by
   one Content-Length of digits and no more body than that in the read, Connection as above, no
   Transfer-Encoding, Upgrade or Proxy-Connection.
@@ -184,7 +188,7 @@ def scan_request(client: ClientConnection, data: bytes, start: i64) -> i64:
         return DECLINE
     ex = Exchange(client)
     shapes = server.scan_shapes
-    flags = 0  # 1: Connection: close seen, 2: Connection: keep-alive seen (llhttp's flags)
+    flags = 0  # 1: Connection: close seen, 2: Connection: keep-alive seen (llhttp's flags), 4: Expect seen
     first = run = pos = eol + 2  # data[run:pos] is a run of lines forwarded as they came
     lines = 0
     while not _crlf(data, pos, stop):  # the empty line ends the head
@@ -204,9 +208,19 @@ def scan_request(client: ClientConnection, data: bytes, start: i64) -> i64:
                 ex.agent = data[colon + 2 : eol]
             else:
                 ex.referer = data[colon + 2 : eol]
+        elif kind == wire.H_CONTENT_LENGTH:  # the line stays in its run: add_header would write it the same
+            if ex.content_length >= 0:
+                return DECLINE  # a second one, even equal: llhttp's path answers it
+            value_at = colon + 2
+            length = _digits(data, value_at, eol)
+            if length < 0 or (data[value_at] == 48 and eol - value_at > 1):
+                return DECLINE  # 48 "0": a leading zero, which add_header would drop (llhttp's path)
+            ex.content_length = length
         elif kind != wire.ORDINARY:
-            if kind == wire.H_CONTENT_LENGTH or kind == wire.H_TE or kind == wire.H_UPGRADE:
+            if kind == wire.H_TE or kind == wire.H_UPGRADE:
                 return DECLINE
+            if kind == wire.H_EXPECT:
+                flags |= 4
             name = data[pos:colon]
             if kind == wire.H_HOP and name.lower() == b"proxy-connection":
                 return DECLINE  # llhttp reads it as Connection
@@ -224,6 +238,8 @@ def scan_request(client: ClientConnection, data: bytes, start: i64) -> i64:
         pos = eol + 2
     if lines > server.max_header_count or pos - first > server.max_headers:
         return DECLINE  # llhttp's path answers 431
+    if flags & 4 and ex.content_length >= 0:
+        return DECLINE  # Expect with a body: 100-continue is answered on llhttp's path
     if pos > run:
         ex.headers.append(data[run:pos])
     ex.method = method
@@ -238,30 +254,82 @@ def scan_request(client: ClientConnection, data: bytes, start: i64) -> i64:
 
 
 def take_requests(client: ClientConnection, data: bytes) -> bytes:
-    """Serve the whole plain bodyless requests at the start of `data` (a read that begins at a message
-    boundary) as llhttp's callbacks would; what is left (b"" if nothing, or if one was rejected) goes
-    to llhttp."""
+    """Serve the whole plain requests at the start of `data` (a read that begins at a message boundary)
+    as llhttp's callbacks would; what is left (b"" if nothing, or if one was rejected) goes to llhttp.
+    A body that goes on past this read is read on by take_body (client.body_left)."""
     start = 0
     while True:
         end = scan_request(client, data, start)
         if end < 0:
             return data[start:] if start else data
-        if not _take(client) or end == len(data) or client.last:
+        ex = client.parsing
+        assert ex is not None
+        if not _take_head(client, ex):
+            return b""
+        length = ex.content_length
+        if length > 0:
+            size = len(data) - end
+            if size < length:  # the rest comes in later reads
+                if size and not _body(client, ex, data[end:]):
+                    return b""
+                client.body_left = length - size
+                return b""
+            if not _body(client, ex, data[end : end + length]):
+                return b""
+            end += length
+        if not _done(client, ex, ex.started) or end == len(data) or client.last:
             return b""
         start = end
 
 
-def _take(client: ClientConnection) -> bool:
-    """What llhttp's callbacks (proxy.datapath.llhttp) do for the request just scanned (client.parsing), from
-    the head to its end; False if it was rejected."""
+def take_body(client: ClientConnection, data: bytes) -> bytes:
+    """More of the body of a request whose head scan_request read (client.body_left bytes of it are to
+    come): forwarded as on_body does, ended as on_message_complete does when its last byte is here. What
+    follows that byte is returned (b"" if nothing, or if the request was rejected): the next message."""
     ex = client.parsing
     assert ex is not None
+    left = client.body_left
+    size = len(data)
+    if size < left:
+        client.body_left = left - size
+        _body(client, ex, data)
+        return b""
+    client.body_left = 0
+    if not _body(client, ex, data if size == left else data[:left]) or not _done(client, ex, -1.0):
+        return b""
+    return data[left:] if size > left else b""
+
+
+# What llhttp's callbacks (proxy.datapath.llhttp) do for the request just scanned (client.parsing), in
+# three steps: on_headers_complete, on_body, on_message_complete; each False if the request was rejected.
+
+
+def _take_head(client: ClientConnection, ex: Exchange) -> bool:
     client.request_begins()
     try:
         ex.head_complete(ex.method, ex.version, ex.keep_alive)
         client.head_read(ex)
-        ex.client_done(ex.keep_alive, ex.started)  # started: the clock start() read just now (0: not started)
     except Exception as exc:  # mapped as the exceptions llhttp's callbacks raise are
+        client.failed(exc)
+        return False
+    return True
+
+
+def _body(client: ClientConnection, ex: Exchange, chunk: bytes) -> bool:
+    try:
+        ex.client_body(chunk)
+    except Exception as exc:
+        client.body_left = 0
+        client.failed(exc)
+        return False
+    return True
+
+
+def _done(client: ClientConnection, ex: Exchange, now: float) -> bool:
+    """`now`: the loop clock if read in this callback (ex.started, 0 if it has not started), else -1."""
+    try:
+        ex.client_done(ex.keep_alive, now)
+    except Exception as exc:
         client.failed(exc)
         return False
     client.request_read(ex.keep_alive)
