@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Where a sticky ramp's CPU goes, /small with the combined access log: no ramp, a 50 % ramp sticky by client
+address, and the same sticky by a cookie the proxy sets (wrk sends none, so every response carries a Set-Cookie).
+
+    .venv/bin/python bench/rampcost.py [--rounds 6] [--duration 3]
+
+Three slotswitch processes (compare.py's harness: each pinned to cpu 0, wrk on cpu 1, the nginx upstreams),
+measured in interleaved rounds; prints µs of CPU per request per round, and each target's median ratio to the
+one without a ramp, taken within each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import REPO_DIR, Procs, measure, start_slotswitch, start_upstreams
+
+STICKY = {
+    "combined": "",
+    "ramp-ip": "sticky: {by: ip}\n",
+    "ramp-cookie": "sticky: {by: cookie, name: slot_sticky, set_cookie: true}\n",
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--duration", type=float, default=3.0)
+    args = p.parse_args()
+    procs, tmp, ports = Procs(), Path(tempfile.mkdtemp(prefix="rampcost-")), set[int]()
+    exe = REPO_DIR / ".venv" / "bin" / "slotswitch"
+    try:
+        up = start_upstreams(procs, tmp, ports)
+        targets = {}
+        for name, sticky in STICKY.items():
+            extra = f"access_log: {{enabled: true, path: {tmp}/{name}.log, format: combined}}\n" + sticky
+            targets[name] = start_slotswitch(procs, tmp, up, ports, exe, name=name, extra=extra, ramp=bool(sticky))
+        warm = argparse.Namespace(duration=1.0, connections=50)
+        run = argparse.Namespace(duration=args.duration, connections=50)
+        for name, (port, pid) in targets.items():
+            measure(name, port, pid, "/small", 0, warm)
+        us: dict[str, list[float]] = {name: [] for name in targets}
+        for rnd in range(1, args.rounds + 1):
+            for name, (port, pid) in targets.items():
+                got = measure(name, port, pid, "/small", rnd, run).us_cpu_per_req
+                us[name].append(got if got is not None else float("nan"))
+            print(f"round {rnd}: " + "  ".join(f"{n} {v[-1]:.2f} µs" for n, v in us.items()), flush=True)
+        base = us["combined"]
+        for name, values in us.items():
+            ratio = statistics.median(a / b for a, b in zip(values, base, strict=True))
+            print(f"{name:12s} median {statistics.median(values):.2f} µs/request, {ratio:.3f}x the one without a ramp")
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    main()
