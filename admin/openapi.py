@@ -20,8 +20,11 @@ from aiohttp import web
 
 from admin import shadow
 from admin.api import IF_MATCH
-from admin.openapi_schemas import ANY_OBJECT, SCHEMAS, STRING, Json, obj, ref
+from admin.openapi_schemas import ANY_OBJECT, STRING, Json, obj, ref
+from admin.openapi_schemas import SCHEMAS as _CORE
 from proxy.release.audit import KEEP
+
+SCHEMAS: Json = {**_CORE, **shadow.SCHEMAS}  # every components/schemas entry
 
 _ERRORS = {
     400: "The request is malformed: bad JSON, an unknown or invalid field, a bad If-Match or query.",

@@ -1,4 +1,5 @@
-"""The admin API's OpenAPI schemas (components/schemas), and the small builders admin/openapi.py shares.
+"""The admin API's OpenAPI schemas (components/schemas), and the small builders admin/openapi.py and
+admin/shadow.py share (admin/openapi.py adds shadow.SCHEMAS to these).
 
 Rules that keep them true: request bodies (`*Request`) are closed (an unknown field is refused with 400
 unknown_field) and use the same patterns and limits as the handlers (admin/api.py); the states, phases and
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from admin import shadow
 from admin.api import DURATION, MAX_SECONDS, MAX_TEXT, MAX_UPSTREAMS, POSITIVE_DURATION, UPSTREAM_URL
 from admin.codes import ERROR_CODES, JUDGE_STATES, PHASES
 from admin.codes import listing as _listing
@@ -244,5 +244,4 @@ SCHEMAS: Json = {
         **{"from": _nullable(ref("Routing")), "to": _nullable(ref("Routing"))},
     ),
     "History": obj(["entries"], entries={"type": "array", "items": ref("HistoryEntry")}),
-    **shadow.SCHEMAS,
 }

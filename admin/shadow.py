@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from admin.api import AUDIT, SERVICES, ApiError, actor, json_body, text
+from admin.openapi_schemas import obj
 from proxy.release.audit import event
 from proxy.release.shadow_results import ShadowResults
 
@@ -26,13 +27,9 @@ _RATE: dict[str, Any] = {"anyOf": [{"type": "number"}, {"type": "null"}], "descr
 _PAIR: dict[str, Any] = {"type": "array", "items": {"type": "array", "items": _S}}
 
 
-def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": properties}
-
-
-_SIDE = _obj(["slot"], slot=_S, status=_I, headers=_PAIR, body=_S, error=_S)
+_SIDE = obj(["slot"], slot=_S, status=_I, headers=_PAIR, body=_S, error=_S)
 SCHEMAS: dict[str, Any] = {
-    "ShadowEndpoint": _obj(
+    "ShadowEndpoint": obj(
         ["method", "path", "mirrored", "same", "differ", "errors", "skipped", "noise", "top_differences"],
         method=_S,
         path={"type": "string", "description": "The path template: numeric, UUID and hex segments are {id}."},
@@ -49,31 +46,31 @@ SCHEMAS: dict[str, Any] = {
         },
         top_differences={
             "type": "array",
-            "items": _obj(
+            "items": obj(
                 ["where", "count"],
                 where={"type": "string", "description": "status, header:NAME or a JSON path"},
                 count=_I,
             ),
         },
     ),
-    "ShadowSample": _obj(
+    "ShadowSample": obj(
         ["result", "request", "active", "shadow", "differences"],
         result={"type": "string", "enum": ["differ", "error"]},
         detail=_S,
-        request=_obj(["method", "target", "headers"], method=_S, target=_S, headers=_PAIR),
+        request=obj(["method", "target", "headers"], method=_S, target=_S, headers=_PAIR),
         active=_SIDE,
         shadow=_SIDE,
         differences={"type": "array", "items": _S, "description": "Where the answers differ (concrete JSON paths)."},
         noise={"type": "array", "items": _S, "description": "Where they differ in places learned as noise."},
     ),
-    "Shadow": _obj(
+    "Shadow": obj(
         ["slot", "active", "upstreams", "percent", "since", "totals", "endpoints"],
         slot={"type": "string", "description": "The slot compared (the idle one)."},
         active=_S,
         upstreams={"type": "array", "items": _S},
         percent={"type": "number"},
         since={"type": "number", "description": "Unix time of the last reset."},
-        totals=_obj(
+        totals=obj(
             ["mirrored", "same", "differ", "errors", "skipped", "dropped", "diff_rate"],
             mirrored=_I,
             same=_I,
