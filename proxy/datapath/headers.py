@@ -78,11 +78,6 @@ def request_head(ex: Exchange, client: ClientConnection, host_line: bytes) -> by
     )
 
 
-def client_address(ex: Exchange) -> bytes:
-    """The client's address (see the module docstring): resolved once, at routing."""
-    return ex.addr or ex.client.peer
-
-
 def resolve_client(ex: Exchange, client: ClientConnection) -> None:
     """For a trusted peer: set ex.addr and ex.fwd_for (the X-Forwarded-For line sent upstream)."""
     hops = _hops(ex)
