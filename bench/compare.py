@@ -42,6 +42,7 @@ TARGETS = (
     "slotswitch-combined",
     "slotswitch-json",
     "slotswitch-ramp-cookie",
+    "nginx-ramp-cookie",
     *(f"slotswitch-shadow{p}" for p in (10, 100)),
 )
 TARGETS += ("slotswitch-shadow100-slowidle",)  # --shadow: the idle slot answers after 300 ms
@@ -60,6 +61,10 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 # `access_log FILE combined buffer=64k flush=1s`), not with nginx without its log.
 LOGGING = ("slotswitch-combined", "slotswitch-json", "slotswitch-ramp-cookie")
 REFERENCE = {name: "nginx-log" for name in LOGGING}
+# Like for like: nginx doing the same job (nginx/proxy-ramp.conf: the combined log, a 50 % split over both
+# upstreams, a Set-Cookie for a client without the cookie), printed after the table as per-round ratios.
+LIKE = {"slotswitch-ramp-cookie": "nginx-ramp-cookie"}
+REFERENCE["nginx-ramp-cookie"] = "nginx-log"  # what the ramp costs nginx itself
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LATENCY_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 SOAK_WARMUP_REQUESTS = 50_000
@@ -372,6 +377,22 @@ def summarize(samples: list[Sample]) -> list[dict[str, object]]:
     return rows
 
 
+def like_for_like(samples: list[Sample]) -> list[str]:
+    """One line per LIKE pair and path: the target's µs CPU/req over its like's, taken within each round."""
+    us = {(s.target, s.path, s.round): s.us_cpu_per_req for s in samples}
+    lines = []
+    for mine, like in LIKE.items():
+        for path in PATHS:
+            keys = sorted({r for t, p, r in us if t == mine and p == path})
+            ratios = [a / b for r in keys if (a := us[mine, path, r]) and (b := us.get((like, path, r)))]
+            if ratios:
+                lines.append(
+                    f"  {mine} / {like} {path}: {statistics.median(ratios):.2f}x "
+                    f"({min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} rounds)"
+                )
+    return lines
+
+
 def fmt(value: object, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -432,6 +453,9 @@ def start_logging_targets(
     values: dict[str, int | str] = {"PORT": port, "UPSTREAM_PORT": up["blue"], "ACCESS_LOG": log}
     pid = start_nginx(procs, tmp, "proxy-log", "proxy.conf", PROXY_CPU, **values)
     targets["nginx-log"] = (port, pid)
+    port = pick_port(19012, ports)
+    values = {**values, "PORT": port, "GREEN_PORT": up["green"], "ACCESS_LOG": log.replace("nginx-", "nginx-ramp-")}
+    targets["nginx-ramp-cookie"] = (port, start_nginx(procs, tmp, "proxy-ramp", "proxy-ramp.conf", PROXY_CPU, **values))
     exe = Path(args.slotswitch)
     for name, fmt in (("slotswitch-combined", "combined"), ("slotswitch-json", "json")):
         extra = f"access_log: {{enabled: true, path: {tmp}/{name}.access.log, format: {fmt}}}\n"
@@ -499,6 +523,9 @@ def compare(procs: Procs, tmp: Path, args: argparse.Namespace) -> int:
     rows = summarize(samples)
     print(f"\nmedians of {args.rounds} interleaved round(s), {args.duration:g}s each, wrk -t1 -c{args.connections}:\n")
     print(markdown(rows))
+    like = like_for_like(samples)
+    if like:
+        print("\nlike for like, the median of the per-round ratios (range):\n" + "\n".join(like))
     write_json(args.out, {"config": run_config(args), "summary": rows, "samples": [asdict(s) for s in samples]})
     return 0
 
