@@ -8,8 +8,10 @@ the evidence, the hang limit and the bake's end are exercised without waiting fo
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import math
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -250,3 +252,24 @@ async def test_open_websockets_are_not_hung_requests(start_proxy: StartProxy) ->
         assert app.store.current.primary.runtime.in_flight == 5  # still open, still counted as in flight
         for ws in sockets:
             await ws.close()
+
+
+@pytest.mark.parametrize("prometheus", [(), (0.1, 1.0), (0.00005, 0.000123, 0.0025, 0.19999, 0.2, 5.0)])
+def test_latency_bucket_is_bisect_left_of_the_bounds(prometheus: tuple[float, ...]) -> None:
+    """record()'s table lookup below 0.2 s and its bisect above give the bucket bisect_left gives: at
+    every bound, one float step either side of it, at the table's cell edges, and at random."""
+    stats = SlotStats(prometheus)
+    bounds = stats.bounds
+    rng = random.Random(7)
+    values = [0.0, -0.0, -1e-9, -5.0, 0.2, math.nextafter(0.2, 0.0), 0.19999999999999998, 1e9, math.inf, -math.inf]
+    for bound in bounds:
+        values += [bound, math.nextafter(bound, 0.0), math.nextafter(bound, math.inf)]
+    values += [k / 10000 for k in range(2001)] + [math.nextafter(k / 10000, -1.0) for k in range(1, 2001)]
+    values += [rng.uniform(0.0, 0.25) for _ in range(20000)] + [rng.expovariate(200.0) for _ in range(5000)]
+    for value in values:
+        before = list(stats.lat)
+        stats.record(200, value)
+        changed = [i for i, (a, b) in enumerate(zip(before, stats.lat, strict=True)) if a != b]
+        assert changed == [bisect.bisect_left(bounds, value)], value
+    stats.record(200, math.nan)  # NaN compares false with every bound: bisect_left's answer, bucket 0
+    assert stats.lat[0] == sum(1 for v in values if bisect.bisect_left(bounds, v) == 0) + 1
