@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -81,6 +82,7 @@ class ClientConnection(asyncio.Protocol):
         "parsing",
         "peer",
         "pipeline",
+        "put",
         "read_block",
         "redirect",
         "refused",
@@ -108,6 +110,7 @@ class ClientConnection(asyncio.Protocol):
         self.clock = server.clock
         # Per-connection state
         self.transport: asyncio.Transport | None = None
+        self.put: Callable[[bytes], object] | None = None  # transport.write, bound once (set and cleared with it)
         self.parser = httptools.HttpRequestParser(RequestCallbacks(self))
         self.feed = self.parser.feed_data  # bound once: a method call on the parser looks it up each time
         self.llhttp_open = False  # llhttp has read part of a message: what follows must go to it too
@@ -147,6 +150,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.put = self.transport.write
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else "unix"
         self.peer = host.encode("latin-1")
@@ -228,6 +232,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.pipeline.clear()
         self.transport = None
+        self.put = None
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -161,7 +161,8 @@ class UpstreamPool:
         idle = self.idle
         while idle:
             conn = idle.pop()  # LIFO: the most recently used connection is the least likely stale
-            if conn.transport is not None and not conn.transport.is_closing():
+            closing = conn.closing  # the transport's is_closing, or None once the connection is lost
+            if closing is not None and not closing():
                 conn.reused = True
                 ex.attach(conn)
                 return

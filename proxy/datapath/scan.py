@@ -408,12 +408,13 @@ def relay_scanned(conn: UpstreamConnection, ex: Exchange, data: bytes, at: int) 
     capture = ex.capture
     if capture is not None and size:  # shadow traffic: a copy of the body (proxy.datapath.shadow)
         capture.add(data[at:], ex.client.server.tap.max_body)
-    transport = ex.client.transport
-    if transport is not None:
-        if not size or small:
-            transport.write(head)
-        else:
-            transport.writelines((head, memoryview(data)[at:]))
+    client = ex.client
+    if not size or small:
+        put = client.put  # the transport's write, bound once per connection
+        if put is not None:
+            put(head)
+    elif client.transport is not None:
+        client.transport.writelines((head, memoryview(data)[at:]))
     if not conn.body_left:
         conn.complete(ex)
 

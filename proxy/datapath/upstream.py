@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -46,6 +47,7 @@ class _HeadDone(Exception):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "body_left",
+        "closing",
         "code",
         "conn_close",
         "eof",
@@ -64,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         "nominated",
         "parser",
         "pool",
+        "put",
         "reusable",
         "reused",
         "te_chunked",
@@ -74,6 +77,10 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        # The transport's write and is_closing, bound once per connection (a method call by name looks
+        # the method up at each call); set and cleared with `transport`.
+        self.put: Callable[[bytes], object] | None = None
+        self.closing: Callable[[], bool] | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.feed = self.parser.feed_data  # bound once: a method call on the parser looks it up each time
         self.exchange: Exchange | None = None
@@ -111,8 +118,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.release(self, reusable)
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        put = self.put
+        if put is not None:
+            put(data)
 
     def send_parts(self, parts: tuple[bytes, ...]) -> None:
         if self.transport is not None:
@@ -145,6 +153,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.put = self.transport.write
+        self.closing = self.transport.is_closing
         self.pool.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -203,6 +213,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self in pool.idle:
             pool.idle.remove(self)
         self.transport = None
+        self.put = self.closing = None
         ex = self.exchange
         self.exchange = None
         if ex is None:
