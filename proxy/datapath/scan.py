@@ -351,7 +351,7 @@ def scan_response(conn: UpstreamConnection, data: bytes) -> i64:
     code = _digits(data, 9, 12)
     if code < 200 or code > 599 or code == 204 or code == 304:
         return DECLINE
-    headers: list[bytes] = []
+    headers: list[bytes] | None = None  # made when a hop-by-hop header splits the lines, else at the end
     length = -1
     close = False
     run = pos = eol + 2
@@ -378,13 +378,18 @@ def scan_response(conn: UpstreamConnection, data: bytes) -> i64:
             elif kind == wire.R_TE or data[pos:colon].lower() in UNREAD_HOPS:
                 return DECLINE
             if pos > run:
-                headers.append(data[run:pos])
+                if headers is None:
+                    headers = [data[run:pos]]
+                else:
+                    headers.append(data[run:pos])
             run = eol + 2  # hop-by-hop: dropped, as on_header does
         pos = eol + 2
     end = pos + 2  # the offset after the head
     if length < 0 or len(data) - end > length:
         return DECLINE  # close-delimited, or bytes after the response (llhttp's path reports them)
-    if pos > run:
+    if headers is None:  # usually: one run of lines, a list made with its one item (no append)
+        headers = [data[run:pos]] if pos > run else []
+    elif pos > run:
         headers.append(data[run:pos])
     conn.code = code
     conn.headers = headers
