@@ -130,6 +130,30 @@ def test_workers_ship_every_counter() -> None:
     )
 
 
+def test_latencies_count_each_request_once_across_ticks_and_workers() -> None:
+    """A request's latency is counted in the open tick only and added to the totals when the tick
+    closes: the totals, the Prometheus buckets and a master's merge of a worker's report (taken with
+    a tick closed since the last one) each count every request once, and a window sees its ticks."""
+    worker, master = SlotStats((0.1, 1.0)), SlotStats((0.1, 1.0))
+    for seconds in (0.002, 0.05, 0.5):
+        worker.record(200, seconds)
+    worker.rotate()  # a closed tick: its counts move into the totals
+    for seconds in (0.002, 2.0):
+        worker.record(200, seconds)
+    assert sum(worker.latencies()) == 5 and sum(worker.prometheus_buckets()) == 5
+    assert worker.prometheus_buckets() == [3, 1, 1]  # <= 0.1, <= 1.0, +Inf
+    assert sum(worker.window(1).lat) == 5 and sum(worker.current.lat) == 2
+    master.record(200, 0.01)
+    master.merge(worker.take())
+    assert sum(worker.latencies()) == 0  # the report restarts the worker's counts
+    assert sum(master.latencies()) == 6 and master.prometheus_buckets() == [4, 1, 1]
+    assert sum(master.current.lat) == 3  # the master's own request and the worker's open tick
+    master.rotate()
+    master.rotate()  # closing ticks moves counts, never adds them twice
+    assert sum(master.latencies()) == 6 and master.prometheus_buckets() == [4, 1, 1]
+    assert master.current.total == 0 and sum(master.current.lat) == 0
+
+
 def test_hung_requests_are_a_growing_lower_bound() -> None:
     hang = HangCounter(limit=1.0)
     assert hang.update(0.0, started=10, completed=0) == 0  # nothing is a second old yet
@@ -267,9 +291,9 @@ def test_latency_bucket_is_bisect_left_of_the_bounds(prometheus: tuple[float, ..
     values += [k / 10000 for k in range(2001)] + [math.nextafter(k / 10000, -1.0) for k in range(1, 2001)]
     values += [rng.uniform(0.0, 0.25) for _ in range(20000)] + [rng.expovariate(200.0) for _ in range(5000)]
     for value in values:
-        before = list(stats.lat)
+        before = stats.latencies()
         stats.record(200, value)
-        changed = [i for i, (a, b) in enumerate(zip(before, stats.lat, strict=True)) if a != b]
+        changed = [i for i, (a, b) in enumerate(zip(before, stats.latencies(), strict=True)) if a != b]
         assert changed == [bisect.bisect_left(bounds, value)], value
     stats.record(200, math.nan)  # NaN compares false with every bound: bisect_left's answer, bucket 0
-    assert stats.lat[0] == sum(1 for v in values if bisect.bisect_left(bounds, v) == 0) + 1
+    assert stats.latencies()[0] == sum(1 for v in values if bisect.bisect_left(bounds, v) == 0) + 1

@@ -44,7 +44,7 @@ class Totals:
         stats = runtime.stats
         self.requests = sum(stats.codes.values())
         self.errors = sum(n for code, n in stats.codes.items() if code >= 500)
-        self.lat = list(stats.lat)
+        self.lat = stats.latencies()
 
 
 def _ms(seconds: float) -> float:

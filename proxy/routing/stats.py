@@ -14,6 +14,8 @@ Invariants:
   Prometheus bucket is an exact union of fine buckets (`prometheus_buckets`).
 - `rotate` (called by the judge's ticker, not per request) closes the current tick; a window is
   the sum of the last N closed ticks plus the open one.
+- A request's latency is counted once, in the open tick: `lat` holds the closed ticks' counts,
+  added in by `rotate`, and `latencies()` (since start) is `lat` plus the open tick's.
 - Status classes are counted apart: 5xx (`errors`), 4xx other than 499 (`client_errors`) and 499, a
   client that left before any answer (`abandoned`). `started` counts requests routed to the slot,
   so that the judge can bound how many are still in flight after a given age (a hung slot).
@@ -163,7 +165,7 @@ class SlotStats:
         # Answers by status code: a list index per request, not a dict's get and set (`codes` reads them).
         self.by_code = [0] * CODES
         self.odd_codes: dict[int, int] = {}  # any code outside [0, CODES), which the data path does not give
-        self.lat = [0] * (len(self.bounds) + 1)  # since start, over `bounds`
+        self.lat = [0] * (len(self.bounds) + 1)  # since start, over `bounds`, but the open tick's (latencies())
         self.lat_sum = 0.0
         self.current = Tick(len(self.lat))
         self.ring: deque[Tick] = deque(maxlen=ring_ticks)
@@ -190,8 +192,6 @@ class SlotStats:
                 else:
                     hi = mid
             i = lo
-        lat = self.lat
-        lat[i] = lat[i] + 1  # not `+=`: on a list item, mypyc compiles that to a generic add
         self.lat_sum += seconds
         if 0 <= code < CODES:
             by_code = self.by_code
@@ -201,7 +201,7 @@ class SlotStats:
         tick = self.current
         tick.total += 1
         lat = tick.lat
-        lat[i] = lat[i] + 1
+        lat[i] = lat[i] + 1  # not `+=`: on a list item, mypyc compiles that to a generic add
         if code >= 400:
             if code >= 500:
                 tick.errors += 1
@@ -234,15 +234,24 @@ class SlotStats:
         """Counts per Prometheus bucket (not cumulative; the last is +Inf)."""
         out = [0] * (len(self.prometheus) + 1)
         j = 0
-        for bound, n in zip((*self.bounds, math.inf), self.lat, strict=True):
+        for bound, n in zip((*self.bounds, math.inf), self.latencies(), strict=True):
             while j < len(self.prometheus) and bound > self.prometheus[j]:
                 j += 1
             out[j] += n
         return out
 
+    def latencies(self) -> list[int]:
+        """Requests per latency bucket (over `bounds`, the last is +Inf) since start."""
+        return [a + b for a, b in zip(self.lat, self.current.lat, strict=True)]
+
     def rotate(self) -> None:
-        self.ring.append(self.current)
-        self.current = Tick(len(self.lat))
+        closed = self.current
+        lat = self.lat
+        for i, n in enumerate(closed.lat):
+            if n:
+                lat[i] += n
+        self.ring.append(closed)
+        self.current = Tick(len(lat))
 
     def window(self, ticks: int) -> Window:
         """The last `ticks` closed ticks plus the open one."""
@@ -259,7 +268,7 @@ class SlotStats:
         tick = self.current
         data: Report = {
             "codes": {str(k): v for k, v in self.codes.items()},
-            "lat": {str(i): n for i, n in enumerate(self.lat) if n},
+            "lat": {str(i): n for i, n in enumerate(self.latencies()) if n},
             "sum": self.lat_sum,
             "total": tick.total,
             "errors": tick.errors,
@@ -287,8 +296,11 @@ class SlotStats:
                 self.by_code[code] += n
             else:
                 self.odd_codes[code] = self.odd_codes.get(code, 0) + n
+        # "lat" counts the worker's requests since its last report, "fine" those of them in its open
+        # tick: those go into this open tick (added to `lat` when it closes), the others into `lat`.
+        fine = data["fine"]
         for index, n in data["lat"].items():
-            self.lat[int(index)] += n
+            self.lat[int(index)] += n - fine.get(index, 0)
         self.lat_sum += data["sum"]
         self.upstream_5xx += data.get("upstream_5xx", 0)
         self.upstream_4xx += data.get("upstream_4xx", 0)
