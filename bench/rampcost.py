@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Where a sticky ramp's CPU goes, /small with the combined access log: no ramp, a 50 % ramp sticky by client
-address, and the same sticky by a cookie the proxy sets (wrk sends none, so every response carries a Set-Cookie).
+address, and the same sticky by a cookie the proxy sets (wrk sends none, so every response carries a Set-Cookie),
+once with the two slots on their own upstream processes and once with both slots on the same one (two pools, one
+upstream process: what the split costs the proxy itself, without waking a second process on the other cpu).
 
     .venv/bin/python bench/rampcost.py [--rounds 6] [--duration 3]
 
@@ -21,10 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import REPO_DIR, Procs, measure, start_slotswitch, start_upstreams
 
+COOKIE = "sticky: {by: cookie, name: slot_sticky, set_cookie: true}\n"
 STICKY = {
     "combined": "",
     "ramp-ip": "sticky: {by: ip}\n",
-    "ramp-cookie": "sticky: {by: cookie, name: slot_sticky, set_cookie: true}\n",
+    "ramp-cookie": COOKIE,
+    "cookie-1up": COOKIE,  # green's pool points at blue's upstream
 }
 
 
@@ -40,7 +44,8 @@ def main() -> None:
         targets = {}
         for name, sticky in STICKY.items():
             extra = f"access_log: {{enabled: true, path: {tmp}/{name}.log, format: combined}}\n" + sticky
-            targets[name] = start_slotswitch(procs, tmp, up, ports, exe, name=name, extra=extra, ramp=bool(sticky))
+            slots = {"blue": up["blue"], "green": up["blue"]} if name == "cookie-1up" else up
+            targets[name] = start_slotswitch(procs, tmp, slots, ports, exe, name=name, extra=extra, ramp=bool(sticky))
         warm = argparse.Namespace(duration=1.0, connections=50)
         run = argparse.Namespace(duration=args.duration, connections=50)
         for name, (port, pid) in targets.items():
