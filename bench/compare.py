@@ -347,6 +347,28 @@ def measure(target: str, port: int, pid: int | None, path: str, rnd: int, args: 
     return Sample(**asdict(res), target=target, path=path, round=rnd, us_cpu_per_req=us)
 
 
+def interleaved(targets: dict[str, tuple[int, int]], path: str, rounds: int, duration: float, base: str) -> None:
+    """rampcost.py and logcost.py: slotswitch targets measured on `path` in interleaved rounds (one warm-up
+    second each first); prints µs of CPU per request per round, then each target's median, and the median of
+    its ratio to `base` taken within each round, with the range."""
+    warm = argparse.Namespace(duration=1.0, connections=50)
+    run = argparse.Namespace(duration=duration, connections=50)
+    for name, (port, pid) in targets.items():
+        measure(name, port, pid, path, 0, warm)
+    us: dict[str, list[float]] = {name: [] for name in targets}
+    for rnd in range(1, rounds + 1):
+        for name, (port, pid) in targets.items():
+            got = measure(name, port, pid, path, rnd, run).us_cpu_per_req
+            us[name].append(got if got is not None else float("nan"))
+        print(f"round {rnd}: " + "  ".join(f"{n} {v[-1]:.2f} µs" for n, v in us.items()), flush=True)
+    for name, values in us.items():
+        ratios = [a / b for a, b in zip(values, us[base], strict=True)]
+        print(
+            f"{name:12s} median {statistics.median(values):.2f} µs/request, {statistics.median(ratios):.3f}x "
+            f"({min(ratios):.3f}-{max(ratios):.3f}) the cost of {base}"
+        )
+
+
 def median_row(target: str, path: str, got: list[Sample]) -> dict[str, object]:
     us = [s.us_cpu_per_req for s in got if s.us_cpu_per_req is not None]
     return {

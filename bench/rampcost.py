@@ -14,14 +14,13 @@ one without a ramp, taken within each round.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import REPO_DIR, Procs, measure, start_slotswitch, start_upstreams
+from compare import REPO_DIR, Procs, interleaved, start_slotswitch, start_upstreams
 
 COOKIE = "sticky: {by: cookie, name: slot_sticky, set_cookie: true}\n"
 STICKY = {
@@ -41,25 +40,12 @@ def main() -> None:
     exe = REPO_DIR / ".venv" / "bin" / "slotswitch"
     try:
         up = start_upstreams(procs, tmp, ports)
-        targets = {}
+        targets: dict[str, tuple[int, int]] = {}
         for name, sticky in STICKY.items():
             extra = f"access_log: {{enabled: true, path: {tmp}/{name}.log, format: combined}}\n" + sticky
             slots = {"blue": up["blue"], "green": up["blue"]} if name == "cookie-1up" else up
             targets[name] = start_slotswitch(procs, tmp, slots, ports, exe, name=name, extra=extra, ramp=bool(sticky))
-        warm = argparse.Namespace(duration=1.0, connections=50)
-        run = argparse.Namespace(duration=args.duration, connections=50)
-        for name, (port, pid) in targets.items():
-            measure(name, port, pid, "/small", 0, warm)
-        us: dict[str, list[float]] = {name: [] for name in targets}
-        for rnd in range(1, args.rounds + 1):
-            for name, (port, pid) in targets.items():
-                got = measure(name, port, pid, "/small", rnd, run).us_cpu_per_req
-                us[name].append(got if got is not None else float("nan"))
-            print(f"round {rnd}: " + "  ".join(f"{n} {v[-1]:.2f} µs" for n, v in us.items()), flush=True)
-        base = us["combined"]
-        for name, values in us.items():
-            ratio = statistics.median(a / b for a, b in zip(values, base, strict=True))
-            print(f"{name:12s} median {statistics.median(values):.2f} µs/request, {ratio:.3f}x the one without a ramp")
+        interleaved(targets, "/small", args.rounds, args.duration, base="combined")
     finally:
         procs.stop_all()
 
